@@ -1,0 +1,81 @@
+"""Backend resolution for the kernel families: the one place that decides which implementation runs.
+
+Every public op takes ``backend="auto" | "triton" | "torch" | "naive"`` and calls
+:func:`resolve_backend` once. ``auto`` picks ``triton`` for CUDA tensors when the family has a
+Triton implementation and ``torch`` (chunked PyTorch, the portable path) otherwise. An explicit
+request that cannot be served raises with the fix; nothing falls back silently.
+
+Families declare their implementations in ``AVAILABLE``; the Triton issue adds ``"triton"`` to a
+family with :func:`register_backend` (or by editing the table) without touching the callers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+__all__ = ["BACKENDS", "AVAILABLE", "resolve_backend", "register_backend", "available_backends"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "naive")
+"""Valid values of every op's ``backend`` argument."""
+
+AVAILABLE: dict[str, set[str]] = {
+    "gla": {"torch", "naive"},
+}
+"""Family name -> implementations that exist for it (a subset of ``BACKENDS`` without ``auto``)."""
+
+_LOGGED: set[tuple[str, str, str, str]] = set()
+
+
+def available_backends(family: str) -> list[str]:
+    """Sorted implementations that exist for ``family``; ValueError for an unknown family."""
+    if family not in AVAILABLE:
+        raise ValueError(f"unknown kernel family {family!r}; known families: {sorted(AVAILABLE)}")
+    return sorted(AVAILABLE[family])
+
+
+def register_backend(family: str, backend: str) -> None:
+    """Declare that ``family`` has an implementation ``backend`` (e.g. when its Triton kernels land)."""
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"cannot register backend {backend!r}; valid: {[b for b in BACKENDS if b != 'auto']}")
+    AVAILABLE.setdefault(family, set()).add(backend)
+
+
+def resolve_backend(requested: str, *tensors: torch.Tensor | None, family: str) -> str:
+    """Turn a requested backend into the concrete implementation to run for ``family``.
+
+    Args:
+        requested: one of ``BACKENDS`` (``"auto"``, ``"triton"``, ``"torch"``, ``"naive"``).
+        *tensors: the op's input tensors (``None`` entries, e.g. a missing initial state, are ignored);
+            ``auto`` looks at whether any of them lives on CUDA.
+        family: kernel family name, e.g. ``"gla"`` (keyword-only).
+
+    Returns:
+        ``"triton"``, ``"torch"`` or ``"naive"``.
+
+    Raises:
+        ValueError: unknown backend or family.
+        RuntimeError: ``"triton"`` requested for a family that has no Triton implementation yet.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; valid backends: {list(BACKENDS)}")
+    have = set(available_backends(family))
+    on_cuda = any(t is not None and t.is_cuda for t in tensors)
+    if requested == "auto":
+        resolved = "triton" if on_cuda and "triton" in have else "torch"
+    elif requested not in have:
+        portable = ", ".join(f"'{b}'" for b in sorted(have))
+        raise RuntimeError(
+            f"backend={requested!r} is not available for the {family} family yet: use one of {portable} "
+            "('torch' is the chunked PyTorch implementation, 'naive' the per-step reference loop)"
+        )
+    else:
+        resolved = requested
+    key = (family, requested, resolved, "cuda" if on_cuda else "cpu")
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.info("kernels.%s: backend=%r resolved to %r (%s tensors)", family, requested, resolved, key[3])
+    return resolved

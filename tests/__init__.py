@@ -1,0 +1,1 @@
+"""Test suite (a package so that tests can import shared helpers: ``from tests.helpers import ...``)."""

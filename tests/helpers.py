@@ -1,0 +1,40 @@
+"""Shared test helpers (import as ``from tests.helpers import assert_close``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    name: str = "tensor",
+) -> None:
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise, with a readable report.
+
+    The relative error uses ``atol`` as an absolute floor, so entries near zero are judged by ``atol``.
+    The message gives shapes/dtypes, max abs and max rel error, the number of failing entries and
+    whether either side contains NaN or inf (NaN anywhere always fails).
+    """
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    nan_a, nan_e = bool(a.isnan().any()), bool(e.isnan().any())
+    inf_a, inf_e = bool(a.isinf().any()), bool(e.isinf().any())
+    err = (a - e).abs()
+    rel = err / e.abs().clamp_min(atol if atol > 0 else torch.finfo(torch.float64).tiny)
+    bad = ~(err <= atol + rtol * e.abs())  # NaN compares False, so NaN counts as bad
+    if nan_a or nan_e or bool(bad.any()):
+        finite = err[err.isfinite()]
+        max_abs = finite.max().item() if finite.numel() else float("nan")
+        finite_rel = rel[rel.isfinite()]
+        max_rel = finite_rel.max().item() if finite_rel.numel() else float("nan")
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} entries outside rtol={rtol:g}, atol={atol:g}; "
+            f"max abs err {max_abs:.3e}, max rel err {max_rel:.3e}; "
+            f"NaN in actual={nan_a} expected={nan_e}; inf in actual={inf_a} expected={inf_e}; "
+            f"shape {tuple(a.shape)}, dtypes {actual.dtype} vs {expected.dtype}"
+        )
