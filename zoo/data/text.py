@@ -1,0 +1,167 @@
+"""Offline text corpus for byte-level language modelling: read local files, split by document, pack blocks.
+
+The default corpus is the Python standard library's own `.py` sources: present on every machine with
+Python, needs no network, and is plenty for smoke runs and small perplexity comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.data._rng import make_rng
+
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # keeps the default corpus quick to read and pack (a few hundred ms)
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")  # what a directory contributes when no glob is given
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}  # not the standard library proper
+
+
+def default_corpus_files() -> list[Path]:
+    """The standard library's `.py` files (`sysconfig.get_paths()["stdlib"]`), sorted by relative path.
+
+    Installed third-party packages (`site-packages`, `dist-packages`) are excluded, so the list depends only
+    on the Python version.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune: never walk installed packages
+        files.extend(Path(dirpath, f) for f in filenames if f.endswith(".py"))
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_text_corpus(
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    glob: str | None = None,
+    max_bytes: int | None = None,
+) -> list[str]:
+    """Read local text into a list of documents, at most `max_bytes` UTF-8 bytes in all.
+
+    `paths`: files and/or directories (None: `default_corpus_files()`). A directory contributes its files
+    matching `glob` (e.g. `"**/*.md"`; default: every file below it with a suffix in `TEXT_SUFFIXES`), sorted.
+    A `.jsonl` file contributes one document per line (its `"text"` field); any other file is one document,
+    decoded as UTF-8 with invalid bytes replaced. Empty documents are dropped. Reading stops once `max_bytes`
+    (None: `DEFAULT_MAX_BYTES`) is reached; the last document is cut to fit.
+    """
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    if paths is None and glob is not None:
+        raise ValueError("glob applies to directories given in paths; it cannot be used with the default corpus")
+    files = default_corpus_files() if paths is None else _expand(paths, glob)
+
+    docs: list[str] = []
+    budget = max_bytes
+    for f in files:
+        for doc in _read_documents(f):
+            raw = doc.encode("utf-8")
+            if not raw:
+                continue
+            if len(raw) >= budget:
+                docs.append(raw[:budget].decode("utf-8", errors="ignore"))  # never split a character
+                return [d for d in docs if d]
+            docs.append(doc)
+            budget -= len(raw)
+    return docs
+
+
+def split_documents(docs: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by document: `round(len(docs) * val_fraction)` documents (at least one, and at
+    least one left for training) chosen by a permutation seeded with `seed` go to validation. Both lists keep
+    the corpus order. Returns `(train_docs, val_docs)`."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if len(docs) < 2:
+        raise ValueError(f"need at least 2 documents to split into train and validation, got {len(docs)}")
+    n_val = min(max(1, round(len(docs) * val_fraction)), len(docs) - 1)
+    is_val = np.zeros(len(docs), dtype=bool)
+    is_val[make_rng(seed).permutation(len(docs))[:n_val]] = True
+    train = [d for d, v in zip(docs, is_val, strict=True) if not v]
+    return train, [d for d, v in zip(docs, is_val, strict=True) if v]
+
+
+def pack_documents(docs: Sequence[str], tokenizer, block_size: int) -> torch.Tensor:
+    """Encode, join and cut documents into LongTensor `[N, block_size + 1]` training blocks.
+
+    Each document's tokens are followed by `tokenizer.eos_token_id` (when the tokenizer has one), all are
+    concatenated into one stream, and block `i` is `stream[i * block_size : (i + 1) * block_size + 1]`:
+    consecutive blocks share one token, so every token after the first is a label exactly once; the tail
+    that does not fill a block is dropped. Inputs are `blocks[:, :-1]`, labels `blocks[:, 1:]`.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    pieces = [np.asarray(tokenizer.encode(d) + eos, dtype=np.int64) for d in docs]
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    n_blocks = max(0, (len(stream) - 1) // block_size)
+    index = np.arange(n_blocks)[:, None] * block_size + np.arange(block_size + 1)  # (N, block_size + 1)
+    return torch.from_numpy(stream[index])
+
+
+def build_text_splits(
+    tokenizer,
+    block_size: int,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    glob: str | None = None,
+    max_bytes: int | None = None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`{"train": (x, y), "val": (x, y)}`, each LongTensor `[N, block_size]`, from `load_text_corpus`.
+
+    The split is by document (`split_documents`), so no validation text leaks into training blocks.
+    Raises ValueError when either side has too little text for one block.
+    """
+    docs = load_text_corpus(paths, glob=glob, max_bytes=max_bytes)
+    train_docs, val_docs = split_documents(docs, val_fraction, seed)
+    out = {}
+    for name, part in (("train", train_docs), ("val", val_docs)):
+        blocks = pack_documents(part, tokenizer, block_size)
+        if len(blocks) == 0:
+            n_bytes = sum(len(d.encode("utf-8")) for d in part)
+            raise ValueError(
+                f"text corpus too small: the {name} split has {len(part)} documents, {n_bytes} bytes, not enough "
+                f"for one block of {block_size + 1} tokens; add text (paths=..., max_bytes=...) or lower seq_len"
+            )
+        out[name] = (blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous())
+    return out
+
+
+def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike], glob: str | None) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = p.glob(glob) if glob else (q for q in p.rglob("*") if q.suffix in TEXT_SUFFIXES)
+            files.extend(sorted((q for q in found if q.is_file()), key=lambda q: q.relative_to(p).as_posix()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"text corpus path {str(p)!r} does not exist")
+    if not files:
+        raise ValueError(f"no text files found in {[str(p) for p in paths]} (glob={glob!r})")
+    return files
+
+
+def _read_documents(path: Path) -> Iterator[str]:
+    if path.suffix != ".jsonl":
+        yield path.read_bytes().decode("utf-8", errors="replace")
+        return
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f"{path}:{n}: each .jsonl line needs a string field 'text'")
+            yield record["text"]
