@@ -1,0 +1,144 @@
+"""Model-level tests: configs compose and build, bad layouts fail with their message, and cached
+inference (prefill + decode, chunked prefill) reproduces the parallel forward for every layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from tests.helpers import assert_close
+from zoo.config import compose, conf_dir
+
+MODEL_NAMES = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+SMALL = ["model.d_model=64", "model.head_dim=16", "data.vocab_size=97"]
+
+
+def small_model(arch: str, *overrides: str, seed: int = 0) -> zoo.HybridLM:
+    cfg = compose([f"model={arch}", *SMALL, *overrides])
+    torch.manual_seed(seed)
+    return zoo.build_model(cfg.model).eval()
+
+
+@pytest.mark.parametrize("arch", MODEL_NAMES)
+def test_every_model_config_composes_and_builds(arch):
+    cfg = compose([f"model={arch}"])
+    model = zoo.build_model(cfg.model)
+    assert len(model.blocks) == cfg.model.n_layers
+    assert model.config.vocab_size == cfg.data.vocab_size
+    assert model.num_params() > 0
+
+
+def test_hybrid_layout_follows_attn_layers():
+    model = small_model("hybrid_gla", "model.n_layers=4", "model.attn.layers=[1,-1]")
+    assert model.layer_mixers == ["gla", "attn", "gla", "attn"]
+    explicit = small_model("gla", "model.n_layers=3", "model.layers=[attn,gla,attn]")
+    assert explicit.layer_mixers == ["attn", "gla", "attn"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.mixer=nope"], "unknown mixer 'nope'; valid mixers: attn, gla"),
+        (["model.n_layers=4", "model.attn.layers=[4]"], "entry 4 is out of range for n_layers=4 (valid: 0..3)"),
+        (["model.n_layers=4", "model.attn.layers=[1,1]"], "lists layer(s) [1] more than once"),
+        (["model.head_dim=24"], "does not divide"),
+        (
+            ["model.n_layers=2", "model.attn.layers=[]", "model.layers=[gla]"],
+            "model.layers has 1 entries but model.n_layers=2",
+        ),
+        (["+model.mixers.gla.bogus=1"], "got unknown option(s) ['bogus']"),
+        (["+model.typo=1"], "unknown model config keys ['typo']"),
+    ],
+    ids=[
+        "unknown-mixer",
+        "attn-index-out-of-range",
+        "duplicate-index",
+        "head-size",
+        "layers-length",
+        "unknown-mixer-option",
+        "unknown-key",
+    ],  # fmt: skip
+)
+def test_bad_model_configs_say_what_is_wrong(overrides, message):
+    cfg = compose(["model=hybrid_gla", "model.d_model=64", "model.head_dim=16", "model.n_layers=4",
+                   "model.attn.layers=[1]", *overrides])  # fmt: skip
+    with pytest.raises(zoo.ConfigError) as err:
+        zoo.build_model(cfg.model)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+LAYOUTS = {
+    "transformer": ("transformer", "model.n_layers=2"),
+    "swa": ("transformer", "model.n_layers=2", "model.attn.window_size=5", "model.attn.num_kv_heads=2"),
+    "gla": ("gla", "model.n_layers=2", "model.mixers.gla.chunk_size=8"),
+    "hybrid_gla": ("hybrid_gla", "model.n_layers=3", "model.attn.layers=[1]", "model.mixers.gla.chunk_size=8"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_prefill_then_decode_matches_parallel(layout):
+    model = small_model(*LAYOUTS[layout])
+    ids = torch.randint(0, 97, (2, 21), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :12], use_cache=True)  # prefill (T not a multiple of the chunk size)
+        steps = [out.logits]
+        for t in range(12, 21):  # one-token decode
+            out = model(ids[:, t : t + 1], cache=out.cache)
+            steps.append(out.logits)
+    assert out.cache.seen_tokens == 21
+    assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5, name=f"{layout} prefill+decode")
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_chunked_prefill_matches_parallel(layout):
+    model = small_model(*LAYOUTS[layout])
+    ids = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache, pieces = None, []
+        for a, b in [(0, 7), (7, 19), (19, 20), (20, 30)]:
+            out = model(ids[:, a:b], cache=cache, use_cache=True)
+            cache = out.cache
+            pieces.append(out.logits)
+    assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-5, name=f"{layout} chunked prefill")
+
+
+def _cache_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_cache_bytes(o) for o in obj)
+    if hasattr(obj, "__dict__"):
+        return sum(_cache_bytes(v) for v in vars(obj).values())
+    return 0
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_state_bytes_counts_the_real_cache(layout):
+    model = small_model(*LAYOUTS[layout])
+    for seq_len in (3, 17):
+        with torch.no_grad():
+            out = model(torch.zeros(2, seq_len, dtype=torch.long), use_cache=True)
+            out = model(torch.zeros(2, 1, dtype=torch.long), cache=out.cache)
+        assert model.state_bytes(seq_len + 1, batch_size=2) == _cache_bytes(out.cache.layers)
+
+
+def test_state_bytes_flat_for_linear_and_growing_for_attention():
+    gla, attn = small_model("gla", "model.n_layers=2"), small_model("transformer", "model.n_layers=2")
+    assert gla.state_bytes(1024) == gla.state_bytes(1_000_000)
+    assert attn.state_bytes(2048) == 2 * attn.state_bytes(1024)
+    swa = small_model("transformer", "model.n_layers=2", "model.attn.window_size=64")
+    assert swa.state_bytes(64) == swa.state_bytes(10_000)
+
+
+def test_greedy_generate_follows_parallel_argmax():
+    model = small_model("hybrid_gla", "model.n_layers=3", "model.attn.layers=[1]")
+    prompt = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(3))
+    out = model.generate(prompt, max_new_tokens=6)
+    assert out.shape == (2, 11)
+    with torch.no_grad():
+        logits = model(out).logits
+    assert torch.equal(logits[:, 4:-1].argmax(-1), out[:, 5:])

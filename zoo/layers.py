@@ -1,0 +1,53 @@
+"""Building blocks shared by models and mixers: RMSNorm, SwiGLU, rotary embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dim, computed in fp32 (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """`W_down(silu(W_gate x) * W_up x)` (Shazeer 2020)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def swiglu_hidden(d_model: int, mlp_ratio: float, multiple_of: int = 8) -> int:
+    """Llama's sizing: 2/3 of `mlp_ratio * d_model` (so the three matrices cost what two would), rounded up."""
+    hidden = int(2 * mlp_ratio * d_model / 3)
+    return multiple_of * -(-hidden // multiple_of)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate `x` `[B, T, H, D]` by RoPE angles of absolute `positions` `[T]` (rotate-half layout, fp32 math)."""
+    d = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # (D/2,)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)[None, :, None, :]  # (1, T, 1, D)
+    sin = torch.cat([angles.sin(), angles.sin()], dim=-1)[None, :, None, :]
+    xf = x.float()
+    x1, x2 = xf[..., : d // 2], xf[..., d // 2 :]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)

@@ -1,0 +1,175 @@
+"""The hybrid language model: embedding, a stack of `x + mixer(norm(x))`, `x + mlp(norm(x))` blocks
+whose mixers come from the registry per layer, a final norm and an LM head (optionally tied).
+
+    model = build_model(cfg)                       # cfg: conf/model/*.yaml, a dict or a ModelConfig
+    out = model(ids, use_cache=True)               # parallel prefill; out.logits (B, T, vocab), out.cache
+    out = model(next_ids, cache=out.cache)         # continue the same sequences from the cache
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from zoo.config import ModelConfig
+from zoo.layers import RMSNorm, SwiGLU, swiglu_hidden
+from zoo.mixers import ConfigError, Mixer, get_mixer
+
+
+@dataclass
+class Cache:
+    """Per-layer mixer caches of one batch of sequences, plus how many tokens they have seen."""
+
+    layers: list = field(default_factory=list)
+    seen_tokens: int = 0
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # (B, T, vocab_size)
+    cache: Cache | None = None
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; it never branches on the mixer type."""
+
+    def __init__(self, mixer: Mixer, d_model: int, mlp_hidden: int, eps: float):
+        super().__init__()
+        self.mixer_norm = RMSNorm(d_model, eps)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(d_model, eps)
+        self.mlp = SwiGLU(d_model, mlp_hidden)
+
+    def forward(self, x: torch.Tensor, cache=None):
+        y, cache = self.mixer(self.mixer_norm(x), cache)
+        x = x + y
+        return x + self.mlp(self.mlp_norm(x)), cache
+
+
+def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict) -> Mixer:
+    cls = get_mixer(name)
+    params = inspect.signature(cls.__init__).parameters
+    valid = sorted(p for p in params if p not in ("self", "d_model", "layer_idx", "n_layers", "head_dim"))
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"layer {layer_idx}: mixer {name!r} got unknown option(s) {unknown}; valid: {valid}")
+    return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config = config.resolved()
+        names = config.layer_names()
+        if config.d_model % config.head_dim != 0:
+            raise ConfigError(f"model.head_dim={config.head_dim} does not divide model.d_model={config.d_model}")
+        self.layer_mixers = names
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        hidden = swiglu_hidden(config.d_model, config.mlp_ratio)
+        self.blocks = nn.ModuleList(
+            Block(
+                build_mixer(name, config.d_model, i, config.n_layers, config.head_dim, config.mixers[name]),
+                config.d_model,
+                hidden,
+                config.norm_eps,
+            )  # fmt: skip
+            for i, name in enumerate(names)
+        )
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.tokenizer = None  # set by training / from_pretrained
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def init_cache(self) -> Cache:
+        return Cache(layers=[block.mixer.init_cache() for block in self.blocks])
+
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False) -> LMOutput:
+        """`input_ids` `[B, T]` -> logits `[B, T, vocab]`. With `use_cache` (or a `cache`) the returned
+        cache continues the sequences: prefill-then-decode gives the logits of one parallel forward."""
+        if cache is None and use_cache:
+            cache = self.init_cache()
+        x = self.embed(input_ids)  # (B, T, d)
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(x, cache.layers[i] if cache is not None else None)
+            if cache is not None:
+                cache.layers[i] = layer_cache
+        if cache is not None:
+            cache.seen_tokens += input_ids.shape[1]
+        return LMOutput(logits=self.lm_head(self.norm(x)), cache=cache)
+
+    # -- inference -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prefill `input_ids` `[B, T]` in parallel, then decode one token at a time from the cache.
+        Greedy when `temperature == 0`. Rows that produced `eos_token_id` are padded with it.
+        Returns `[B, T + n]` with `n <= max_new_tokens`."""
+        out = self(input_ids, use_cache=True)
+        tokens = [input_ids]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            nxt = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+                done |= nxt == eos_token_id
+            tokens.append(nxt[:, None])
+            if eos_token_id is not None and bool(done.all()):
+                break
+            out = self(nxt[:, None], cache=out.cache)
+        return torch.cat(tokens, dim=1)
+
+    # -- accounting ------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+        """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""
+        return sum(block.mixer.state_bytes(seq_len, batch_size) for block in self.blocks)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_pretrained(self, directory) -> None:
+        from zoo.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator=None):
+    """Next token ids `[B]` from last-position logits `[B, vocab]` (greedy when temperature == 0)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already cover top_p of the mass
+        drop = probs.cumsum(-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def build_model(cfg) -> HybridLM:
+    """A model from a model config: a `conf/model/*.yaml` node, a plain dict or a `ModelConfig`."""
+    return HybridLM(ModelConfig.from_any(cfg))
