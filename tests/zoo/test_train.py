@@ -1,0 +1,105 @@
+"""Training: a short MQAR run learns, resume continues exactly, bad configs stop before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zoo.config import compose
+from zoo.results import read_metrics, read_results
+from zoo.train import run_training
+
+TINY = [
+    "model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[1]",
+    "data.vocab_size=64", "data.seq_len=32", "data.num_kv_pairs=4", "data.train_size=512", "data.test_size=64",
+    "train.batch_size=16", "train.warmup_steps=5", "train.lr=3e-3", "train.log_every=1", "eval.batch_size=64",
+]  # fmt: skip
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
+
+
+def test_short_mqar_run_reduces_loss_and_writes_the_run_folder(tmp_path):
+    cfg = compose([*TINY, "train.max_steps=60", "train.eval_every=30", "train.save_every=30"])
+    metrics = run_training(cfg, tmp_path)
+    curve = losses(tmp_path)
+    first, last = sum(curve[s] for s in range(1, 6)) / 5, sum(curve[s] for s in range(56, 61)) / 5
+    assert last < first - 0.3, (first, last)
+    results = read_results(tmp_path)
+    assert results["status"] == "completed"
+    for key in ("params", "mqar/accuracy", "state/bytes@1024", "state/bytes@65536", "train/steps"):
+        assert key in results["metrics"], key
+    assert metrics["train/steps"] == 60
+    assert {p.name for p in (tmp_path / "checkpoint").iterdir()} >= {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.safetensors",
+        "trainer_state.json",
+    }
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Kill a run after its step-20 checkpoint; the resumed run's losses equal an uninterrupted run's."""
+    overrides = [*TINY, "train.max_steps=40", "train.eval_every=20", "train.save_every=20"]
+    run_training(compose(overrides), tmp_path / "straight")
+
+    def crash(step, loss):
+        if step == 27:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(compose(overrides), tmp_path / "resumed", on_step=crash)
+    run_training(compose([*overrides, "train.resume=true"]), tmp_path / "resumed")
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(1, 41))  # the steps after the checkpoint were re-logged once
+    for step in range(21, 41):
+        assert resumed[step] == straight[step], (step, resumed[step], straight[step])
+
+
+def zoo_train(tmp_path, *overrides):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "zoo.train", f"hydra.run.dir={tmp_path}", *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.mixer=nope"], "unknown mixer 'nope'; valid mixers:"),
+        (["model.attn.layers=[9]"], "model.attn.layers entry 9 is out of range for n_layers=8"),
+        (["model.head_dim=48"], "does not divide"),
+        (["data.seq_len=32", "data.num_kv_pairs=16"], "num_kv_pairs"),
+        (["+train.lrr=1"], "unknown train keys ['lrr']"),
+    ],
+    ids=["mixer", "attn-index", "head-size", "mqar-fit", "train-typo"],
+)
+def test_bad_config_stops_with_one_line(tmp_path, overrides, message):
+    proc = zoo_train(tmp_path, *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("zoo-train: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_architecture_lists_the_choices(tmp_path):
+    proc = zoo_train(tmp_path, "model=nope")
+    assert proc.returncode != 0
+    assert "Could not find 'model/nope'" in proc.stderr and "hybrid_gla" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_meets_its_target(tmp_path):
+    proc = zoo_train(tmp_path, "+experiment=quickstart")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    assert metrics["mqar/accuracy"] >= 0.9, metrics

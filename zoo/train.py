@@ -1,0 +1,260 @@
+"""`zoo-train` (also `python -m zoo.train`): one training loop for every architecture.
+
+    zoo-train +experiment=quickstart
+    zoo-train model=gla data=text train.max_steps=500
+    zoo-train hydra.run.dir=runs/mine train.resume=true      # continue runs/mine from its checkpoint
+
+Writes the run folder of DESIGN.md: `.hydra/config.yaml`, `metrics.jsonl`, `checkpoint/`
+(weights, config.json, tokenizer, optimizer state), `results.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from zoo.checkpoint import CheckpointError, load_weights, readable_dir, write_dir_atomically, write_model_files
+from zoo.config import conf_dir
+from zoo.data import build_data, iterate_batches
+from zoo.mixers import ConfigError
+from zoo.model import HybridLM, build_model
+from zoo.results import log_metrics, truncate_metrics, update_results
+from zoo.train_state import load_trainer_state, save_trainer_state
+
+log = logging.getLogger("zoo.train")
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """`conf/train/*.yaml`, typed so that a misspelt key fails before training."""
+
+    max_steps: int
+    batch_size: int
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    betas: list
+    grad_clip: float
+    seed: int
+    resume: bool | str
+    log_every: int
+    eval_every: int
+    save_every: int
+    device: str
+    num_threads: int | None
+
+
+def typed(cls, node, what: str):
+    """`cls(**node)` with a one-line error naming unknown or missing keys."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    fields = set(cls.__dataclass_fields__)
+    if set(data) - fields:
+        raise ConfigError(f"unknown {what} keys {sorted(set(data) - fields)}; valid keys: {sorted(fields)}")
+    if fields - set(data):
+        raise ConfigError(f"{what} config is missing {sorted(fields - set(data))}")
+    return cls(**data)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr_ratio * lr` at `max_steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (not norms, biases, gate vectors)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate(model: HybridLM, data, name: str, eval_cfg, device, autocast) -> dict[str, float]:
+    """Held-out metrics: MQAR accuracy at label positions only, or validation loss / perplexity."""
+    model.eval()
+    inputs, labels = data.eval
+    if eval_cfg.max_examples is not None:
+        inputs, labels = inputs[: eval_cfg.max_examples], labels[: eval_cfg.max_examples]
+    correct = total = 0
+    loss_sum = 0.0
+    for i in range(0, len(inputs), eval_cfg.batch_size):
+        x, y = inputs[i : i + eval_cfg.batch_size].to(device), labels[i : i + eval_cfg.batch_size].to(device)
+        with autocast():
+            logits = model(x).logits
+        mask = y != -100
+        correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
+        total += mask.sum().item()
+        loss_sum += lm_loss(logits, y, reduction="sum").item()
+    model.train()
+    loss = loss_sum / max(total, 1)
+    if data.metric == "accuracy":
+        return {f"{name}/accuracy": correct / max(total, 1), f"{name}/loss": loss}
+    return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+
+
+def save_checkpoint(run_dir: Path, model: HybridLM, optimizer, meta: dict) -> None:
+    def write(tmp: Path) -> None:
+        write_model_files(model, tmp)
+        save_trainer_state(tmp, optimizer, meta)
+
+    write_dir_atomically(run_dir / CHECKPOINT, write)
+
+
+def resume_dir(run_dir: Path, resume) -> Path | None:
+    """The checkpoint folder to resume from (`train.resume`: false, true = this run folder, or a path)."""
+    if resume is False or resume is None:
+        return None
+    source = run_dir if resume is True else Path(str(resume))
+    ckpt = source if (source / "trainer_state.json").exists() else readable_dir(source / CHECKPOINT)
+    if not (ckpt / "trainer_state.json").exists():
+        if resume is True:
+            log.info("train.resume=true but %s holds no checkpoint yet: starting from step 0", ckpt)
+            return None
+        raise CheckpointError(f"train.resume={resume}: no checkpoint with trainer state under {source}")
+    return ckpt
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train the model of `cfg` into `run_dir`; returns the final metrics. `on_step(step, loss)` is
+    called after every optimizer step (tests use it to interrupt a run)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = typed(TrainConfig, cfg.train, "train")
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = pick_device(tcfg.device)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_name = data_cfg.pop("name")
+    try:
+        data = build_data(data_name, **data_cfg)
+    except ValueError as e:  # impossible data settings are config errors: one line, before training
+        raise ConfigError(f"data: {e}") from e
+    if cfg.model.vocab_size < data.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < data vocab size {data.vocab_size}")
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model(cfg.model).to(device)
+    model.tokenizer = data.tokenizer
+    optimizer = make_optimizer(model, tcfg)
+    use_bf16 = device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    start_step, elapsed_before = 0, 0.0
+    ckpt = resume_dir(run_dir, tcfg.resume)
+    if ckpt is not None:
+        load_weights(model, ckpt)
+        meta = load_trainer_state(ckpt, optimizer)
+        start_step, elapsed_before = meta["step"], meta.get("train_time_s", 0.0)
+        log.info("resumed from %s at step %d", ckpt, start_step)
+    truncate_metrics(run_dir, start_step)  # records past the checkpoint are re-logged (or a fresh start)
+
+    n_params = model.num_params()
+    log.info("model %s: %s params, layers %s, device %s", cfg.model.get("name", "?"), f"{n_params:,}",
+             model.layer_mixers, device)  # fmt: skip
+    update_results(run_dir, {"params": n_params}, status="running", model={"layers": model.layer_mixers})
+    evals: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model.train()
+    step = start_step
+    bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=None)
+    batches = iterate_batches(*data.train, tcfg.batch_size, tcfg.seed, start_step=start_step)
+    for step, x, y in batches:
+        if step >= tcfg.max_steps:
+            break
+        lr = lr_at(step, tcfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            loss = lm_loss(model(x).logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        bar.update(1)
+        record = {"step": done, "train/loss": loss.item()}
+        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log_metrics(run_dir, record | {"lr": lr, "grad_norm": grad_norm.item(),
+                                          "time_s": elapsed_before + time.perf_counter() - t0})  # fmt: skip
+        if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
+            evals = evaluate(model, data, data_name, cfg.eval, device, autocast)
+            log_metrics(run_dir, {"step": done, **evals})
+            bar.set_postfix({"loss": f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
+        if done % tcfg.save_every == 0 or done == tcfg.max_steps:
+            meta = {"step": done, "train_time_s": elapsed_before + time.perf_counter() - t0}
+            save_checkpoint(run_dir, model, optimizer, meta)
+        if on_step is not None:
+            on_step(done, loss.item())
+    bar.close()
+    step = max(step, start_step)
+    train_time = elapsed_before + time.perf_counter() - t0
+    metrics = {"params": n_params, "train/steps": min(tcfg.max_steps, step), "train/time_s": train_time, **evals}
+    for length in cfg.eval.state_bytes_at:
+        metrics[f"state/bytes@{length}"] = model.state_bytes(length)
+    update_results(run_dir, metrics, status="completed", model={"layers": model.layer_mixers})
+    return metrics
+
+
+def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
+    name = cfg.model.get("name", "model")
+    parts = [f"{name}: {metrics['params'] / 1e6:.2f}M params", f"{metrics['train/steps']} steps",
+             f"{metrics['train/time_s']:.0f} s"]  # fmt: skip
+    parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("mqar/acc", "val/"))]
+    parts += [f"state {v / 1024:.1f} KiB @{k.split('@')[1]}" for k, v in metrics.items() if k.startswith("state/")]
+    return " | ".join(parts) + f"\nrun folder: {run_dir}"
+
+
+@hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run_training(cfg, run_dir)
+    except (ConfigError, CheckpointError) as e:
+        print(f"zoo-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(summary(cfg, metrics, run_dir))
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
