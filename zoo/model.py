@@ -138,6 +138,13 @@ class HybridLM(nn.Module):
             out = self(nxt[:, None], cache=out.cache)
         return torch.cat(tokens, dim=1)
 
+    def kernel_backends(self) -> dict[str, str]:
+        """Kernel implementation per op family, as resolved for this model's device."""
+        found: dict[str, str] = {}
+        for block in self.blocks:
+            found.update(block.mixer.kernel_backends())
+        return found
+
     # -- accounting ------------------------------------------------------------------------------
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once

@@ -182,7 +182,8 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     n_params = model.num_params()
     log.info("model %s: %s params, layers %s, device %s", cfg.model.get("name", "?"), f"{n_params:,}",
              model.layer_mixers, device)  # fmt: skip
-    update_results(run_dir, {"params": n_params}, status="running", model={"layers": model.layer_mixers})
+    run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
+    update_results(run_dir, {"params": n_params}, status="running", **run_info)
     evals: dict[str, float] = {}
     t0 = time.perf_counter()
     model.train()
@@ -226,7 +227,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     metrics = {"params": n_params, "train/steps": min(tcfg.max_steps, step), "train/time_s": train_time, **evals}
     for length in cfg.eval.state_bytes_at:
         metrics[f"state/bytes@{length}"] = model.state_bytes(length)
-    update_results(run_dir, metrics, status="completed", model={"layers": model.layer_mixers})
+    update_results(run_dir, metrics, status="completed", **run_info)
     return metrics
 
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from zoo.config import compose
+import zoo
+from zoo.config import compose, conf_dir
 from zoo.results import read_metrics, read_results
 from zoo.train import run_training
 
@@ -103,3 +104,20 @@ def test_quickstart_meets_its_target(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
     assert metrics["mqar/accuracy"] >= 0.9, metrics
+
+
+def test_short_text_run_reports_validation_perplexity(tmp_path):
+    cfg = compose(["model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", "data=text",
+                   "data.seq_len=64", "data.max_bytes=200000", "train.batch_size=8", "train.max_steps=30",
+                   "train.warmup_steps=5", "train.lr=3e-3", "train.eval_every=30", "eval.max_examples=32"])  # fmt: skip
+    metrics = run_training(cfg, tmp_path)
+    assert metrics["val/ppl"] < 257  # better than a uniform guess over the byte vocabulary
+    results = read_results(tmp_path)
+    assert results["backend"] == {"gla": "torch"} and results["device"] == "cpu"
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_builds(experiment):
+    cfg = compose([f"+experiment={experiment}"])
+    model = zoo.build_model(cfg.model)
+    assert model.config.vocab_size >= cfg.data.vocab_size

@@ -126,6 +126,12 @@ class Attention(Mixer):
             cache.k, cache.v, cache.offset = k[:, -keep:], v[:, -keep:], start + T
         return self.o_proj(o.reshape(B, T, -1)), cache
 
+    def kernel_backends(self) -> dict[str, str]:
+        # On CUDA, training runs under bf16 autocast, so flash-attn serves it whenever it is installed.
+        on_cuda = self.q_proj.weight.is_cuda
+        flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
+        return {"attention": "flash_attn (fp16/bf16), sdpa (fp32)" if flash else "sdpa"}
+
     def init_cache(self) -> KVCache:
         return KVCache()
 

@@ -32,6 +32,10 @@ class Mixer(nn.Module, abc.ABC):
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Bytes of cache after `seq_len` tokens."""
 
+    def kernel_backends(self) -> dict[str, str]:
+        """Which implementation this layer runs on its parameters' device (recorded in results.json)."""
+        return {}
+
     @property
     def param_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

@@ -88,6 +88,10 @@ class GatedLinearAttention(Mixer):
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
 
+    def kernel_backends(self) -> dict[str, str]:
+        probe = torch.empty(0, device=self.o_proj.weight.device)
+        return {"gla": kernels.resolve_backend(self.backend, probe, family="gla")}
+
     def init_cache(self) -> RecurrentCache:
         return RecurrentCache()
 
