@@ -24,6 +24,10 @@ BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "naive")
 
 AVAILABLE: dict[str, set[str]] = {
     "gla": {"torch", "naive"},
+    "simple_gla": {"torch", "naive"},
+    "rwkv6": {"torch", "naive"},
+    "delta_rule": {"torch", "naive"},
+    "gated_delta_rule": {"torch", "naive"},
 }
 """Family name -> implementations that exist for it (a subset of ``BACKENDS`` without ``auto``)."""
 

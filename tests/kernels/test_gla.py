@@ -229,7 +229,7 @@ BAD_INPUTS = {
     "k-other-K": (_bad(k=(2, 10, 3, 6)), r"k\.shape=\(2, 10, 3, 6\) must equal q\.shape=\(2, 10, 3, 8\)"),
     "g-other-T": (_bad(g=(2, 9, 3, 8)), r"g\.shape=\(2, 9, 3, 8\)"),
     "v-other-H": (_bad(v=(2, 10, 2, 4)), r"v\.shape=\(2, 10, 2, 4\) must start with \[B, T, H\]=\[2, 10, 3\]"),
-    "h0-wrong": (_bad(h0=(2, 3, 4, 8)), r"initial_state\.shape=\(2, 3, 4, 8\) must be \[B, H, K, V\]=\[2, 3, 8, 4\]"),
+    "h0-wrong": (_bad(h0=(2, 3, 4, 8)), r"initial_state\.shape=\(2, 3, 4, 8\) must be \[N, H, K, V\]=\[2, 3, 8, 4\]"),
     "T-0": (_bad(q=(2, 0, 3, 8), k=(2, 0, 3, 8), v=(2, 0, 3, 4), g=(2, 0, 3, 8)), r"T=0"),
 }
 

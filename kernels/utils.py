@@ -1,0 +1,100 @@
+"""Input checks and variable-length (packed) batching shared by every kernel family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["check_inputs", "run_varlen"]
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    **extra: tuple[torch.Tensor | None, str],
+) -> tuple[int, int, int, int, int, int]:
+    """Validate fla-layout inputs; ValueError quoting the shapes otherwise. Returns `(B, T, H, K, V, N)`,
+    N = number of sequences (`B`, or `len(cu_seqlens) - 1` for packed input).
+
+    q, k `[B, T, H, K]`, v `[B, T, H, V]`, initial_state `[N, H, K, V]`. `extra` maps an argument name to
+    `(tensor or None, layout)` where layout is spelt with the letters B T H K V (e.g. `g=(g, "BTHK")`,
+    `beta=(beta, "BTH")`, `u=(u, "HK")`, `g_gamma=(g_gamma, "H")`).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be 4-D [B, T, H, D], got {name}.shape={tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if tuple(k.shape) != (B, T, H, K):
+        raise ValueError(f"k.shape={tuple(k.shape)} must equal q.shape={(B, T, H, K)} ([B, T, H, K])")
+    if tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f"v.shape={tuple(v.shape)} must start with [B, T, H]={[B, T, H]} of q.shape={(B, T, H, K)}")
+    if T < 1:
+        raise ValueError(f"sequence length must be >= 1, got T={T} (q.shape={(B, T, H, K)})")
+    sizes = {"B": B, "T": T, "H": H, "K": K, "V": V}
+    for name, (x, layout) in extra.items():
+        if x is None:
+            continue
+        want = tuple(sizes[c] for c in layout)
+        if tuple(x.shape) != want:
+            dims = ", ".join(layout)
+            raise ValueError(f"{name}.shape={tuple(x.shape)} must be [{dims}]={list(want)} for q.shape={(B, T, H, K)}")
+    N = B
+    if cu_seqlens is not None:
+        N = _check_cu_seqlens(cu_seqlens, B, T)
+    if initial_state is not None and tuple(initial_state.shape) != (N, H, K, V):
+        raise ValueError(
+            f"initial_state.shape={tuple(initial_state.shape)} must be [N, H, K, V]={[N, H, K, V]} "
+            f"(N = {'len(cu_seqlens) - 1' if cu_seqlens is not None else 'B'}) for q.shape={(B, T, H, K)}"
+        )
+    return B, T, H, K, V, N
+
+
+def _check_cu_seqlens(cu_seqlens: torch.Tensor, B: int, T: int) -> int:
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the sequences are packed along T, so B must be 1, got B={B}")
+    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+        raise ValueError(f"cu_seqlens must be a 1-D integer tensor [N + 1], got {cu_seqlens!r}")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != T or any(b < a for a, b in zip(offsets, offsets[1:], strict=False)):
+        raise ValueError(f"cu_seqlens must rise from 0 to T={T} without decreasing, got {offsets}")
+    return len(offsets) - 1
+
+
+def run_varlen(
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    cu_seqlens: torch.Tensor,
+    per_token: dict[str, torch.Tensor | None],
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+    **shared,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run `fn` on each packed sequence separately (exact by construction: no state crosses a boundary).
+
+    `per_token` tensors are `[1, T, ...]` and are sliced along T; `shared` arguments (u, g_gamma, scale,
+    chunk_size, ...) pass through. Returns `o [1, T, H, V]` and final states `[N, H, K, V]` (or None).
+    An empty sequence leaves its state as it came in.
+    """
+    offsets = cu_seqlens.tolist()
+    ref = per_token["v"]
+    outs, finals = [], []
+    for i, (a, b) in enumerate(zip(offsets, offsets[1:], strict=False)):
+        h0 = None if initial_state is None else initial_state[i : i + 1]
+        if b == a:
+            H, K, V = ref.shape[2], per_token["k"].shape[-1], ref.shape[-1]
+            zero = torch.zeros(1, H, K, V, dtype=torch.promote_types(ref.dtype, torch.float32), device=ref.device)
+            finals.append(zero if h0 is None else h0.to(zero.dtype))
+            continue
+        sliced = {name: None if x is None else x[:, a:b] for name, x in per_token.items()}
+        o, s = fn(**sliced, initial_state=h0, output_final_state=output_final_state, **shared)
+        outs.append(o)
+        finals.append(s)
+    o = torch.cat(outs, dim=1) if outs else ref.new_zeros(ref.shape)
+    return o, (torch.cat(finals, dim=0) if output_final_state else None)
