@@ -16,6 +16,7 @@ def check_inputs(
     *,
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    query_name: str = "q",
     **extra: tuple[torch.Tensor | None, str],
 ) -> tuple[int, int, int, int, int, int]:
     """Validate fla-layout inputs; ValueError quoting the shapes otherwise. Returns `(B, T, H, K, V, N)`,
@@ -23,9 +24,11 @@ def check_inputs(
 
     q, k `[B, T, H, K]`, v `[B, T, H, V]`, initial_state `[N, H, K, V]`. `extra` maps an argument name to
     `(tensor or None, layout)` where layout is spelt with the letters B T H K V (e.g. `g=(g, "BTHK")`,
-    `beta=(beta, "BTH")`, `u=(u, "HK")`, `g_gamma=(g_gamma, "H")`).
+    `beta=(beta, "BTH")`, `u=(u, "HK")`, `g_gamma=(g_gamma, "H")`); extra tensors must be floating point.
+    `query_name` is what messages call the first argument (RWKV calls it `r`).
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
+    qn = query_name
+    for name, x in ((qn, q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must be 4-D [B, T, H, D], got {name}.shape={tuple(x.shape)}")
         if not x.is_floating_point():
@@ -33,11 +36,11 @@ def check_inputs(
     B, T, H, K = q.shape
     V = v.shape[-1]
     if tuple(k.shape) != (B, T, H, K):
-        raise ValueError(f"k.shape={tuple(k.shape)} must equal q.shape={(B, T, H, K)} ([B, T, H, K])")
+        raise ValueError(f"k.shape={tuple(k.shape)} must equal {qn}.shape={(B, T, H, K)} ([B, T, H, K])")
     if tuple(v.shape[:3]) != (B, T, H):
-        raise ValueError(f"v.shape={tuple(v.shape)} must start with [B, T, H]={[B, T, H]} of q.shape={(B, T, H, K)}")
+        raise ValueError(f"v.shape={tuple(v.shape)} must start with [B, T, H]={[B, T, H]} of {qn}.shape={(B, T, H, K)}")
     if T < 1:
-        raise ValueError(f"sequence length must be >= 1, got T={T} (q.shape={(B, T, H, K)})")
+        raise ValueError(f"sequence length must be >= 1, got T={T} ({qn}.shape={(B, T, H, K)})")
     sizes = {"B": B, "T": T, "H": H, "K": K, "V": V}
     for name, (x, layout) in extra.items():
         if x is None:
@@ -45,14 +48,18 @@ def check_inputs(
         want = tuple(sizes[c] for c in layout)
         if tuple(x.shape) != want:
             dims = ", ".join(layout)
-            raise ValueError(f"{name}.shape={tuple(x.shape)} must be [{dims}]={list(want)} for q.shape={(B, T, H, K)}")
+            raise ValueError(
+                f"{name}.shape={tuple(x.shape)} must be [{dims}]={list(want)} for {qn}.shape={(B, T, H, K)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     N = B
     if cu_seqlens is not None:
         N = _check_cu_seqlens(cu_seqlens, B, T)
     if initial_state is not None and tuple(initial_state.shape) != (N, H, K, V):
         raise ValueError(
             f"initial_state.shape={tuple(initial_state.shape)} must be [N, H, K, V]={[N, H, K, V]} "
-            f"(N = {'len(cu_seqlens) - 1' if cu_seqlens is not None else 'B'}) for q.shape={(B, T, H, K)}"
+            f"(N = {'len(cu_seqlens) - 1' if cu_seqlens is not None else 'B'}) for {qn}.shape={(B, T, H, K)}"
         )
     return B, T, H, K, V, N
 
@@ -89,7 +96,8 @@ def run_varlen(
         h0 = None if initial_state is None else initial_state[i : i + 1]
         if b == a:
             H, K, V = ref.shape[2], per_token["k"].shape[-1], ref.shape[-1]
-            zero = torch.zeros(1, H, K, V, dtype=torch.promote_types(ref.dtype, torch.float32), device=ref.device)
+            acc = torch.promote_types(per_token["k"].dtype, torch.float32)  # the implementations' state dtype
+            zero = torch.zeros(1, H, K, V, dtype=acc, device=ref.device)
             finals.append(zero if h0 is None else h0.to(zero.dtype))
             continue
         sliced = {name: None if x is None else x[:, a:b] for name, x in per_token.items()}

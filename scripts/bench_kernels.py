@@ -1,103 +1,206 @@
-"""Time the GLA backends: naive per-step loop vs chunked PyTorch, forward (and forward+backward).
+"""Benchmark every kernel family and backend: forward and forward+backward time over sequence length,
+against causal softmax attention of the same shape, with the issue's target ratios measured in one run.
 
-Usage (from the repository root)::
+    python scripts/bench_kernels.py                         # all families, T = 512 ... 32768
+    python scripts/bench_kernels.py --families gla --T 2048 16384 --repeats 5
 
-    python3 scripts/bench_kernels.py --B 2 --H 4 --K 64 --V 64 --T 256 1024 --repeats 5
-
-Prints one row per T with the median over ``--repeats`` runs (after one warm-up) in milliseconds,
-for the forward and for forward+backward, and the ratios naive / chunked measured in the same run.
+Writes `kernels.csv` (one row per family/backend/T) and `kernels.png` (time vs T, log-log, forward and
+forward+backward) into `--out`, and prints the table and the ratios. The naive per-step loop and full
+attention are only run up to `--naive-max-T` / `--attn-max-T` (longer ones are listed as skipped).
+On CUDA it times the Triton backends, SDPA and flash-attn (when installed) as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs, after one warm-up call."""
-    fn()
+import kernels
+from kernels.backend import available_backends
+
+
+def family_inputs(family: str, B: int, T: int, H: int, K: int, V: int, device, dtype) -> tuple[Callable, dict]:
+    """`(op, kwargs)` for one call of `family`'s chunked op on random inputs of the given shape."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
+    gate_k = F.logsigmoid(rand(B, T, H, K).float()) / 16  # GLA's gate
+    gate_h = F.logsigmoid(rand(B, T, H).float()) / 16
+    if family == "gla":
+        return kernels.chunk_gla, {"q": q, "k": k, "v": v, "g": gate_k}
+    if family == "simple_gla":
+        return kernels.chunk_simple_gla, {"q": q, "k": k, "v": v, "g": gate_h}
+    if family == "rwkv6":
+        return kernels.chunk_rwkv6, {"r": q, "k": k, "v": v, "w": gate_k, "u": rand(H, K)}
+    beta = torch.sigmoid(rand(B, T, H).float())
+    k = F.normalize(k.float(), dim=-1).to(dtype)
+    if family == "delta_rule":
+        return kernels.chunk_delta_rule, {"q": q, "k": k, "v": v, "beta": beta}
+    if family == "gated_delta_rule":
+        return kernels.chunk_gated_delta_rule, {"q": q, "k": k, "v": v, "g": gate_h, "beta": beta}
+    raise ValueError(f"unknown family {family!r}")
+
+
+def attention_inputs(B, T, H, K, V, device, dtype) -> tuple[Callable, dict]:
+    q, k, v = (torch.randn(B, H, T, d, device=device, dtype=dtype) for d in (K, K, V))
+    return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)), {"q": q, "k": k, "v": v}
+
+
+def flash_inputs(B, T, H, K, V, device, dtype) -> tuple[Callable, dict]:
+    from flash_attn import flash_attn_func
+
+    q, k, v = (torch.randn(B, T, H, d, device=device, dtype=dtype) for d in (K, K, V))
+    return (lambda q, k, v: flash_attn_func(q, k, v, causal=True)), {"q": q, "k": k, "v": v}
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], repeats: int, device) -> float:
+    fn()  # warm-up (Triton compilation, allocator)
+    sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
+def time_op(op: Callable, kwargs: dict, repeats: int, device, backward: bool, **extra) -> float:
+    if not backward:
+        with torch.no_grad():
+            return median_ms(lambda: op(**kwargs, **extra), repeats, device)
+    leaves = {n: x.detach().requires_grad_(x.is_floating_point()) for n, x in kwargs.items()}
+
+    def step():
+        out = op(**leaves, **extra)
+        o = out[0] if isinstance(out, tuple) else out
+        o.float().sum().backward()
+        for x in leaves.values():
+            x.grad = None
+
+    return median_ms(step, repeats, device)
+
+
+def rows_for(args, device) -> list[dict]:
+    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    B, H, K, V = args.B, args.H, args.K, args.V
+    rows = []
+    impls: list[tuple[str, str, Callable]] = []
+    for family in args.families:
+        for backend in available_backends(family):
+            if backend == "triton" and torch.device(device).type != "cuda":
+                continue  # the interpreter is for correctness tests, not timings
+            impls.append((family, backend, lambda T, f=family: family_inputs(f, B, T, H, K, V, device, dtype)))
+    impls.append(("attention", "sdpa", lambda T: attention_inputs(B, T, H, K, V, device, dtype)))
+    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        impls.append(("attention", "flash_attn", lambda T: flash_inputs(B, T, H, K, V, device, dtype)))
+    for family, backend, make in impls:
+        limit = args.naive_max_T if backend == "naive" else args.attn_max_T if family == "attention" else None
+        for T in args.T:
+            row = {"family": family, "backend": backend, "B": B, "T": T, "H": H, "K": K, "V": V,
+                   "dtype": str(dtype).replace("torch.", ""), "device": str(device)}  # fmt: skip
+            if limit is not None and limit < T:
+                rows.append(row | {"fwd_ms": "", "fwd_bwd_ms": "", "note": f"skipped: T > {limit}"})
+                continue
+            op, kwargs = make(T)
+            extra = {} if family == "attention" else {"backend": backend}
+            fwd = time_op(op, kwargs, args.repeats, device, backward=False, **extra)
+            bwd = "" if args.no_backward else time_op(op, kwargs, args.repeats, device, backward=True, **extra)
+            rows.append(row | {"fwd_ms": round(fwd, 3), "fwd_bwd_ms": bwd if bwd == "" else round(bwd, 3), "note": ""})
+            bwd_text = "-" if bwd == "" else f"{bwd:.2f}"
+            print(f"{family:>16} {backend:>10} T={T:>6}  fwd {fwd:10.2f} ms  fwd+bwd {bwd_text:>10} ms", flush=True)
+    return rows
+
+
+def lookup(rows, family, backend, T, col="fwd_ms"):
+    for r in rows:
+        if (r["family"], r["backend"], r["T"]) == (family, backend, T) and r[col] != "":
+            return float(r[col])
+    return None
+
+
+def report_targets(rows, fast_backend: str) -> list[str]:
+    """The issue's target ratios for chunk_gla at this shape (only those whose cells were measured)."""
+    naive, fast2k = lookup(rows, "gla", "naive", 2048), lookup(rows, "gla", fast_backend, 2048)
+    fast16k, attn16k = lookup(rows, "gla", fast_backend, 16384), lookup(rows, "attention", "sdpa", 16384)
+    checks = [
+        ("vs naive, forward, T=2048", naive, fast2k, lambda a, b: a / b, ">= 20x", lambda r: r >= 20),
+        ("vs causal SDPA, forward, T=16384", attn16k, fast16k, lambda a, b: a / b, ">= 5x", lambda r: r >= 5),
+        ("time growth T=2048 -> 16384", fast16k, fast2k, lambda a, b: a / b, "<= 10x", lambda r: r <= 10),
+    ]
+    lines = []
+    for what, a, b, ratio, target, ok in checks:
+        if a and b:
+            r = ratio(a, b)
+            lines.append(f"gla {fast_backend} {what}: {r:.1f}x (target {target}: {'met' if ok(r) else 'MISSED'})")
+    return lines
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, col, title in zip(axes, ("fwd_ms", "fwd_bwd_ms"), ("forward", "forward + backward"), strict=True):
+        for key in sorted({(r["family"], r["backend"]) for r in rows}):
+            pts = [(r["T"], float(r[col])) for r in rows if (r["family"], r["backend"]) == key and r[col] != ""]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{key[0]} / {key[1]}")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="ms", title=title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"kernels on {rows[0]['device']} ({rows[0]['dtype']}), B={rows[0]['B']} H={rows[0]['H']} "
+                 f"K={rows[0]['K']} V={rows[0]['V']}")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--B", type=int, default=2, help="batch size")
-    parser.add_argument("--H", type=int, default=4, help="heads")
-    parser.add_argument("--K", type=int, default=64, help="key head dim")
-    parser.add_argument("--V", type=int, default=64, help="value head dim")
-    parser.add_argument("--T", type=int, nargs="+", default=[256, 1024], help="sequence lengths")
-    parser.add_argument("--chunk-size", type=int, default=64, help="chunk size of the torch backend")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-naive-backward", action="store_true", help="skip naive forward+backward (slow)")
+    families = ["gla", "simple_gla", "rwkv6", "delta_rule", "gated_delta_rule"]
+    parser.add_argument("--families", nargs="+", default=families, choices=families)
+    parser.add_argument("--B", type=int, default=1)
+    parser.add_argument("--H", type=int, default=8)
+    parser.add_argument("--K", type=int, default=64)
+    parser.add_argument("--V", type=int, default=64)
+    parser.add_argument("--T", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384, 32768])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median reported)")
+    parser.add_argument("--naive-max-T", type=int, default=2048, help="longest T for the per-step naive loop")
+    parser.add_argument("--attn-max-T", type=int, default=16384, help="longest T for full attention")
+    parser.add_argument("--no-backward", action="store_true", help="forward only")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_kernels"))
     args = parser.parse_args(argv)
 
-    try:
-        import torch
-        import torch.nn.functional as F
-
-        from kernels.gla import chunk_gla
-    except ImportError:  # run as a script without installing the package
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import torch
-        import torch.nn.functional as F
-
-        from kernels.gla import chunk_gla
-
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    print(
-        f"GLA B={args.B} H={args.H} K={args.K} V={args.V} chunk={args.chunk_size} dtype={args.dtype} "
-        f"device={device} threads={torch.get_num_threads()} repeats={args.repeats} (median ms)"
-    )
-    header = (
-        f"{'T':>7} {'naive fwd':>11} {'torch fwd':>11} {'naive/torch':>12} "
-        f"{'naive fwd+bwd':>14} {'torch fwd+bwd':>14} {'naive/torch':>12}"
-    )
-    print(header)
-    print("-" * len(header))
-    for T in args.T:
-        gen = torch.Generator().manual_seed(0)
-        q, k, g = (torch.randn(args.B, T, args.H, args.K, generator=gen) for _ in range(3))
-        v = torch.randn(args.B, T, args.H, args.V, generator=gen)
-        q, k, v, g = (x.to(device, dtype) for x in (q, k, v, F.logsigmoid(g) / 16))
-
-        def fwd(backend: str, q=q, k=k, v=v, g=g) -> None:
-            with torch.no_grad():
-                chunk_gla(q, k, v, g, backend=backend, chunk_size=args.chunk_size)
-            sync()
-
-        leaves = [x.detach().requires_grad_() for x in (q, k, v, g)]
-
-        def fwd_bwd(backend: str, leaves=leaves) -> None:
-            o, _ = chunk_gla(*leaves, backend=backend, chunk_size=args.chunk_size)
-            o.float().square().mean().backward()
-            sync()
-
-        naive = median_ms(lambda: fwd("naive"), args.repeats)
-        chunked = median_ms(lambda: fwd("torch"), args.repeats)
-        chunked_bwd = median_ms(lambda: fwd_bwd("torch"), args.repeats)
-        row = f"{T:>7} {naive:>11.2f} {chunked:>11.2f} {naive / chunked:>11.1f}x"
-        if args.skip_naive_backward:
-            print(f"{row} {'-':>14} {chunked_bwd:>14.2f} {'-':>12}")
-        else:
-            naive_bwd = median_ms(lambda: fwd_bwd("naive"), args.repeats)
-            print(f"{row} {naive_bwd:>14.2f} {chunked_bwd:>14.2f} {naive_bwd / chunked_bwd:>11.1f}x")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    rows = rows_for(args, args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "kernels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.out / "kernels.png")
+    fast = "triton" if torch.device(args.device).type == "cuda" else "torch"
+    print("\n".join(["", "targets (ratios from this run):", *report_targets(rows, fast)]))
+    print(f"\nwrote {args.out / 'kernels.csv'} and {args.out / 'kernels.png'}")
 
 
 if __name__ == "__main__":

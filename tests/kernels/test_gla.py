@@ -44,6 +44,9 @@ def make_inputs(B, T, H, K, V, dtype=torch.float64, gate="random", seed=0, requi
         g = torch.full((B, T, H, K), -20.0, dtype=torch.float64)
     elif gate == "logsigmoid-200":  # logits down to -200: g as small as -12.5
         g = F.logsigmoid(-200 * torch.rand(B, T, H, K, generator=gen, dtype=torch.float64)) / 16
+    elif gate == "time-mixed":  # mild decay, but -20 per step from t = 40 on: chunks of both intra-chunk forms
+        g = torch.full((B, T, H, K), -0.05, dtype=torch.float64)
+        g[:, 40:] = -20.0
     elif gate == "mixed":  # half the channels never decay, the other half decay at -20 per step
         g = torch.zeros(B, T, H, K, dtype=torch.float64)
         g[..., ::2] = -20.0
@@ -141,9 +144,9 @@ def test_custom_scale():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("gate", ["const-20", "logsigmoid-200", "mixed"])
+@pytest.mark.parametrize("gate", ["const-20", "logsigmoid-200", "mixed", "time-mixed"])
 def test_strong_decay_is_finite_and_matches_naive(gate, dtype):
-    B, T, H, K, V, C = 2, 100, 2, 16, 8, 64  # exp(+20 * 63) would overflow even fp64
+    B, T, H, K, V, C = 2, 100, 2, 16, 8, 32  # exp(+20 * 31) would overflow even fp64
     inputs = make_inputs(B, T, H, K, V, torch.float64, gate=gate, requires_grad=True)
     o_ref, S_ref, grads_ref = run_with_grads(naive_recurrent_gla, *inputs)
     inputs = make_inputs(B, T, H, K, V, dtype, gate=gate, requires_grad=True)
@@ -254,9 +257,11 @@ def test_bad_chunk_size_raises(chunk_size):
 
 
 @pytest.mark.parametrize("op", [chunk_gla, fused_recurrent_gla], ids=["chunk", "fused_recurrent"])
-def test_triton_backend_raises_with_the_fix(op):
-    q, k, v, g, _ = make_inputs(1, 4, 1, 4, 4)
-    with pytest.raises(RuntimeError, match=r"backend='triton' is not available for the gla family.*'torch'"):
+def test_triton_backend_on_cpu_raises_with_the_fix(op, monkeypatch):
+    """The Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 (tests/kernels/test_triton_gla.py)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, v, g, _ = make_inputs(1, 4, 1, 4, 4, torch.float32)
+    with pytest.raises(RuntimeError, match=r"backend='triton' runs on CUDA tensors.*set TRITON_INTERPRET=1"):
         op(q, k, v, g, backend="triton")
 
 
@@ -278,8 +283,10 @@ class _FakeCuda:
 def test_auto_resolution(monkeypatch):
     cpu = torch.zeros(1)
     assert kernels.resolve_backend("auto", cpu, None, family="gla") == "torch"
-    assert kernels.resolve_backend("auto", _FakeCuda(), family="gla") == "torch"  # no triton for gla yet
+    monkeypatch.setitem(kbackend.AVAILABLE, "gla", {"torch", "naive"})  # a family without Triton kernels
+    assert kernels.resolve_backend("auto", _FakeCuda(), family="gla") == "torch"
     monkeypatch.setitem(kbackend.AVAILABLE, "gla", {"torch", "naive", "triton"})
+    monkeypatch.setattr(kbackend, "check_triton", lambda *tensors: None)  # as if triton were installed
     assert kernels.resolve_backend("auto", _FakeCuda(), family="gla") == "triton"
     assert kernels.resolve_backend("auto", cpu, family="gla") == "torch"
     assert kernels.resolve_backend("naive", _FakeCuda(), family="gla") == "naive"
