@@ -1,0 +1,109 @@
+"""RWKV-5/6 ops: per-channel decay with a bonus for the current token, fla-compatible conventions.
+
+Recurrence per head (``S`` is K x V; exclusive: token t reads the state *before* it, plus itself
+weighted by the bonus ``u``)::
+
+    o_t = (scale * r_t) (S_{t-1} + diag(u) k_t^T v_t)
+    S_t = diag(exp(w_t)) S_{t-1} + k_t^T v_t
+
+RWKV-6 "Finch" has a data-dependent ``w``, RWKV-5 "Eagle" a static one (broadcast over T); RWKV itself
+uses ``scale=1.0``. Public ops: :func:`chunk_rwkv6` (training / prefill) and
+:func:`fused_recurrent_rwkv6` (decode). Backends: ``naive`` (per-step loop, the oracle), ``torch``
+(chunked PyTorch / step loop); ``triton`` is not implemented for this family yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.backend import resolve_backend
+from kernels.rwkv6.naive import naive_recurrent_rwkv6
+from kernels.rwkv6.torch import chunk_rwkv6_torch, fused_recurrent_rwkv6_torch
+from kernels.utils import check_inputs, run_varlen
+
+__all__ = [
+    "chunk_rwkv6",
+    "fused_recurrent_rwkv6",
+    "naive_recurrent_rwkv6",
+    "chunk_rwkv6_torch",
+    "fused_recurrent_rwkv6_torch",
+]
+
+
+def chunk_rwkv6(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+    chunk_size: int = 64,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunkwise-parallel RWKV-5/6 (training and prefill).
+
+    Args:
+        r: receptance (the query) ``[B, T, H, K]``.
+        k: keys ``[B, T, H, K]``.
+        v: values ``[B, T, H, V]``.
+        w: log-space decay ``[B, T, H, K]``, ``w <= 0`` (RWKV: ``w = -exp(time_decay + ...)``).
+        u: bonus ``[H, K]`` for the current token (RWKV's ``time_first``), shared by all sequences.
+        scale: receptance scale; defaults to ``K ** -0.5`` like fla (RWKV itself uses ``1.0``).
+        initial_state: state ``[N, H, K, V]`` to continue from (zeros if None); N = B, or the number
+            of packed sequences with ``cu_seqlens``.
+        output_final_state: also return the state after the last token (of every sequence).
+        backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
+        chunk_size: chunk length of the ``torch`` backend; T need not be a multiple of it.
+        cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
+            convention; no state crosses a sequence boundary.
+
+    Returns:
+        ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of v (computed in fp32);
+        ``final_state [N, H, K, V]`` in fp32 (fp64 for fp64 inputs), or None unless requested.
+    """
+    check_inputs(
+        r, k, v, w=(w, "BTHK"), u=(u, "HK"), initial_state=initial_state, cu_seqlens=cu_seqlens, query_name="r"
+    )
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    resolved = resolve_backend(backend, r, k, v, w, u, initial_state, family="rwkv6")
+    if resolved == "naive":
+        fn, extra = naive_recurrent_rwkv6, {}
+    else:
+        fn, extra = chunk_rwkv6_torch, {"chunk_size": chunk_size}
+    if cu_seqlens is not None:
+        return run_varlen(fn, cu_seqlens, {"r": r, "k": k, "v": v, "w": w}, initial_state, output_final_state,
+                          u=u, scale=scale, **extra)  # fmt: skip
+    return fn(r, k, v, w, u, scale, initial_state, output_final_state, **extra)
+
+
+def fused_recurrent_rwkv6(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step-by-step RWKV-5/6 (decode: T = 1 or a few tokens). Same arguments and returns as :func:`chunk_rwkv6`.
+
+    Shapes: r, k, w ``[B, T, H, K]``; v ``[B, T, H, V]``; u ``[H, K]``; initial_state ``[N, H, K, V]``
+    (N = B, or ``len(cu_seqlens) - 1``); returns ``o [B, T, H, V]`` and ``final_state [N, H, K, V]``
+    (fp32) or None.
+    """
+    check_inputs(
+        r, k, v, w=(w, "BTHK"), u=(u, "HK"), initial_state=initial_state, cu_seqlens=cu_seqlens, query_name="r"
+    )
+    resolved = resolve_backend(backend, r, k, v, w, u, initial_state, family="rwkv6")
+    fn = naive_recurrent_rwkv6 if resolved == "naive" else fused_recurrent_rwkv6_torch
+    if cu_seqlens is not None:
+        return run_varlen(fn, cu_seqlens, {"r": r, "k": k, "v": v, "w": w}, initial_state, output_final_state,
+                          u=u, scale=scale)  # fmt: skip
+    return fn(r, k, v, w, u, scale, initial_state, output_final_state)
