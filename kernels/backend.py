@@ -11,11 +11,13 @@ family with :func:`register_backend` (or by editing the table) without touching 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 
 import torch
 
-__all__ = ["BACKENDS", "AVAILABLE", "resolve_backend", "register_backend", "available_backends"]
+__all__ = ["BACKENDS", "AVAILABLE", "resolve_backend", "register_backend", "available_backends", "check_triton"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,8 @@ BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "naive")
 """Valid values of every op's ``backend`` argument."""
 
 AVAILABLE: dict[str, set[str]] = {
-    "gla": {"torch", "naive"},
-    "simple_gla": {"torch", "naive"},
+    "gla": {"torch", "naive", "triton"},
+    "simple_gla": {"torch", "naive", "triton"},
     "rwkv6": {"torch", "naive"},
     "delta_rule": {"torch", "naive"},
     "gated_delta_rule": {"torch", "naive"},
@@ -62,7 +64,8 @@ def resolve_backend(requested: str, *tensors: torch.Tensor | None, family: str) 
 
     Raises:
         ValueError: unknown backend or family.
-        RuntimeError: ``"triton"`` requested for a family that has no Triton implementation yet.
+        RuntimeError: ``"triton"`` requested for a family that has no Triton implementation yet, or
+            resolved where Triton cannot run (see :func:`check_triton`).
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; valid backends: {list(BACKENDS)}")
@@ -78,8 +81,32 @@ def resolve_backend(requested: str, *tensors: torch.Tensor | None, family: str) 
         )
     else:
         resolved = requested
+    if resolved == "triton":
+        check_triton(*tensors)
     key = (family, requested, resolved, "cuda" if on_cuda else "cpu")
     if key not in _LOGGED:
         _LOGGED.add(key)
         logger.info("kernels.%s: backend=%r resolved to %r (%s tensors)", family, requested, resolved, key[3])
     return resolved
+
+
+def check_triton(*tensors: torch.Tensor | None) -> None:
+    """Raise a RuntimeError with the fix unless the Triton kernels can run on ``tensors``.
+
+    Triton must be importable, and the tensors must live on CUDA, unless ``TRITON_INTERPRET=1`` is set
+    (Triton's interpreter runs the same kernels on CPU tensors, slowly: it is how the tests run without
+    a GPU; set it before the first Triton kernel is used). Never imports Triton itself.
+    """
+    if importlib.util.find_spec("triton") is None:
+        raise RuntimeError(
+            "backend='triton' needs the triton package, which is not installed: pip install triton "
+            "(or use backend='torch')"
+        )
+    given = [t for t in tensors if t is not None]
+    if any(not t.is_cuda for t in given) and os.environ.get("TRITON_INTERPRET") != "1":
+        devices = sorted({str(t.device) for t in given})
+        raise RuntimeError(
+            f"backend='triton' runs on CUDA tensors, got tensors on {devices}: move them to a GPU, "
+            "or set TRITON_INTERPRET=1 to run the Triton kernels on CPU (slow; for tests), "
+            "or use backend='torch'"
+        )

@@ -6,8 +6,9 @@ Recurrence per head (``S`` is K x V)::
     o_t = (scale * q_t) S_t
 
 Public ops: :func:`chunk_gla` (training / prefill) and :func:`fused_recurrent_gla` (decode).
-Backends: ``naive`` (per-step loop, the oracle), ``torch`` (chunked PyTorch / step loop);
-``triton`` is not implemented for this family yet.
+Backends: ``naive`` (per-step loop, the oracle), ``torch`` (chunked PyTorch / step loop) and ``triton``
+(chunkwise forward + backward kernels and a fused recurrent decode kernel, in ``kernels/gla/triton/``,
+imported only when that backend runs).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def chunk_gla(
             of packed sequences with ``cu_seqlens``.
         output_final_state: also return the state after the last token (of every sequence).
         backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
-        chunk_size: chunk length of the ``torch`` backend; T need not be a multiple of it.
+        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64.
         cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
             convention; no state crosses a sequence boundary.
 
@@ -58,6 +59,10 @@ def chunk_gla(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     resolved = resolve_backend(backend, q, k, v, g, initial_state, family="gla")
+    if resolved == "triton":
+        from kernels.gla.triton import chunk_gla_triton
+
+        return chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state, chunk_size, cu_seqlens)
     if resolved == "naive":
         fn, extra = naive_recurrent_gla, {}
     else:
@@ -85,6 +90,10 @@ def fused_recurrent_gla(
     """
     check_inputs(q, k, v, g=(g, "BTHK"), initial_state=initial_state)
     resolved = resolve_backend(backend, q, k, v, g, initial_state, family="gla")
+    if resolved == "triton":
+        from kernels.gla.triton import fused_recurrent_gla_triton
+
+        return fused_recurrent_gla_triton(q, k, v, g, scale, initial_state, output_final_state)
     if resolved == "naive":
         return naive_recurrent_gla(q, k, v, g, scale, initial_state, output_final_state)
     return fused_recurrent_gla_torch(q, k, v, g, scale, initial_state, output_final_state)
