@@ -56,23 +56,30 @@ def chunk_gla_torch(
         return x.reshape(B, H, N, C, x.shape[-1])
 
     q, k, v, g = (to_chunks(x) for x in (q, k, v, g))
-    q = q * scale
     G = g.cumsum(-2)  # (B, H, N, C, K) cumulative log decay inside each chunk, non-increasing
     G_last = G[..., -1:, :]  # (B, H, N, 1, K)
-    q_decayed = q * G.exp()  # (B, H, N, C, K) exponents <= 0
+    decay_in = G.exp()  # (B, H, N, C, K) decay from the chunk start, <= 1
+    q_decayed = (q * scale) * decay_in
 
-    # intra-chunk: all chunks at once
-    o = _intra_chunk_scores(q, k, G, q_decayed, math.gcd(C, SUB_CHUNK)) @ v  # (B, H, N, C, V)
+    if bool((-G_last).amax(-1).le(FAST_SPAN).all()):
+        # every chunk decays mildly: single-reference intra-chunk form (see _intra_chunk_scores), and
+        # the chunk's state contribution reuses k * exp(-G), times exp(G_last) per channel
+        k_up = k / decay_in  # (B, H, N, C, K), <= exp(FAST_SPAN)
+        A = (q_decayed @ k_up.transpose(-1, -2)).tril()  # (B, H, N, C, C)
+        kv = G_last.exp().transpose(-1, -2) * (k_up.transpose(-1, -2) @ v)  # (B, H, N, K, V)
+    else:
+        A = _intra_chunk_scores(q * scale, k, G, q_decayed, math.gcd(C, SUB_CHUNK))
+        kv = (k * (G_last - G).exp()).transpose(-1, -2) @ v  # (B, H, N, K, V) chunk's contribution
+    o = A @ v  # (B, H, N, C, V) intra-chunk
 
     # inter-chunk: the state entering each chunk; only this recurrence loops over chunks
-    kv = (k * (G_last - G).exp()).transpose(-1, -2) @ v  # (B, H, N, K, V) chunk's contribution to the state
     decay = G_last.exp().transpose(-1, -2)  # (B, H, N, K, 1) whole-chunk decay
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     states = []
     for n in range(N):
         states.append(S)
         S = torch.addcmul(kv[:, :, n], decay[:, :, n], S)
-    o = o + q_decayed @ torch.stack(states, dim=2)  # (B, H, N, C, V)
+    o = (q_decayed @ torch.stack(states, dim=2)).add_(o)  # (B, H, N, C, V)
 
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)
     return o.to(out_dtype), (S if output_final_state else None)
