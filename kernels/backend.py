@@ -27,7 +27,7 @@ BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "naive")
 AVAILABLE: dict[str, set[str]] = {
     "gla": {"torch", "naive", "triton"},
     "simple_gla": {"torch", "naive", "triton"},
-    "rwkv6": {"torch", "naive"},
+    "rwkv6": {"torch", "naive", "triton"},
     "delta_rule": {"torch", "naive"},
     "gated_delta_rule": {"torch", "naive"},
 }

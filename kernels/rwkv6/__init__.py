@@ -9,7 +9,8 @@ weighted by the bonus ``u``)::
 RWKV-6 "Finch" has a data-dependent ``w``, RWKV-5 "Eagle" a static one (broadcast over T); RWKV itself
 uses ``scale=1.0``. Public ops: :func:`chunk_rwkv6` (training / prefill) and
 :func:`fused_recurrent_rwkv6` (decode). Backends: ``naive`` (per-step loop, the oracle), ``torch``
-(chunked PyTorch / step loop); ``triton`` is not implemented for this family yet.
+(chunked PyTorch / step loop) and ``triton`` (chunkwise forward + backward kernels and a fused recurrent
+decode kernel, in ``kernels/rwkv6/triton/``, imported only when that backend runs).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def chunk_rwkv6(
             of packed sequences with ``cu_seqlens``.
         output_final_state: also return the state after the last token (of every sequence).
         backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
-        chunk_size: chunk length of the ``torch`` backend; T need not be a multiple of it.
+        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64.
         cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
             convention; no state crosses a sequence boundary.
 
@@ -70,6 +71,10 @@ def chunk_rwkv6(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     resolved = resolve_backend(backend, r, k, v, w, u, initial_state, family="rwkv6")
+    if resolved == "triton":
+        from kernels.rwkv6.triton import chunk_rwkv6_triton
+
+        return chunk_rwkv6_triton(r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, cu_seqlens)
     if resolved == "naive":
         fn, extra = naive_recurrent_rwkv6, {}
     else:
@@ -102,6 +107,10 @@ def fused_recurrent_rwkv6(
         r, k, v, w=(w, "BTHK"), u=(u, "HK"), initial_state=initial_state, cu_seqlens=cu_seqlens, query_name="r"
     )
     resolved = resolve_backend(backend, r, k, v, w, u, initial_state, family="rwkv6")
+    if resolved == "triton":
+        from kernels.rwkv6.triton import fused_recurrent_rwkv6_triton
+
+        return fused_recurrent_rwkv6_triton(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
     fn = naive_recurrent_rwkv6 if resolved == "naive" else fused_recurrent_rwkv6_torch
     if cu_seqlens is not None:
         return run_varlen(fn, cu_seqlens, {"r": r, "k": k, "v": v, "w": w}, initial_state, output_final_state,

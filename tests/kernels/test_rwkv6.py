@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import backend as kbackend
 from kernels.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6, naive_recurrent_rwkv6
 from kernels.rwkv6 import torch as rwkv6_torch
 from tests.helpers import assert_close
@@ -312,7 +313,20 @@ def test_bad_chunk_size_raises(chunk_size):
 
 
 @pytest.mark.parametrize("op", [chunk_rwkv6, fused_recurrent_rwkv6], ids=["chunk", "fused_recurrent"])
-def test_triton_backend_raises_with_the_fix(op):
+def test_triton_backend_on_cpu_raises_with_the_fix(op, monkeypatch):
+    """The Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 (tests/kernels/test_triton_rwkv6.py)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    r, k, v, w, u, _ = make_inputs(1, 4, 1, 4, 4, torch.float32)
+    with pytest.raises(
+        RuntimeError, match=r"backend='triton' (runs on CUDA tensors|needs the triton package).*'torch'"
+    ):
+        op(r, k, v, w, u, backend="triton")
+
+
+@pytest.mark.parametrize("op", [chunk_rwkv6, fused_recurrent_rwkv6], ids=["chunk", "fused_recurrent"])
+def test_triton_backend_not_registered_raises_with_the_fix(op, monkeypatch):
+    """Where the family has no Triton kernels registered, an explicit request names the alternatives."""
+    monkeypatch.setitem(kbackend.AVAILABLE, "rwkv6", {"torch", "naive"})
     r, k, v, w, u, _ = make_inputs(1, 4, 1, 4, 4)
     with pytest.raises(RuntimeError, match=r"backend='triton' is not available for the rwkv6 family.*'torch'"):
         op(r, k, v, w, u, backend="triton")
