@@ -18,6 +18,9 @@ FAST_SPAN = 30.0
 """A chunk whose cumulative decay stays above ``-FAST_SPAN`` in every channel uses the single-reference
 intra-chunk form; ``exp(30) ~ 1e13`` leaves fp32 ample headroom (overflow is at ``exp(88)``)."""
 
+SLAB_TOKENS = 512
+"""Sequences longer than this run slab by slab (rounded to whole chunks), the state carried between slabs."""
+
 SUB_CHUNK = 8
 """Secondary split inside a chunk: the sub-block size is ``gcd(chunk_size, SUB_CHUNK)``. The two big
 temporaries are ``[C / sub, C, K]`` and ``[sub, sub, K]`` per chunk and head; 8 balances them for C = 64."""
@@ -41,10 +44,26 @@ def chunk_gla_torch(
     T need not be a multiple of ``chunk_size``: the tail is padded with k = v = 0 and g = 0,
     which leaves the state unchanged, and the padded outputs are dropped.
     """
+    T, K = q.shape[1], q.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    # Long sequences run in slabs of whole chunks with the state carried over (exact): the per-slab
+    # temporaries then stay in cache, which keeps the time linear in T on CPU.
+    slab = max(chunk_size, SLAB_TOKENS // chunk_size * chunk_size)
+    if slab >= T:
+        return _chunk_gla_slab(q, k, v, g, scale, initial_state, output_final_state, chunk_size)
+    outs, state = [], initial_state
+    for a in range(0, T, slab):
+        o, state = _chunk_gla_slab(q[:, a : a + slab], k[:, a : a + slab], v[:, a : a + slab], g[:, a : a + slab],
+                                   scale, state, True, chunk_size)  # fmt: skip
+        outs.append(o)
+    return torch.cat(outs, dim=1), (state if output_final_state else None)
+
+
+def _chunk_gla_slab(q, k, v, g, scale: float, initial_state, output_final_state: bool, chunk_size: int):
+    """The chunked algorithm on one slab of the sequence; arguments as in :func:`chunk_gla_torch`."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype, acc = v.dtype, torch.promote_types(q.dtype, torch.float32)
-    scale = K**-0.5 if scale is None else scale
     C = chunk_size
     N = -(-T // C)  # number of chunks
     pad = N * C - T
