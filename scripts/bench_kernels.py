@@ -158,8 +158,14 @@ def plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, col, title in zip(axes, ("fwd_ms", "fwd_bwd_ms"), ("forward", "forward + backward"), strict=True):
+    panels = [
+        (c, t)
+        for c, t in (("fwd_ms", "forward"), ("fwd_bwd_ms", "forward + backward"))
+        if any(r[c] != "" for r in rows)
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    axes = axes[0]
+    for ax, (col, title) in zip(axes, panels, strict=True):
         for key in sorted({(r["family"], r["backend"]) for r in rows}):
             pts = [(r["T"], float(r[col])) for r in rows if (r["family"], r["backend"]) == key and r[col] != ""]
             if pts:
