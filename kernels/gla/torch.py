@@ -51,10 +51,10 @@ def chunk_gla_torch(
     slab = max(chunk_size, SLAB_TOKENS // chunk_size * chunk_size)
     if slab >= T:
         return _chunk_gla_slab(q, k, v, g, scale, initial_state, output_final_state, chunk_size)
+    # split (not slicing) so that the backward assembles each input's gradient once, not once per slab
     outs, state = [], initial_state
-    for a in range(0, T, slab):
-        o, state = _chunk_gla_slab(q[:, a : a + slab], k[:, a : a + slab], v[:, a : a + slab], g[:, a : a + slab],
-                                   scale, state, True, chunk_size)  # fmt: skip
+    for qs, ks, vs, gs in zip(*(x.split(slab, dim=1) for x in (q, k, v, g)), strict=True):
+        o, state = _chunk_gla_slab(qs, ks, vs, gs, scale, state, True, chunk_size)
         outs.append(o)
     return torch.cat(outs, dim=1), (state if output_final_state else None)
 
