@@ -28,8 +28,8 @@ AVAILABLE: dict[str, set[str]] = {
     "gla": {"torch", "naive", "triton"},
     "simple_gla": {"torch", "naive", "triton"},
     "rwkv6": {"torch", "naive", "triton"},
-    "delta_rule": {"torch", "naive"},
-    "gated_delta_rule": {"torch", "naive"},
+    "delta_rule": {"torch", "naive", "triton"},
+    "gated_delta_rule": {"torch", "naive", "triton"},
 }
 """Family name -> implementations that exist for it (a subset of ``BACKENDS`` without ``auto``)."""
 

@@ -10,8 +10,8 @@ Keys (and queries) should be L2-normalized by the caller (the mixer): the recurr
 conditioned for ``||k_t|| <= 1``. Public ops, in two families (``delta_rule`` and ``gated_delta_rule`` in
 ``kernels.backend``): :func:`chunk_delta_rule` / :func:`chunk_gated_delta_rule` (training / prefill) and
 :func:`fused_recurrent_delta_rule` / :func:`fused_recurrent_gated_delta_rule` (decode). Backends: ``naive``
-(per-step loop, the oracle), ``torch`` (chunked WY/UT form / step loop); ``triton`` is not implemented for
-these families yet.
+(per-step loop, the oracle), ``torch`` (chunked WY/UT form / step loop) and ``triton`` (chunkwise forward +
+backward kernels and a fused recurrent decode kernel, in ``kernels/delta_rule/triton/``, loaded on first use).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def chunk_delta_rule(
             of packed sequences with ``cu_seqlens``.
         output_final_state: also return the state after the last token (of every sequence).
         backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
-        chunk_size: chunk length of the ``torch`` backend; T need not be a multiple of it.
+        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64.
         cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
             convention; no state crosses a sequence boundary.
 
@@ -127,7 +127,7 @@ def chunk_gated_delta_rule(
             of packed sequences with ``cu_seqlens``.
         output_final_state: also return the state after the last token (of every sequence).
         backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
-        chunk_size: chunk length of the ``torch`` backend; T need not be a multiple of it.
+        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64.
         cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
             convention; no state crosses a sequence boundary.
 
@@ -185,8 +185,14 @@ def _run(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     family = "delta_rule" if g is None else "gated_delta_rule"
     resolved = resolve_backend(backend, q, k, v, g, beta, initial_state, family=family)
-    if resolved == "triton":  # registered in kernels.backend only once kernels/delta_rule/triton/ exists
-        raise RuntimeError(f"the {family} family declares a Triton backend but kernels.delta_rule does not dispatch it")
+    if resolved == "triton":  # imported lazily: `import kernels` never imports Triton
+        from kernels.delta_rule.triton import chunk_gated_delta_rule_triton, fused_recurrent_gated_delta_rule_triton
+
+        if chunk_size is None:
+            return fused_recurrent_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                           cu_seqlens)  # fmt: skip
+        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size,
+                                             cu_seqlens)  # fmt: skip
     if resolved == "naive":
         fn, extra = naive_recurrent_gated_delta_rule, {}
     elif chunk_size is None:

@@ -348,18 +348,26 @@ def test_bad_chunk_size_raises(chunk_size, fam):
 
 @FAMILIES
 @OPS
-def test_triton_backend_raises_with_the_fix(op, fam):
-    with pytest.raises(RuntimeError, match=rf"backend='triton' is not available for the {fam.name} family.*'torch'"):
-        call(fam, op, make_inputs(1, 4, 1, 4, 4), backend="triton")
+def test_triton_backend_on_cpu_raises_with_the_fix(op, fam, monkeypatch):
+    """The Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 (tests/kernels/test_triton_delta_rule.py)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(
+        RuntimeError, match=r"backend='triton' (runs on CUDA tensors|needs the triton package).*'torch'"
+    ):
+        call(fam, op, make_inputs(1, 4, 1, 4, 4, torch.float32), backend="triton")
+
+
+class _FakeCuda:
+    is_cuda = True
 
 
 @FAMILIES
-def test_registered_triton_is_not_silently_replaced(monkeypatch, fam):
-    """Until kernels/delta_rule/triton/ exists, a family that declares Triton must fail, not run torch quietly."""
-    monkeypatch.setitem(kbackend.AVAILABLE, fam.name, {"torch", "naive", "triton"})
+def test_auto_picks_triton_on_cuda(monkeypatch, fam):
+    """Both families declare Triton kernels: ``auto`` runs them on CUDA tensors and the torch form elsewhere."""
+    assert "triton" in kbackend.available_backends(fam.name)
     monkeypatch.setattr(kbackend, "check_triton", lambda *tensors: None)  # as if on a GPU with triton installed
-    with pytest.raises(RuntimeError, match="does not dispatch it"):
-        call(fam, "chunk", make_inputs(1, 4, 1, 4, 4), backend="triton")
+    assert kernels.resolve_backend("auto", _FakeCuda(), family=fam.name) == "triton"
+    assert kernels.resolve_backend("auto", torch.zeros(1), family=fam.name) == "torch"
 
 
 def test_public_names_resolve_through_kernels():
