@@ -77,11 +77,14 @@ def chunk_gated_delta_rule_torch(
     # inter-chunk: only the K x V state recurrence loops over chunks
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     o = []
-    for n in range(N):
-        v_new = U[:, :, n] - W[:, :, n] @ S  # (B, H, C, V) pseudo-values: what each token writes
-        o.append(q_in[:, :, n] @ S + scores[:, :, n] @ v_new)  # (B, H, C, V)
-        contrib = k_out[:, :, n].transpose(-1, -2) @ v_new  # (B, H, K, V)
-        S = S + contrib if chunk_decay is None else chunk_decay[:, :, n] * S + contrib
+    # unbind rather than index: the backward then assembles each gradient once, not once per chunk
+    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
+    per_chunk = (U.unbind(2), W.unbind(2), q_in.unbind(2), scores.unbind(2), k_out.unbind(2), decays)
+    for U_n, W_n, q_n, scores_n, k_n, decay_n in zip(*per_chunk, strict=True):
+        v_new = U_n - W_n @ S  # (B, H, C, V) pseudo-values: what each token writes
+        o.append(q_n @ S + scores_n @ v_new)  # (B, H, C, V)
+        contrib = k_n.transpose(-1, -2) @ v_new  # (B, H, K, V)
+        S = S + contrib if decay_n is None else decay_n * S + contrib
     o = torch.stack(o, dim=2)  # (B, H, N, C, V)
 
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)

@@ -95,9 +95,9 @@ def _chunk_gla_slab(q, k, v, g, scale: float, initial_state, output_final_state:
     decay = G_last.exp().transpose(-1, -2)  # (B, H, N, K, 1) whole-chunk decay
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     states = []
-    for n in range(N):
+    for kv_n, decay_n in zip(kv.unbind(2), decay.unbind(2), strict=True):  # unbind: one backward gather, not N
         states.append(S)
-        S = torch.addcmul(kv[:, :, n], decay[:, :, n], S)
+        S = torch.addcmul(kv_n, decay_n, S)
     o = (q_decayed @ torch.stack(states, dim=2)).add_(o)  # (B, H, N, C, V)
 
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)

@@ -78,22 +78,24 @@ def chunk_rwkv6_torch(
     #    all chunks of a slab at once, a scan over the M sub-blocks
     L = max(1, SLAB_NUMEL // (B * H * M * K * V))  # chunks per slab
     o_blocks, chunk_kv = [], []
-    for c in range(0, N, L):
-        kv = torch.einsum("bhlmsk,bhlmsv->bhlmkv", k_out[:, :, c : c + L], v[:, :, c : c + L])  # (B, H, L, M, K, V)
+    # split/unbind rather than slicing, so the backward assembles each gradient once (linear in T)
+    slabs = zip(*(x.split(L, dim=2) for x in (k_out, v, block_decay, r_in)), strict=True)
+    for k_slab, v_slab, decay_slab, r_slab in slabs:
+        kv = torch.einsum("bhlmsk,bhlmsv->bhlmkv", k_slab, v_slab)  # (B, H, L, M, K, V)
         P = [torch.zeros_like(kv[:, :, :, 0])]  # (B, H, L, K, V) each
-        for a in range(M):
-            P.append(torch.addcmul(kv[:, :, :, a], block_decay[:, :, c : c + L, a], P[-1]))
+        for kv_a, decay_a in zip(kv.unbind(3), decay_slab.unbind(3), strict=True):
+            P.append(torch.addcmul(kv_a, decay_a, P[-1]))
         chunk_kv.append(P.pop())  # the whole chunk's contribution to the state
-        o_blocks.append(r_in[:, :, c : c + L] @ torch.stack(P, dim=3))  # (B, H, L, M, s, V)
+        o_blocks.append(r_slab @ torch.stack(P, dim=3))  # (B, H, L, M, s, V)
     o = o + torch.cat(o_blocks, dim=2)
     chunk_kv = torch.cat(chunk_kv, dim=2)  # (B, H, N, K, V)
 
     # 3. across chunks: the state entering each chunk; only this recurrence loops over all chunks
     S = r.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     states = []
-    for n in range(N):
+    for kv_n, decay_n in zip(chunk_kv.unbind(2), chunk_decay.unbind(2), strict=True):
         states.append(S)
-        S = torch.addcmul(chunk_kv[:, :, n], chunk_decay[:, :, n], S)
+        S = torch.addcmul(kv_n, decay_n, S)
     r_dec = (r_in * to_block).flatten(-3, -2)  # (B, H, N, C, K) r_i decayed from the chunk start to i - 1
     o = o.flatten(-3, -2) + r_dec @ torch.stack(states, dim=2)  # (B, H, N, C, V)
 
