@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+if importlib.util.find_spec("triton") is None and not sys.platform.startswith("linux"):
+    # triton is a dependency on Linux, where a missing install must fail loudly; elsewhere it has no wheels
+    pytest.skip("triton has no wheels for this platform", allow_module_level=True)
 
 from kernels.delta_rule import (  # noqa: E402
     chunk_delta_rule,
