@@ -140,3 +140,25 @@ def check_dtypes(*tensors: torch.Tensor | None) -> None:
                 f"backend='triton' supports float32, bfloat16 and float16 inputs, got {x.dtype}; "
                 "use backend='torch' (or 'naive') for other dtypes"
             )
+
+
+@triton.jit
+def bwd_dA(
+    do, v, dA, cu, chunk_indices, scale,
+    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+):  # fmt: skip
+    """dA = scale * tril(do v^T) per chunk: the gradient of the intra-chunk scores (shared by gla and rwkv6)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
+    o_t = tl.arange(0, BT)
+    m_t = o_t < n
+    rows = (t0 + o_t) * H + i_h
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        b_do = tl.load(do + rows[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        b_vT = tl.load(v + rows[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
+        b_dA += tl.dot(b_do.to(DT), b_vT.to(DT), input_precision=PREC)
+    b_dA = tl.where(o_t[:, None] >= o_t[None, :], b_dA * scale, 0)
+    tl.store(dA + rows[:, None] * BT + o_t[None, :], b_dA, mask=m_t[:, None])

@@ -56,7 +56,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import Chunks, block_size, chunk_span, dot_dtype, dot_precision, num_warps, prepare_chunks
+from kernels.triton_utils import (
+    Chunks,
+    block_size,
+    bwd_dA,
+    chunk_span,
+    dot_dtype,
+    dot_precision,
+    num_warps,
+    prepare_chunks,
+)
 
 __all__ = ["chunk_rwkv6_fwd", "chunk_rwkv6_bwd", "ChunkRWKV6Function"]
 
@@ -269,27 +278,6 @@ def _bwd_state(
         b_dh = b_dh * tl.exp(b_W)[:, None] + scale * tl.dot(b_rdT, b_do.to(DT), input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh * K * V + off_kv, b_dh, mask=m_kv)
-
-
-@triton.jit
-def _bwd_dA(
-    do, v, dA, cu, chunk_indices, scale,
-    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
-    o_t = tl.arange(0, BT)
-    m_t = o_t < n
-    rows = (t0 + o_t) * H + i_h
-    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        b_do = tl.load(do + rows[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_vT = tl.load(v + rows[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_t[None, :], other=0)
-        b_dA += tl.dot(b_do.to(DT), b_vT.to(DT), input_precision=PREC)
-    b_dA = tl.where(o_t[:, None] >= o_t[None, :], b_dA * scale, 0)
-    tl.store(dA + rows[:, None] * BT + o_t[None, :], b_dA, mask=m_t[:, None])
 
 
 @triton.jit
@@ -511,7 +499,7 @@ def chunk_rwkv6_bwd(r, k, v, w, u, scale: float, h0, do, dht, ch: Chunks):
                                    BK=BK, BV=BV, HAS_DHT=dht is not None, STORE_DH0=h0 is not None,
                                    PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
     dA = torch.empty_like(A)
-    _bwd_dA[(ch.NT, H)](do, v, dA, ch.cu, ch.chunk_indices, scale, H=H, V=V, BT=BT, BV=BV, PREC=prec, DT=dt,
+    bwd_dA[(ch.NT, H)](do, v, dA, ch.cu, ch.chunk_indices, scale, H=H, V=V, BT=BT, BV=BV, PREC=prec, DT=dt,
                         num_warps=num_warps(BT, BT, BV))  # fmt: skip
     dv = torch.empty_like(v)
     _bwd_dv[(ch.NT, NV, H)](k, Z, A, do, dhs, dv, ch.cu, ch.chunk_indices, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
