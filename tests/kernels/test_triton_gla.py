@@ -16,10 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if importlib.util.find_spec("triton") is None and not sys.platform.startswith("linux"):
-    # triton is a dependency on Linux, where a missing install must fail loudly; elsewhere it has no wheels
-    pytest.skip("triton has no wheels for this platform", allow_module_level=True)
-
 from kernels import backend as kbackend  # noqa: E402
 from kernels.gla import chunk_gla, fused_recurrent_gla, naive_recurrent_gla  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402

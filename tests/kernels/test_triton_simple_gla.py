@@ -6,16 +6,9 @@ Sizes stay tiny; on a GPU the same tests run on CUDA tensors.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
-
-if importlib.util.find_spec("triton") is None and not sys.platform.startswith("linux"):
-    # triton is a dependency on Linux, where a missing install must fail loudly; elsewhere it has no wheels
-    pytest.skip("triton has no wheels for this platform", allow_module_level=True)
 
 from kernels.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla, naive_recurrent_simple_gla  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
