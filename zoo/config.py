@@ -47,7 +47,7 @@ class ModelConfig:
     vocab_size: int
     d_model: int
     n_layers: int
-    mixer: str
+    mixer: str | list[str]
     head_dim: int
     attn: dict[str, Any]
     mlp_ratio: float
@@ -56,6 +56,7 @@ class ModelConfig:
     init_std: float
     layers: list[str] | None = None
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlp: str = "swiglu"  # conf/ always sets it; the default only keeps older checkpoints' config.json loading
 
     @classmethod
     def from_any(cls, cfg) -> ModelConfig:
@@ -102,7 +103,10 @@ class ModelConfig:
             dupes = sorted({i for i in normalized if normalized.count(i) > 1})
             if dupes:
                 raise ConfigError(f"model.attn.layers lists layer(s) {dupes} more than once: {attn_layers}")
-            names = [ATTENTION_MIXER if i in normalized else self.mixer for i in range(self.n_layers)]
+            pattern = [self.mixer] if isinstance(self.mixer, str) else list(self.mixer)
+            if not pattern:
+                raise ConfigError("model.mixer is an empty list; give a mixer name or a non-empty pattern")
+            names = [ATTENTION_MIXER if i in normalized else pattern[i % len(pattern)] for i in range(self.n_layers)]
         for i, name in enumerate(names):
             if name not in MIXERS:
                 raise ConfigError(f"layer {i}: unknown mixer {name!r}; valid mixers: {', '.join(sorted(MIXERS))}")

@@ -1,4 +1,4 @@
-"""Building blocks shared by models and mixers: RMSNorm, SwiGLU, rotary embeddings."""
+"""Building blocks shared by models and mixers: RMSNorm, SwiGLU, rotary embeddings, short convolutions."""
 
 from __future__ import annotations
 
@@ -51,3 +51,26 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
     x1, x2 = xf[..., : d // 2], xf[..., d // 2 :]
     rotated = torch.cat([-x2, x1], dim=-1)
     return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class ShortConvolution(nn.Module):
+    """Causal depthwise convolution over time (width `kernel_size`), optionally followed by SiLU, as the
+    short convs of Mamba-2, DeltaNet and Based. `forward(x, tail)` continues a sequence: `tail` holds the
+    last `kernel_size - 1` inputs seen (None = start of sequence); the new tail is returned with `y`."""
+
+    def __init__(self, dim: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.weight = nn.Parameter(torch.empty(dim, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # what nn.Conv1d does
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x` `[B, T, D]` -> `(y [B, T, D], tail [B, kernel_size - 1, D])`."""
+        B, T, D = x.shape
+        if tail is None:
+            tail = x.new_zeros(B, self.kernel_size - 1, D)
+        xx = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, T + w - 1, D)
+        y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), self.bias, groups=D).transpose(1, 2)
+        return (F.silu(y) if self.activation else y), xx[:, xx.shape[1] - (self.kernel_size - 1) :]

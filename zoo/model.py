@@ -15,16 +15,25 @@ import torch
 from torch import nn
 
 from zoo.config import ModelConfig
-from zoo.layers import RMSNorm, SwiGLU, swiglu_hidden
+from zoo.layers import RMSNorm
 from zoo.mixers import ConfigError, Mixer, get_mixer
+from zoo.mlps import get_mlp
 
 
 @dataclass
 class Cache:
-    """Per-layer mixer caches of one batch of sequences, plus how many tokens they have seen."""
+    """Per-layer caches (`LayerCache`) of one batch of sequences, plus how many tokens they have seen."""
 
-    layers: list = field(default_factory=list)
+    layers: list[LayerCache] = field(default_factory=list)
     seen_tokens: int = 0
+
+
+@dataclass
+class LayerCache:
+    """What one block carries between calls: its mixer's cache and (for token-shifting MLPs) the MLP's."""
+
+    mixer: object = None
+    mlp: object = None
 
 
 @dataclass
@@ -36,17 +45,24 @@ class LMOutput:
 class Block(nn.Module):
     """Pre-norm residual block; it never branches on the mixer type."""
 
-    def __init__(self, mixer: Mixer, d_model: int, mlp_hidden: int, eps: float):
+    def __init__(self, mixer: Mixer, mlp: nn.Module, d_model: int, eps: float):
         super().__init__()
         self.mixer_norm = RMSNorm(d_model, eps)
         self.mixer = mixer
         self.mlp_norm = RMSNorm(d_model, eps)
-        self.mlp = SwiGLU(d_model, mlp_hidden)
+        self.mlp = mlp
 
-    def forward(self, x: torch.Tensor, cache=None):
-        y, cache = self.mixer(self.mixer_norm(x), cache)
+    def init_cache(self) -> LayerCache:
+        return LayerCache(self.mixer.init_cache(), self.mlp.init_cache())
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None):
+        y, mixer_cache = self.mixer(self.mixer_norm(x), None if cache is None else cache.mixer)
         x = x + y
-        return x + self.mlp(self.mlp_norm(x)), cache
+        y, mlp_cache = self.mlp(self.mlp_norm(x), None if cache is None else cache.mlp)
+        return x + y, (None if cache is None else LayerCache(mixer_cache, mlp_cache))
+
+    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+        return self.mixer.state_bytes(seq_len, batch_size) + self.mlp.state_bytes(batch_size)
 
 
 def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict) -> Mixer:
@@ -59,6 +75,13 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
     return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
 
 
+def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
+    d, n = config.d_model, config.n_layers
+    mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
+    mlp = get_mlp(config.mlp)(d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio)
+    return Block(mixer, mlp, d, config.norm_eps)
+
+
 class HybridLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -68,16 +91,7 @@ class HybridLM(nn.Module):
             raise ConfigError(f"model.head_dim={config.head_dim} does not divide model.d_model={config.d_model}")
         self.layer_mixers = names
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        hidden = swiglu_hidden(config.d_model, config.mlp_ratio)
-        self.blocks = nn.ModuleList(
-            Block(
-                build_mixer(name, config.d_model, i, config.n_layers, config.head_dim, config.mixers[name]),
-                config.d_model,
-                hidden,
-                config.norm_eps,
-            )  # fmt: skip
-            for i, name in enumerate(names)
-        )
+        self.blocks = nn.ModuleList(build_block(config, name, i) for i, name in enumerate(names))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -93,7 +107,7 @@ class HybridLM(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def init_cache(self) -> Cache:
-        return Cache(layers=[block.mixer.init_cache() for block in self.blocks])
+        return Cache(layers=[block.init_cache() for block in self.blocks])
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False) -> LMOutput:
         """`input_ids` `[B, T]` -> logits `[B, T, vocab]`. With `use_cache` (or a `cache`) the returned
@@ -151,7 +165,7 @@ class HybridLM(nn.Module):
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""
-        return sum(block.mixer.state_bytes(seq_len, batch_size) for block in self.blocks)
+        return sum(block.state_bytes(seq_len, batch_size) for block in self.blocks)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:

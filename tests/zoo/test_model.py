@@ -39,7 +39,7 @@ def test_hybrid_layout_follows_attn_layers():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.mixer=nope"], "unknown mixer 'nope'; valid mixers: attn, gla"),
+        (["model.mixer=nope"], "unknown mixer 'nope'; valid mixers: attn, "),
         (["model.n_layers=4", "model.attn.layers=[4]"], "entry 4 is out of range for n_layers=4 (valid: 0..3)"),
         (["model.n_layers=4", "model.attn.layers=[1,1]"], "lists layer(s) [1] more than once"),
         (["model.head_dim=24"], "does not divide"),

@@ -1,7 +1,7 @@
 """Token-mixer registry: config names -> mixer classes.
 
-A new mixer is one file in this folder, one `conf/mixer/<name>.yaml` and one `@register("<name>")`
-line. Configs name mixers only through this registry (never `_target_`), so a checkpoint can never
+A new mixer is one file in this folder (imported automatically), one `conf/mixer/<name>.yaml` and one
+`@register("<name>")` line. Configs name mixers only through this registry (never `_target_`), so a checkpoint can never
 make us import or instantiate arbitrary code.
 
 Every mixer follows one contract (see `base.Mixer`):
@@ -37,7 +37,17 @@ def get_mixer(name: str) -> type[Mixer]:
         raise ConfigError(f"unknown mixer {name!r}; valid mixers: {', '.join(sorted(MIXERS))}") from None
 
 
-# Importing the mixer modules registers them. Keep this list in alphabetical order.
-from zoo.mixers import attention, gla  # noqa: E402,F401
+def _import_all() -> None:
+    """Import every module of this package: each registers its mixer(s), so adding a mixer never
+    means editing a shared list."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
 
 __all__ = ["MIXERS", "ConfigError", "Mixer", "get_mixer", "register"]

@@ -1,0 +1,156 @@
+"""Every architecture in `conf/model/`, pure and with one attention layer: it builds, cached inference
+(prefill + one-token decode, prefill in two pieces, all-recurrent decode) reproduces the parallel
+forward, a few MQAR steps reduce the loss, and `state_bytes` is the real cache size, flat in the
+sequence length for every pure model without full attention.
+
+A new mixer is covered here as soon as its `conf/model/<name>.yaml` exists; `test_registry_table`
+fails until it does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from tests.helpers import assert_close
+from zoo.config import compose, conf_dir
+from zoo.data.mqar import mqar
+from zoo.mlps import MLPS
+from zoo.train import lm_loss
+
+ARCHS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+VARIANTS = [(arch, hybrid) for arch in ARCHS for hybrid in (False, True)]
+VARIANT_IDS = [f"{arch}{'+attn' if hybrid else ''}" for arch, hybrid in VARIANTS]
+SMALL = ["model.d_model=64", "model.head_dim=16", "data.vocab_size=97", "model.n_layers=2"]
+CHUNK = 8  # chunk size forced on every chunked mixer, so that the test lengths span several chunks
+VOCAB = 97
+
+
+def small_config(arch: str, hybrid: bool):
+    cfg = compose([f"model={arch}", *SMALL, f"model.attn.layers={[1] if hybrid else []}"])
+    for kwargs in cfg.model.mixers.values():
+        if "chunk_size" in kwargs:
+            kwargs.chunk_size = CHUNK
+    return cfg.model
+
+
+def small_model(arch: str, hybrid: bool, seed: int = 0) -> zoo.HybridLM:
+    torch.manual_seed(seed)
+    model = zoo.build_model(small_config(arch, hybrid)).eval()
+    # Zero-initialized projections (e.g. RWKV's LoRA first matrices) would hide bugs behind a path that
+    # multiplies by zero: perturb every parameter so that every term of every mixer is exercised.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def uses_full_attention(model: zoo.HybridLM) -> bool:
+    return any(b.mixer.state_bytes(2048) > b.mixer.state_bytes(1024) for b in model.blocks)
+
+
+def test_registry_table():
+    """Every registered mixer has its config, a pure architecture and is covered by these tests."""
+    used = {}
+    for arch in ARCHS:
+        for name in zoo.build_model(small_config(arch, False)).layer_mixers:
+            used.setdefault(name, arch)
+    for name in zoo.MIXERS:
+        assert (conf_dir() / "mixer" / f"{name}.yaml").exists(), f"conf/mixer/{name}.yaml is missing"
+        pure = "transformer" if name == "attn" else name
+        assert pure in ARCHS, f"mixer {name!r} has no pure architecture conf/model/{pure}.yaml"
+        assert name in used, f"mixer {name!r} is used by no architecture in conf/model/"
+    for name in MLPS:
+        assert any(small_config(a, False).mlp == name for a in ARCHS), f"mlp {name!r} is used by no architecture"
+
+
+@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
+def test_prefill_then_decode_matches_parallel(arch, hybrid):
+    model = small_model(arch, hybrid)
+    ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :11], use_cache=True)  # 11: not a multiple of the chunk size
+        steps = [out.logits]
+        for t in range(11, 21):
+            out = model(ids[:, t : t + 1], cache=out.cache)
+            steps.append(out.logits)
+    assert out.cache.seen_tokens == 21
+    assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{arch} prefill+decode")
+
+
+@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
+def test_prefill_in_two_pieces_matches_parallel(arch, hybrid):
+    model = small_model(arch, hybrid)
+    ids = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids).logits
+        first = model(ids[:, :13], use_cache=True)
+        second = model(ids[:, 13:], cache=first.cache)
+    assert_close(torch.cat([first.logits, second.logits], 1), full, rtol=1e-4, atol=1e-5, name=f"{arch} 13+17")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_recurrent_form_matches_parallel(arch):
+    """Every token through the one-token (recurrent) path, from an empty cache, equals the parallel form."""
+    model = small_model(arch, False)
+    ids = torch.randint(0, VOCAB, (1, 19), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache, steps = model.init_cache(), []
+        for t in range(ids.shape[1]):
+            out = model(ids[:, t : t + 1], cache=cache)
+            cache = out.cache
+            steps.append(out.logits)
+    assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{arch} recurrent")
+
+
+def _cache_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_cache_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_cache_bytes(o) for o in obj.values())
+    if hasattr(obj, "__dict__"):
+        return sum(_cache_bytes(v) for v in vars(obj).values())
+    return 0
+
+
+@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
+def test_state_bytes_is_the_real_cache(arch, hybrid):
+    model = small_model(arch, hybrid)
+    for seq_len in (3, 70):
+        with torch.no_grad():
+            out = model(torch.zeros(2, seq_len, dtype=torch.long), use_cache=True)
+            out = model(torch.zeros(2, 1, dtype=torch.long), cache=out.cache)
+        assert model.state_bytes(seq_len + 1, batch_size=2) == _cache_bytes(out.cache.layers), seq_len
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_state_bytes_flat_unless_full_attention(arch):
+    model = small_model(arch, False)
+    if arch == "transformer":
+        assert uses_full_attention(model)
+        assert model.state_bytes(65536) == 64 * model.state_bytes(1024)
+    else:
+        assert not uses_full_attention(model), f"pure {arch} keeps a cache that grows with the sequence"
+        assert model.state_bytes(1024) == model.state_bytes(65536) == model.state_bytes(1_000_000)
+    assert uses_full_attention(small_model(arch, True))
+
+
+@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
+def test_a_few_mqar_steps_reduce_the_loss(arch, hybrid):
+    model = small_model(arch, hybrid).train()
+    x, y = mqar(vocab_size=VOCAB, seq_len=32, num_kv_pairs=4, num_examples=64, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(12):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        loss = lm_loss(model(x[batch]).logits, y[batch])
+        assert torch.isfinite(loss), f"{arch}: loss {loss} at step {step}"
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-4:]) < sum(losses[:4]), losses
