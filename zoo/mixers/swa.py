@@ -26,7 +26,7 @@ class SlidingWindowAttention(Attention):
         qkv_bias: bool = False,
     ):
         if window_size is None:
-            raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (use mixer 'attn' for full attention)")
+            raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (mixer 'attn' is full attention)")
         super().__init__(
             d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_kv_heads=num_kv_heads,
             window_size=window_size, rope_theta=rope_theta, qkv_bias=qkv_bias,
