@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_inputs", "run_varlen"]
+__all__ = ["check_inputs", "run_varlen", "without_autocast"]
 
 
 def check_inputs(
@@ -106,3 +107,16 @@ def run_varlen(
         finals.append(s)
     o = torch.cat(outs, dim=1) if outs else ref.new_zeros(ref.shape)
     return o, (torch.cat(finals, dim=0) if output_final_state else None)
+
+
+def without_autocast(fn: Callable) -> Callable:
+    """Run an op with autocast off: every backend sets its own precision (fp32 accumulation, output in the
+    dtype of v), and autocast would silently recast the torch backend's matmuls to bf16, or break its
+    in-place ops on mixed dtypes."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapped

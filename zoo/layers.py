@@ -72,5 +72,7 @@ class ShortConvolution(nn.Module):
         if tail is None:
             tail = x.new_zeros(B, self.kernel_size - 1, D)
         xx = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, T + w - 1, D)
-        y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), self.bias, groups=D).transpose(1, 2)
-        return (F.silu(y) if self.activation else y), xx[:, xx.shape[1] - (self.kernel_size - 1) :]
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), bias, groups=D).transpose(1, 2)
+        # clone: a view of the tail would keep the whole (possibly very long) prefill input alive in the cache
+        return (F.silu(y) if self.activation else y), xx[:, xx.shape[1] - (self.kernel_size - 1) :].clone()

@@ -26,7 +26,7 @@ from kernels.delta_rule.torch import (
     fused_recurrent_delta_rule_torch,
     fused_recurrent_gated_delta_rule_torch,
 )
-from kernels.utils import check_inputs, run_varlen
+from kernels.utils import check_inputs, run_varlen, without_autocast
 
 __all__ = [
     "chunk_delta_rule",
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 
+@without_autocast
 def chunk_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -79,6 +80,7 @@ def chunk_delta_rule(
     return _run(q, k, v, None, beta, scale, initial_state, output_final_state, backend, chunk_size, cu_seqlens)
 
 
+@without_autocast
 def fused_recurrent_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -99,6 +101,7 @@ def fused_recurrent_delta_rule(
     return _run(q, k, v, None, beta, scale, initial_state, output_final_state, backend, None, cu_seqlens)
 
 
+@without_autocast
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -140,6 +143,7 @@ def chunk_gated_delta_rule(
     return _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, chunk_size, cu_seqlens)
 
 
+@without_autocast
 def fused_recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -18,11 +18,12 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.gla.naive import naive_recurrent_gla
 from kernels.gla.torch import chunk_gla_torch, fused_recurrent_gla_torch
-from kernels.utils import check_inputs, run_varlen
+from kernels.utils import check_inputs, run_varlen, without_autocast
 
 __all__ = ["chunk_gla", "fused_recurrent_gla", "naive_recurrent_gla", "chunk_gla_torch", "fused_recurrent_gla_torch"]
 
 
+@without_autocast
 def chunk_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -73,6 +74,7 @@ def chunk_gla(
     return fn(q, k, v, g, scale, initial_state, output_final_state, **extra)
 
 
+@without_autocast
 def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,

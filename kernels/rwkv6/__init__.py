@@ -20,7 +20,7 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.rwkv6.naive import naive_recurrent_rwkv6
 from kernels.rwkv6.torch import chunk_rwkv6_torch, fused_recurrent_rwkv6_torch
-from kernels.utils import check_inputs, run_varlen
+from kernels.utils import check_inputs, run_varlen, without_autocast
 
 __all__ = [
     "chunk_rwkv6",
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 
+@without_autocast
 def chunk_rwkv6(
     r: torch.Tensor,
     k: torch.Tensor,
@@ -85,6 +86,7 @@ def chunk_rwkv6(
     return fn(r, k, v, w, u, scale, initial_state, output_final_state, **extra)
 
 
+@without_autocast
 def fused_recurrent_rwkv6(
     r: torch.Tensor,
     k: torch.Tensor,

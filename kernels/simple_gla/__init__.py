@@ -21,7 +21,7 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.simple_gla.naive import naive_recurrent_simple_gla
 from kernels.simple_gla.torch import chunk_simple_gla_torch, fused_recurrent_simple_gla_torch
-from kernels.utils import check_inputs, run_varlen
+from kernels.utils import check_inputs, run_varlen, without_autocast
 
 __all__ = [
     "chunk_simple_gla",
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 
+@without_autocast
 def chunk_simple_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,6 +86,7 @@ def chunk_simple_gla(
     return _run(fn, q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens, **extra)
 
 
+@without_autocast
 def fused_recurrent_simple_gla(
     q: torch.Tensor,
     k: torch.Tensor,
