@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from zoo.data.batching import iterate_batches
+from zoo.data.copy import build_copy_splits
 from zoo.data.mqar import IGNORE_INDEX, build_mqar_splits
+from zoo.data.passkey import build_passkey_splits
 from zoo.data.text import (
     DEFAULT_MAX_BYTES,
     build_text_splits,
@@ -84,6 +86,20 @@ def _text_splits(cfg: dict[str, Any]) -> dict[str, Split]:
     )
 
 
+def _passkey_splits(cfg: dict[str, Any]) -> dict[str, Split]:
+    return build_passkey_splits(
+        seq_len=int(cfg["seq_len"]), train_size=int(cfg["train_size"]), test_size=int(cfg["test_size"]),
+        seed=int(cfg["seed"]),
+    )  # fmt: skip
+
+
+def _copy_splits(cfg: dict[str, Any]) -> dict[str, Split]:
+    return build_copy_splits(
+        vocab_size=int(cfg["vocab_size"]), seq_len=int(cfg["seq_len"]), min_len=int(cfg["min_len"]),
+        train_size=int(cfg["train_size"]), test_size=int(cfg["test_size"]), seed=int(cfg["seed"]),
+    )  # fmt: skip
+
+
 def _byte_tokenizer(cfg: dict[str, Any]) -> Tokenizer:
     tok = ByteTokenizer()
     if cfg["vocab_size"] != tok.vocab_size:  # the key is informational (configs state it); it cannot differ
@@ -115,6 +131,21 @@ DATASETS: dict[str, DatasetSpec] = {
             "max_bytes": DEFAULT_MAX_BYTES,
         },
     ),
+    "passkey": DatasetSpec(
+        build_splits=_passkey_splits,
+        build_tokenizer=_byte_tokenizer,
+        eval_split="test",
+        metric="accuracy",
+        required=("seq_len", "train_size", "test_size", "seed"),
+        defaults={"vocab_size": 257},
+    ),
+    "copy": DatasetSpec(
+        build_splits=_copy_splits,
+        build_tokenizer=lambda cfg: IntTokenizer(int(cfg["vocab_size"])),
+        eval_split="test",
+        metric="accuracy",
+        required=("vocab_size", "seq_len", "min_len", "train_size", "test_size", "seed"),
+    ),
 }
 
 
@@ -125,6 +156,9 @@ def build_data(name: str, **cfg: Any) -> DataBundle:
     random_non_queries=True]; IntTokenizer(vocab_size); metric "accuracy" on the test split.
     text: seq_len (block size), [vocab_size=257 (informational, must be 257), val_fraction=0.05, seed=0,
     paths=None (stdlib sources), glob=None, max_bytes=8 MiB]; ByteTokenizer; metric "ppl" on the validation split.
+    passkey: seq_len, train_size, test_size, seed, [vocab_size=257]; ByteTokenizer; accuracy on the 5 digits.
+    copy: vocab_size, seq_len (= 2 * longest copy), min_len, train_size, test_size, seed; IntTokenizer;
+    accuracy on the copied tokens.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")

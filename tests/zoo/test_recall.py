@@ -1,0 +1,232 @@
+"""The recall suite: generator layouts, scores of a perfect-recall oracle (1.0) and of a constant model
+(chance), streamed == unstreamed passkey, over-budget lengths reported, and `zoo-eval` on a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.data import build_data
+from zoo.data.copy import SEP, build_copy_splits, copy_examples
+from zoo.data.mqar import IGNORE_INDEX
+from zoo.data.passkey import (
+    NIAH_DIGITS,
+    PASSKEY_QUESTION,
+    niah_examples,
+    passkey_examples,
+    passkey_needle,
+    passkey_prompt,
+)
+from zoo.model import LMOutput
+from zoo.recall import Budget, run_suite, stream_prefill
+from zoo.tokenizer import ByteTokenizer, IntTokenizer
+
+
+def text(ids) -> str:
+    return bytes(int(i) for i in ids).decode()
+
+
+# -- generators --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [200, 1000, 4099])
+@pytest.mark.parametrize("depth", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_passkey_prompt_layout(length, depth):
+    prompt = text(passkey_prompt(length, depth, "48213"))
+    assert len(prompt) == length
+    assert prompt.endswith(PASSKEY_QUESTION)
+    at = prompt.index(passkey_needle("48213"))
+    assert prompt.count("48213") == 2  # only the needle holds the key
+    assert at == 0 or prompt[at - 2 : at] == ". "  # at a sentence boundary
+    filler_len = length - len(passkey_needle("48213")) - len(PASSKEY_QUESTION)
+    assert abs(at - depth * filler_len) <= 60  # within about one sentence of the asked depth
+    before = prompt[:at].replace(" ", "")
+    assert all(ch.isalpha() or ch == "." for ch in before)
+
+
+def test_passkey_rejects_impossible_settings():
+    with pytest.raises(ValueError, match="shorter than the needle and question"):
+        passkey_prompt(50, 0.5, "12345")
+    with pytest.raises(ValueError, match="depth must be in"):
+        passkey_prompt(500, 1.5, "12345")
+
+
+def test_passkey_training_split_scores_only_the_digits():
+    data = build_data("passkey", seq_len=300, train_size=6, test_size=3, seed=0)
+    x, y = data.train
+    assert x.shape == y.shape == (6, 300)
+    assert ((y != IGNORE_INDEX).sum(1) == 5).all()
+    for row_x, row_y in zip(x, y, strict=True):
+        key = text(row_y[row_y != IGNORE_INDEX])
+        assert key.isdigit() and len(key) == 5
+        assert text(row_x[:-4]).endswith(PASSKEY_QUESTION) and passkey_needle(key) in text(row_x)
+    again = build_data("passkey", seq_len=300, train_size=6, test_size=3, seed=0)
+    assert torch.equal(again.train[0], x) and not torch.equal(data.eval[0], x[:3])  # deterministic, disjoint
+
+
+def test_niah_prompt_holds_every_needle_and_asks_one():
+    prompts, answers = niah_examples(4, 800, num_keys=3, seed=0)
+    assert prompts.shape == (4, 800)
+    for p, a in zip(prompts, answers, strict=True):
+        s = text(p)
+        assert s.count("One of the special magic numbers for") == 3
+        assert len(a) == NIAH_DIGITS and f"is: {a}." in s
+        asked = s.rsplit("What is the special magic number for ", 1)[1].split(" ")[0]
+        assert f"magic numbers for {asked} is: {a}." in s
+
+
+def test_copy_layout():
+    x, y = copy_examples(3, 5, vocab_size=20, seed=0)
+    assert x.shape == y.shape == (3, 10)
+    assert (x[:, 5] == SEP).all() and (x[:, :5] >= 2).all()
+    assert torch.equal(y[:, 5:], x[:, :5])  # after SEP, each position predicts the next copied token
+    assert (y[:, :5] == IGNORE_INDEX).all()  # reading the content and the separator is not scored
+    splits = build_copy_splits(vocab_size=20, seq_len=16, min_len=2, train_size=50, test_size=5, seed=1)
+    xs, ys = splits["train"]
+    lengths = (xs == SEP).float().argmax(1)
+    assert ((ys != IGNORE_INDEX).sum(1) == lengths).all() and lengths.min() >= 2 and lengths.max() <= 8
+    with pytest.raises(ValueError, match="seq_len must be even"):
+        build_copy_splits(vocab_size=20, seq_len=15, min_len=1, train_size=1, test_size=1, seed=0)
+
+
+# -- models with known recall ---------------------------------------------------------------------
+
+
+@dataclass
+class TokenCache:
+    tokens: torch.Tensor  # (B, seen)
+    seen_tokens: int = 0
+
+
+class LookupLM(torch.nn.Module):
+    """A perfect-recall oracle with the model API: it predicts the token that followed the earliest earlier
+    occurrence of the longest context suffix (up to `max_match` tokens) that occurred before; with no
+    earlier occurrence of even the current token it predicts the sequence's first token (the copy task's
+    first answer). Its cache is the whole history, so it counts as a growing cache (like attention)."""
+
+    def __init__(self, vocab_size: int, max_match: int = 24):
+        super().__init__()
+        self.vocab_size, self.max_match = vocab_size, max_match
+
+    def init_cache(self):
+        return None
+
+    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+        return 8 * seq_len * batch_size
+
+    def predict(self, seq: np.ndarray, t: int) -> int:
+        best = int(seq[0])
+        alive = np.flatnonzero(seq[:t] == seq[t])  # earlier positions j with seq[j] == seq[t]
+        m = 1
+        while alive.size:
+            best = int(seq[alive[0] + 1])
+            if m >= self.max_match or t - m < 0:
+                break
+            alive = alive[(alive - m >= 0)]
+            alive = alive[seq[alive - m] == seq[t - m]]
+            m += 1
+        return best
+
+    def forward(self, input_ids, cache=None, use_cache=False):
+        past = cache.tokens if cache is not None else input_ids[:, :0]
+        full = torch.cat([past, input_ids], dim=1)
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.vocab_size)
+        for b in range(B):
+            seq = full[b].numpy()
+            for i in range(T):
+                logits[b, i, self.predict(seq, past.shape[1] + i)] = 1.0
+        new = TokenCache(full, full.shape[1]) if (use_cache or cache is not None) else None
+        return LMOutput(logits=logits, cache=new)
+
+
+class ConstantLM(LookupLM):
+    def forward(self, input_ids, cache=None, use_cache=False):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        logits[..., 3] = 1.0
+        return LMOutput(logits=logits, cache=TokenCache(input_ids))
+
+
+SUITE = {
+    "mqar": {"seq_lens": [64, 128], "num_kv_pairs": [4, 16], "num_examples": 16, "batch_size": 8, "seed": 0},
+    "copy": {"lengths": [4, 16], "num_examples": 8, "batch_size": 8, "exact_threshold": 0.9, "seed": 0},
+    "passkey": {"lengths": [300, 700], "depths": [0.0, 0.5, 1.0], "trials": 1, "batch_size": 3,
+                "prefill_chunk": 128, "memory_budget_gb": 1.0, "time_budget_s": 600, "seed": 0},
+    "niah": {"lengths": [600], "num_keys": 3, "num_examples": 3, "batch_size": 3, "prefill_chunk": 128,
+             "memory_budget_gb": 1.0, "time_budget_s": 600, "seed": 0},
+}  # fmt: skip
+
+
+def test_perfect_recall_oracle_scores_one():
+    metrics, rows, notes = run_suite(LookupLM(512), IntTokenizer(512), ["mqar", "copy"], SUITE, "cpu")
+    assert {k: v for k, v in metrics.items() if k != "copy/max_exact_len"} == dict.fromkeys(
+        [k for k in metrics if k != "copy/max_exact_len"], 1.0
+    )
+    assert metrics["copy/max_exact_len"] == 16
+    assert "mqar@64x16: skipped: 4 * num_kv_pairs > seq_len" not in notes  # 64 = 4 * 16 is allowed
+    metrics, rows, notes = run_suite(LookupLM(257), ByteTokenizer(), ["passkey", "niah"], SUITE, "cpu")
+    assert metrics == {"passkey/accuracy@300": 1.0, "passkey/accuracy@700": 1.0, "niah/accuracy@600": 1.0}
+    assert sorted({r["depth"] for r in rows if r["task"] == "passkey"}) == [0.0, 0.5, 1.0]
+
+
+def test_constant_model_scores_chance():
+    metrics, _, _ = run_suite(ConstantLM(512), IntTokenizer(512), ["mqar", "copy"], SUITE, "cpu")
+    assert max(v for k, v in metrics.items() if k.startswith("mqar/")) < 0.05
+    assert metrics["copy/max_exact_len"] == 0 and metrics["copy/accuracy@16"] < 0.05
+    metrics, _, _ = run_suite(ConstantLM(257), ByteTokenizer(), ["passkey"], SUITE, "cpu")
+    assert metrics["passkey/accuracy@300"] == 0.0
+
+
+def test_tasks_that_do_not_fit_the_tokenizer_are_skipped_with_a_reason():
+    metrics, _, notes = run_suite(LookupLM(512), IntTokenizer(512), ["passkey"], SUITE, "cpu")
+    assert metrics == {} and "passkey: skipped: passkey needs a model trained on byte-level text" in notes[0]
+    with pytest.raises(ValueError, match="unknown recall task"):
+        run_suite(LookupLM(512), IntTokenizer(512), ["nope"], SUITE, "cpu")
+
+
+def test_lengths_over_budget_are_reported_not_dropped():
+    cfg = {**SUITE, "passkey": {**SUITE["passkey"], "lengths": [300, 700, 10**6], "memory_budget_gb": 0.001}}
+    metrics, rows, notes = run_suite(LookupLM(257), ByteTokenizer(), ["passkey"], cfg, "cpu")
+    assert "passkey/accuracy@1000000" not in metrics
+    assert any("passkey@1000000: skipped: cache at 1000000 tokens needs" in n for n in notes)
+    assert any(r["length"] == 10**6 and r["accuracy"] is None for r in rows)
+    budget = Budget(LookupLM(257), 1, memory_budget_gb=100, time_budget_s=10)
+    budget.record(1000, 2.0)
+    assert "projected 32 s" in budget.refuse(4000)  # growing cache: quadratic time projection
+
+
+def small_gla():
+    cfg = zoo.config.compose(["model=gla", "model.d_model=32", "model.head_dim=16", "model.n_layers=2",
+                              "data.vocab_size=257", "model.mixers.gla.chunk_size=16"])  # fmt: skip
+    torch.manual_seed(0)
+    return zoo.build_model(cfg.model).eval()
+
+
+def test_streamed_prefill_equals_one_call():
+    model = small_gla()
+    prompts, _ = passkey_examples(2, 300, seed=0)
+    with torch.no_grad():
+        whole = model(prompts, use_cache=True)
+    streamed = stream_prefill(model, prompts, chunk=37)
+    torch.testing.assert_close(streamed.logits[:, -1], whole.logits[:, -1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(streamed.cache.layers[0].mixer.state, whole.cache.layers[0].mixer.state)
+
+
+def test_zoo_eval_writes_metrics_into_the_run_folder(tmp_path):
+    from zoo.eval import evaluate_folder
+
+    model = small_gla()
+    model.tokenizer = ByteTokenizer()
+    run = tmp_path / "run"
+    model.save_pretrained(run / "checkpoint")
+    cfg = {**SUITE, "device": "cpu", "passkey": {**SUITE["passkey"], "lengths": [300]}}
+    metrics, rows, notes = evaluate_folder(run, ["passkey", "mqar"], cfg)
+    results = json.loads((run / "results.json").read_text())
+    assert results["metrics"]["passkey/accuracy@300"] == metrics["passkey/accuracy@300"]
+    assert any("mqar: skipped" in n for n in results["recall_notes"])
+    assert (run / "recall.csv").read_text().startswith("task,length,depth,accuracy")
