@@ -256,8 +256,9 @@ def test_build_data_text(tmp_path):
 
 
 def test_build_data_errors():
-    assert sorted(DATASETS) == ["mqar", "text"]
-    with pytest.raises(ValueError, match=r"unknown dataset 'wiki'; choose one of \['mqar', 'text'\]"):
+    assert sorted(DATASETS) == ["copy", "mqar", "passkey", "text"]
+    valid = r"\['copy', 'mqar', 'passkey', 'text'\]"
+    with pytest.raises(ValueError, match=rf"unknown dataset 'wiki'; choose one of {valid}"):
         build_data("wiki", seq_len=8)
     with pytest.raises(ValueError, match=r"unknown keys \['seqlen'\], missing keys \['seq_len'\]"):
         build_data("text", seqlen=8)
