@@ -1,0 +1,143 @@
+"""The Zoology MQAR chart from a sweep's run folders: accuracy vs model width and vs state bytes.
+
+    zoo-train -m +experiment=zoology_mqar
+    python scripts/zoology_chart.py runs/zoology_mqar --out docs/results/zoology_mqar
+
+Reads every run folder below the given folders (`results.json` + `.hydra/config.yaml`), keeps the best
+learning rate per (architecture, attention layers, width) as Zoology does, and writes `zoology_mqar.csv`
+(every run), `zoology_mqar.md` (best per point, and the smallest width at which each architecture reaches
+`--threshold` accuracy) and `zoology_mqar.png` (accuracy vs d_model; accuracy vs state bytes at the MQAR
+sequence length), one line per architecture, dashed for the hybrid with one attention layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+import zoo
+
+
+def load_runs(folders: list[Path]) -> list[dict]:
+    rows = []
+    for results_path in sorted(p for folder in folders for p in folder.rglob("results.json")):
+        run = results_path.parent
+        cfg_path = run / ".hydra" / "config.yaml"
+        if not cfg_path.exists():
+            continue
+        cfg = OmegaConf.load(cfg_path)
+        results = json.loads(results_path.read_text())
+        with torch.device("meta"):  # shapes only: the state size at the MQAR length
+            model = zoo.build_model(cfg.model)
+        attn = list(cfg.model.attn.layers or [])
+        rows.append({
+            "arch": cfg.model.name,
+            "hybrid": bool(attn) and cfg.model.name != "transformer",
+            "attn_layers": attn,
+            "d_model": int(cfg.model.d_model),
+            "lr": float(cfg.train.lr),
+            "accuracy": results.get("metrics", {}).get("mqar/accuracy"),
+            "state_bytes": model.state_bytes(int(cfg.data.seq_len)),
+            "params": results.get("metrics", {}).get("params"),
+            "status": results.get("status", "unknown"),
+            "run": str(run),
+        })  # fmt: skip
+    return rows
+
+
+def best_per_point(rows: list[dict]) -> list[dict]:
+    """The best learning rate of each (arch, hybrid, d_model); failed or unfinished runs are not candidates."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if r["accuracy"] is None or r["status"] != "completed":
+            continue
+        if r["arch"] == "transformer" and r["attn_layers"]:
+            continue  # a transformer "with one attention layer" is the same model
+        key = (r["arch"], r["hybrid"], r["d_model"])
+        if key not in best or r["accuracy"] > best[key]["accuracy"]:
+            best[key] = r
+    return sorted(best.values(), key=lambda r: (r["arch"], r["hybrid"], r["d_model"]))
+
+
+def label(r: dict) -> str:
+    return f"{r['arch']} + attn" if r["hybrid"] else r["arch"]
+
+
+def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float) -> None:
+    with open(out / "zoology_mqar.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    widths = sorted({r["d_model"] for r in best})
+    lines = [
+        f"| architecture | {' | '.join(f'd={w}' for w in widths)} | state bytes @ d={widths[-1]} | "
+        f"smallest d with acc >= {threshold} |",  # fmt: skip
+        "|---|" + "---:|" * (len(widths) + 2),
+    ]
+    for name in sorted({label(r) for r in best}):
+        pts = {r["d_model"]: r for r in best if label(r) == name}
+        cells = [f"{pts[w]['accuracy']:.3f}" if w in pts else "-" for w in widths]
+        passing = [w for w in widths if w in pts and pts[w]["accuracy"] >= threshold]
+        state = pts[max(pts)]["state_bytes"]
+        lines.append(f"| {name} | {' | '.join(cells)} | {state:,} | {passing[0] if passing else 'none'} |")
+    failed = [r for r in rows if r["status"] != "completed"]
+    if failed:
+        lines.append("")
+        lines += [f"- failed: {r['run']} ({r['status']})" for r in failed]
+    (out / "zoology_mqar.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(best: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    archs = sorted({r["arch"] for r in best})
+    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(archs)}
+    for name in sorted({label(r) for r in best}):
+        pts = sorted((r for r in best if label(r) == name), key=lambda r: r["d_model"])
+        style = {"color": colors[pts[0]["arch"]], "linestyle": "--" if pts[0]["hybrid"] else "-", "marker": "o"}
+        ax1.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
+        ax2.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
+    ax1.set(xscale="log", xlabel="model width d_model", ylabel="MQAR accuracy", title="accuracy vs width")
+    ax2.set(xscale="log", xlabel="inference state bytes at the MQAR length", ylabel="MQAR accuracy",
+            title="accuracy vs state size")  # fmt: skip
+    for ax in (ax1, ax2):
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="default: the first folder")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    args = parser.parse_args(argv)
+    rows = load_runs(args.folders)
+    if not rows:
+        raise SystemExit(f"no run folders (results.json + .hydra/config.yaml) below {[str(f) for f in args.folders]}")
+    out = args.out or args.folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    best = best_per_point(rows)
+    write_tables(rows, best, out, args.threshold)
+    first = OmegaConf.load(Path(rows[0]["run"]) / ".hydra" / "config.yaml")
+    title = (f"MQAR, seq_len {first.data.seq_len}, {first.data.num_kv_pairs} kv pairs, vocab {first.data.vocab_size}, "
+             f"{first.model.n_layers} layers, {first.train.max_steps} steps (best lr per point)")  # fmt: skip
+    plot(best, out / "zoology_mqar.png", title)
+    print((out / "zoology_mqar.md").read_text())
+    print(f"wrote {out / 'zoology_mqar.csv'}, {out / 'zoology_mqar.md'}, {out / 'zoology_mqar.png'}")
+
+
+if __name__ == "__main__":
+    main()

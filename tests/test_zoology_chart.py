@@ -1,0 +1,54 @@
+"""scripts/zoology_chart.py on hand-made run folders: best lr per point, the threshold column, failed runs
+listed, a PNG drawn; and conf/experiment/zoology_mqar.yaml composes into the grid it documents."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from zoo.config import compose
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "zoology_chart.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("zoology_chart", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(root: Path, name: str, overrides: list[str], accuracy: float | None, status: str = "completed"):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose(["+experiment=zoology_mqar", *overrides]), run / ".hydra" / "config.yaml")
+    metrics = {} if accuracy is None else {"mqar/accuracy": accuracy}
+    (run / "results.json").write_text(json.dumps({"metrics": metrics, "status": status}))
+
+
+def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
+    for d, lr, acc in [(64, 1e-3, 0.2), (64, 3e-3, 0.5), (128, 1e-3, 0.95), (128, 3e-3, 0.4)]:
+        fake_run(tmp_path, f"gla-{d}-{lr}", ["model=gla", f"model.d_model={d}", f"train.lr={lr}"], acc)
+    fake_run(tmp_path, "gla-hyb", ["model=gla", "model.attn.layers=[1]", "model.d_model=64"], 0.99)
+    fake_run(tmp_path, "attn", ["model=transformer", "model.d_model=64"], 1.0)
+    fake_run(tmp_path, "broken", ["model=retnet", "model.d_model=64"], None, status="failed")
+    chart = load_script()
+    chart.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "zoology_mqar.md").read_text()
+    assert "| gla | 0.500 | 0.950 |" in table and table.split("| gla |")[1].split("\n")[0].endswith("| 128 |")
+    assert "| gla + attn | 0.990 | - |" in table and "| transformer | 1.000 | - |" in table
+    assert "- failed:" in table and "broken" in table
+    assert (tmp_path / "out" / "zoology_mqar.png").stat().st_size > 10_000
+    assert len((tmp_path / "out" / "zoology_mqar.csv").read_text().splitlines()) == 8  # header + 7 runs
+
+
+def test_experiment_composes_into_the_documented_grid():
+    cfg = compose(["+experiment=zoology_mqar", "model=based", "model.attn.layers=[1]"])
+    assert (cfg.model.n_layers, cfg.data.seq_len, cfg.data.num_kv_pairs) == (2, 128, 8)
+    params = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf/experiment/zoology_mqar.yaml")
+    archs = params.hydra.sweeper.params.model.split(",")
+    assert sorted(archs) == sorted(["transformer", "linear_attn", "retnet", "gla", "rwkv6", "mamba2", "deltanet",
+                                    "based"])  # fmt: skip
