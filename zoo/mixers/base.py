@@ -7,6 +7,8 @@ import abc
 import torch
 from torch import nn
 
+import kernels
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be built. The message is one line naming the valid choices."""
@@ -23,6 +25,9 @@ class Mixer(nn.Module, abc.ABC):
     """
 
     name: str = ""
+    kernel_family: str | None = None
+    """The `kernels` op family a linear mixer runs on (`chunk_<family>` / `fused_recurrent_<family>`); such a
+    mixer also has `backend` and `chunk_size` attributes and a cache with a `state` field."""
 
     @abc.abstractmethod
     def init_cache(self):
@@ -34,7 +39,24 @@ class Mixer(nn.Module, abc.ABC):
 
     def kernel_backends(self) -> dict[str, str]:
         """Which implementation this layer runs on its parameters' device (recorded in results.json)."""
-        return {}
+        if self.kernel_family is None:
+            return {}
+        probe = torch.empty(0, device=next(self.parameters()).device)
+        return {self.kernel_family: kernels.resolve_backend(self.backend, probe, family=self.kernel_family)}
+
+    def recurrence(self, *args: torch.Tensor | None, cache, **kwargs) -> torch.Tensor:
+        """Run the layer's recurrence (`kernel_family`) on `args` (the op's tensors, in its order) and return
+        `o`. Without a cache: the chunked parallel form. With one: continue from `cache.state` (None = a new
+        sequence) and store the new state; one new token takes the step-by-step decode op, more the chunked op."""
+        chunk = getattr(kernels, f"chunk_{self.kernel_family}")
+        if cache is None:
+            return chunk(*args, backend=self.backend, chunk_size=self.chunk_size, **kwargs)[0]
+        carry = {"initial_state": cache.state, "output_final_state": True, "backend": self.backend, **kwargs}
+        if args[0].shape[1] == 1:
+            o, cache.state = getattr(kernels, f"fused_recurrent_{self.kernel_family}")(*args, **carry)
+        else:
+            o, cache.state = chunk(*args, chunk_size=self.chunk_size, **carry)
+        return o
 
     @property
     def param_dtype(self) -> torch.dtype:

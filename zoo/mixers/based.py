@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import kernels
 from zoo.mixers import register
 from zoo.mixers.base import ConfigError, Mixer, check_divides
 
@@ -74,6 +73,8 @@ class TaylorFeatureMap(nn.Module):
 
 @register("based")
 class BasedLinearAttention(Mixer):
+    kernel_family = "simple_gla"
+
     def __init__(
         self,
         d_model: int,
@@ -118,23 +119,9 @@ class BasedLinearAttention(Mixer):
         k = self.feature_map(self.k_proj(x).view(B, T, H, F))
         v = self.v_proj(x).view(B, T, H, V)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, V + 1): last column sums phi(k)
-        if cache is None:
-            o, _ = kernels.chunk_simple_gla(q, k, v, scale=1.0, backend=self.backend, chunk_size=self.chunk_size)
-        elif T == 1:
-            o, cache.state = kernels.fused_recurrent_simple_gla(
-                q, k, v, scale=1.0, initial_state=cache.state, output_final_state=True, backend=self.backend
-            )
-        else:
-            o, cache.state = kernels.chunk_simple_gla(
-                q, k, v, scale=1.0, initial_state=cache.state, output_final_state=True,
-                backend=self.backend, chunk_size=self.chunk_size,
-            )  # fmt: skip
+        o = self.recurrence(q, k, v, cache=cache, scale=1.0)
         o = o[..., :V] / (o[..., V:] + self.eps)  # phi(q)^T S / (phi(q)^T z + eps)
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.o_proj.weight.device)
-        return {"simple_gla": kernels.resolve_backend(self.backend, probe, family="simple_gla")}
 
     def init_cache(self) -> BasedCache:
         return BasedCache()

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from zoo.layers import RMSNorm, ShortConvolution
 from zoo.mixers import register
 from zoo.mixers.base import Mixer, check_divides
@@ -53,7 +52,7 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 @register("deltanet")
 class DeltaNet(Mixer):
-    family = "delta_rule"  # kernels.backend family of the recurrence (Gated DeltaNet: "gated_delta_rule")
+    kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
 
     def __init__(
         self,
@@ -121,31 +120,12 @@ class DeltaNet(Mixer):
         k = l2_norm(k.view(B, T, H, K))
         v = v.view(B, T, H, V)
         beta = at_least_fp32(self.b_proj(x)).sigmoid()  # (B, T, H)
-        o, state = self._recurrence(q, k, v, self.log_decay(x), beta, cache)
-        if cache is not None:
-            cache.state = state
+        g = self.log_decay(x)
+        o = self.recurrence(*((q, k, v, beta) if g is None else (q, k, v, g, beta)), cache=cache)  # fla's order
         o = self.o_norm(o)  # (B, T, H, V)
         if self.use_gate:
             o = o * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def _recurrence(self, q, k, v, g, beta, cache: DeltaNetCache | None):
-        """The kernel call: chunked without a cache or for T > 1, step by step for one-token decode."""
-        gated = g is not None
-        args = (q, k, v, g, beta) if gated else (q, k, v, beta)  # fla argument order
-        if cache is None:
-            chunk = kernels.chunk_gated_delta_rule if gated else kernels.chunk_delta_rule
-            return chunk(*args, backend=self.backend, chunk_size=self.chunk_size)
-        if q.shape[1] == 1:
-            step = kernels.fused_recurrent_gated_delta_rule if gated else kernels.fused_recurrent_delta_rule
-            return step(*args, initial_state=cache.state, output_final_state=True, backend=self.backend)
-        chunk = kernels.chunk_gated_delta_rule if gated else kernels.chunk_delta_rule
-        return chunk(*args, initial_state=cache.state, output_final_state=True,
-                     backend=self.backend, chunk_size=self.chunk_size)  # fmt: skip
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.o_proj.weight.device)
-        return {self.family: kernels.resolve_backend(self.backend, probe, family=self.family)}
 
     def init_cache(self) -> DeltaNetCache:
         return DeltaNetCache()

@@ -30,7 +30,7 @@ from zoo.mixers.deltanet import DeltaNet, at_least_fp32
 
 @register("gated_deltanet")
 class GatedDeltaNet(DeltaNet):
-    family = "gated_delta_rule"
+    kernel_family = "gated_delta_rule"
 
     def __init__(
         self,

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from zoo.layers import RMSNorm
 from zoo.mixers import register
 from zoo.mixers.base import Mixer, check_divides
@@ -29,6 +28,8 @@ class RecurrentCache:
 
 @register("gla")
 class GatedLinearAttention(Mixer):
+    kernel_family = "gla"
+
     def __init__(
         self,
         d_model: int,
@@ -74,23 +75,9 @@ class GatedLinearAttention(Mixer):
         k = self.k_proj(x).view(B, T, H, K)
         v = self.v_proj(x).view(B, T, H, V)
         g = F.logsigmoid(self.gk_proj(x).float()).view(B, T, H, K) / self.gate_logit_normalizer
-        if cache is None:
-            o, _ = kernels.chunk_gla(q, k, v, g, backend=self.backend, chunk_size=self.chunk_size)
-        elif T == 1:
-            o, cache.state = kernels.fused_recurrent_gla(
-                q, k, v, g, initial_state=cache.state, output_final_state=True, backend=self.backend
-            )
-        else:
-            o, cache.state = kernels.chunk_gla(
-                q, k, v, g, initial_state=cache.state, output_final_state=True,
-                backend=self.backend, chunk_size=self.chunk_size,
-            )  # fmt: skip
+        o = self.recurrence(q, k, v, g, cache=cache)
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.o_proj.weight.device)
-        return {"gla": kernels.resolve_backend(self.backend, probe, family="gla")}
 
     def init_cache(self) -> RecurrentCache:
         return RecurrentCache()

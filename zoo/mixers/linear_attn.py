@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from zoo.layers import RMSNorm
 from zoo.mixers import register
 from zoo.mixers.base import ConfigError, Mixer, check_divides
@@ -55,6 +54,8 @@ class LinearAttentionCache:
 
 @register("linear_attn")
 class LinearAttention(Mixer):
+    kernel_family = "simple_gla"
+
     def __init__(
         self,
         d_model: int,
@@ -110,27 +111,13 @@ class LinearAttention(Mixer):
         v = self.v_proj(x).view(B, T, H, V)
         if self.normalize:  # state column V accumulates sum_i k_i, so o[..., V] = scale q_t . z_t
             v = torch.cat([v, v.new_ones(B, T, H, 1)], dim=-1)  # (B, T, H, V + 1)
-        if cache is None:
-            o, _ = kernels.chunk_simple_gla(q, k, v, backend=self.backend, chunk_size=self.chunk_size)
-        elif T == 1:
-            o, cache.state = kernels.fused_recurrent_simple_gla(
-                q, k, v, initial_state=cache.state, output_final_state=True, backend=self.backend
-            )
-        else:
-            o, cache.state = kernels.chunk_simple_gla(
-                q, k, v, initial_state=cache.state, output_final_state=True,
-                backend=self.backend, chunk_size=self.chunk_size,
-            )  # fmt: skip
+        o = self.recurrence(q, k, v, cache=cache)
         if self.normalize:
             acc = torch.promote_types(o.dtype, torch.float32)
             o = (o[..., :V].to(acc) / (o[..., V:].to(acc) + self.eps)).to(o.dtype)  # (B, T, H, V)
         if self.o_norm is not None:
             o = self.o_norm(o)
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.o_proj.weight.device)
-        return {"simple_gla": kernels.resolve_backend(self.backend, probe, family="simple_gla")}
 
     def init_cache(self) -> LinearAttentionCache:
         return LinearAttentionCache()

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from zoo.layers import ShortConvolution
 from zoo.mixers import register
 from zoo.mixers.base import ConfigError, Mixer, check_divides
@@ -40,6 +39,8 @@ class Mamba2Cache:
 
 @register("mamba2")
 class Mamba2(Mixer):
+    kernel_family = "simple_gla"
+
     def __init__(
         self,
         d_model: int,
@@ -108,19 +109,9 @@ class Mamba2(Mixer):
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, T, H)
         g = -torch.exp(self.A_log.to(acc)) * dt  # log decay dt * A <= 0
         v = (xs * dt[..., None]).to(xs.dtype)
-        if cache is None:
-            o, _ = kernels.chunk_simple_gla(c, b, v, g, scale=1.0, backend=self.backend, chunk_size=self.chunk_size)
-        else:
+        if cache is not None:
             cache.conv = tail
-            if T == 1:
-                o, cache.state = kernels.fused_recurrent_simple_gla(
-                    c, b, v, g, scale=1.0, initial_state=cache.state, output_final_state=True, backend=self.backend
-                )
-            else:
-                o, cache.state = kernels.chunk_simple_gla(
-                    c, b, v, g, scale=1.0, initial_state=cache.state, output_final_state=True,
-                    backend=self.backend, chunk_size=self.chunk_size,
-                )  # fmt: skip
+        o = self.recurrence(c, b, v, g, cache=cache, scale=1.0)
         y = o + self.D.to(o.dtype)[:, None] * xs  # (B, T, H, P)
         y = self.gated_norm(y.reshape(Bsz, T, self.d_inner), z)
         return self.out_proj(y), cache
@@ -132,10 +123,6 @@ class Mamba2(Mixer):
         u = (y.to(acc) * F.silu(z.to(acc))).view(Bsz, T, self.ngroups, -1)
         u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.norm_eps)
         return (u.view(Bsz, T, self.d_inner) * self.norm_weight.to(acc)).to(y.dtype)
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.out_proj.weight.device)
-        return {"simple_gla": kernels.resolve_backend(self.backend, probe, family="simple_gla")}
 
     def init_cache(self) -> Mamba2Cache:
         return Mamba2Cache()

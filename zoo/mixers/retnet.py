@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from zoo.layers import RMSNorm, rotary
 from zoo.mixers import register
 from zoo.mixers.base import Mixer, check_divides
@@ -49,6 +48,8 @@ class RetentionCache:
 
 @register("retnet")
 class MultiScaleRetention(Mixer):
+    kernel_family = "simple_gla"
+
     def __init__(
         self,
         d_model: int,
@@ -95,25 +96,11 @@ class MultiScaleRetention(Mixer):
         k = rotary(self.k_proj(x).view(B, T, H, K), positions, self.rope_theta)
         v = self.v_proj(x).view(B, T, H, V)
         g_gamma = self.g_gamma.float()
-        if cache is None:
-            o, _ = kernels.chunk_simple_gla(q, k, v, g_gamma=g_gamma, backend=self.backend, chunk_size=self.chunk_size)
-        elif T == 1:
-            o, cache.state = kernels.fused_recurrent_simple_gla(
-                q, k, v, g_gamma=g_gamma, initial_state=cache.state, output_final_state=True, backend=self.backend
-            )
-        else:
-            o, cache.state = kernels.chunk_simple_gla(
-                q, k, v, g_gamma=g_gamma, initial_state=cache.state, output_final_state=True,
-                backend=self.backend, chunk_size=self.chunk_size,
-            )  # fmt: skip
+        o = self.recurrence(q, k, v, cache=cache, g_gamma=g_gamma)
         if cache is not None:
             cache.offset = start + T
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.o_proj.weight.device)
-        return {"simple_gla": kernels.resolve_backend(self.backend, probe, family="simple_gla")}
 
     def init_cache(self) -> RetentionCache:
         return RetentionCache()

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from zoo.mixers import register
 from zoo.mixers.base import ConfigError, Mixer, check_divides
 from zoo.mlps import register_mlp
@@ -72,6 +71,8 @@ def _ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
 
 @register("rwkv6")
 class RWKV6TimeMix(Mixer):
+    kernel_family = "rwkv6"
+
     def __init__(
         self,
         d_model: int,
@@ -155,27 +156,13 @@ class RWKV6TimeMix(Mixer):
         v = self.value(xv).view(B, T, H, K)
         w = self.log_decay(xw, B, T)
         u = self.time_faaaa
-        if cache is None:
-            o, _ = kernels.chunk_rwkv6(r, k, v, w, u, scale=1.0, backend=self.backend, chunk_size=self.chunk_size)
-        else:
-            if T == 1:
-                o, cache.state = kernels.fused_recurrent_rwkv6(
-                    r, k, v, w, u, scale=1.0, initial_state=cache.state, output_final_state=True, backend=self.backend
-                )
-            else:
-                o, cache.state = kernels.chunk_rwkv6(
-                    r, k, v, w, u, scale=1.0, initial_state=cache.state, output_final_state=True,
-                    backend=self.backend, chunk_size=self.chunk_size,
-                )  # fmt: skip
+        o = self.recurrence(r, k, v, w, u, cache=cache, scale=1.0)
+        if cache is not None:
             cache.shift = x[:, -1].clone()  # a copy: a view would keep the whole prefill input alive
         o = _fp32_or_wider(o.reshape(B * T, C))  # per-head LayerNorm in fp32
         o = F.group_norm(o, H, self.ln_x.weight.to(o.dtype), self.ln_x.bias.to(o.dtype), self.norm_eps)
         o = o.to(x.dtype).view(B, T, C) * F.silu(self.gate(xg))
         return self.output(o), cache
-
-    def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=self.output.weight.device)
-        return {"rwkv6": kernels.resolve_backend(self.backend, probe, family="rwkv6")}
 
     def init_cache(self) -> RWKVCache:
         return RWKVCache()
