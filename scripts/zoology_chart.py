@@ -85,10 +85,10 @@ def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float
         passing = [w for w in widths if w in pts and pts[w]["accuracy"] >= threshold]
         state = pts[max(pts)]["state_bytes"]
         lines.append(f"| {name} | {' | '.join(cells)} | {state:,} | {passing[0] if passing else 'none'} |")
-    failed = [r for r in rows if r["status"] != "completed"]
-    if failed:
+    unfinished = [r for r in rows if r["status"] != "completed"]
+    if unfinished:
         lines.append("")
-        lines += [f"- failed: {r['run']} ({r['status']})" for r in failed]
+        lines += [f"- not completed: {r['run']} (status: {r['status']})" for r in unfinished]
     (out / "zoology_mqar.md").write_text("\n".join(lines) + "\n")
 
 
@@ -133,7 +133,8 @@ def main(argv=None) -> None:
     write_tables(rows, best, out, args.threshold)
     first = OmegaConf.load(Path(rows[0]["run"]) / ".hydra" / "config.yaml")
     title = (f"MQAR, seq_len {first.data.seq_len}, {first.data.num_kv_pairs} kv pairs, vocab {first.data.vocab_size}, "
-             f"{first.model.n_layers} layers, {first.train.max_steps} steps (best lr per point)")  # fmt: skip
+             f"{first.model.n_layers} layers, {first.train.max_steps} steps, "
+             f"best of lr {sorted({r['lr'] for r in rows})} per point")  # fmt: skip
     plot(best, out / "zoology_mqar.png", title)
     print((out / "zoology_mqar.md").read_text())
     print(f"wrote {out / 'zoology_mqar.csv'}, {out / 'zoology_mqar.md'}, {out / 'zoology_mqar.png'}")

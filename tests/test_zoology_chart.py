@@ -40,7 +40,7 @@ def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
     table = (tmp_path / "out" / "zoology_mqar.md").read_text()
     assert "| gla | 0.500 | 0.950 |" in table and table.split("| gla |")[1].split("\n")[0].endswith("| 128 |")
     assert "| gla + attn | 0.990 | - |" in table and "| transformer | 1.000 | - |" in table
-    assert "- failed:" in table and "broken" in table
+    assert "- not completed:" in table and "broken (status: failed)" in table
     assert (tmp_path / "out" / "zoology_mqar.png").stat().st_size > 10_000
     assert len((tmp_path / "out" / "zoology_mqar.csv").read_text().splitlines()) == 8  # header + 7 runs
 
