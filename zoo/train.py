@@ -235,7 +235,7 @@ def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
     name = cfg.model.get("name", "model")
     parts = [f"{name}: {metrics['params'] / 1e6:.2f}M params", f"{metrics['train/steps']} steps",
              f"{metrics['train/time_s']:.0f} s"]  # fmt: skip
-    parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("mqar/acc", "val/"))]
+    parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("/accuracy") or k.startswith("val/")]
     parts += [f"state {v / 1024:.1f} KiB @{k.split('@')[1]}" for k, v in metrics.items() if k.startswith("state/")]
     return " | ".join(parts) + f"\nrun folder: {run_dir}"
 
