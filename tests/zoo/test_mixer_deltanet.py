@@ -165,9 +165,9 @@ def test_defaults_live_in_conf():
 @pytest.mark.parametrize(
     ("cls", "opts", "needle"),
     [
-        (DeltaNet, {"num_heads": 3}, "num_heads must divide the key dim"),
+        (DeltaNet, {"num_heads": 3}, "num_heads must divide the deltanet key dim"),
         (DeltaNet, {"expand_k": 0.75}, "head_dim must divide"),
-        (GatedDeltaNet, {"num_heads": 4, "expand_v": 0.5625}, "num_heads must divide the value dim"),
+        (GatedDeltaNet, {"num_heads": 4, "expand_v": 0.5625}, "num_heads must divide the gated_deltanet value dim"),
         (GatedDeltaNet, {"A_init_range": (16.0, 1.0)}, "A_init_range"),
         (GatedDeltaNet, {"dt_min": 0.2}, "dt_min"),
     ],

@@ -140,7 +140,9 @@ def test_config_errors_name_the_bad_option():
         LinearAttention(64, 0, n_layers=1, head_dim=16, feature_map="softmax")
     with pytest.raises(ConfigError, match="normalize needs a non-negative feature_map"):
         LinearAttention(64, 0, n_layers=1, head_dim=16, feature_map="identity", normalize=True)
-    with pytest.raises(ConfigError, match="layer 3: head_dim must divide d_model: 24 does not divide 64"):
+    with pytest.raises(
+        ConfigError, match="layer 3: head_dim must divide the linear_attn key dim: 24 does not divide 64"
+    ):
         LinearAttention(64, 3, n_layers=4, head_dim=24)
     with pytest.raises(ConfigError, match="num_heads must divide the linear_attn key dim"):
         LinearAttention(64, 0, n_layers=1, head_dim=16, num_heads=3)

@@ -68,3 +68,15 @@ def check_divides(what: str, total: int, part: int, layer_idx: int) -> int:
     if part <= 0 or total % part != 0:
         raise ConfigError(f"layer {layer_idx}: {what}: {part} does not divide {total}")
     return total // part
+
+
+def split_heads(
+    mixer: str, layer_idx: int, key_dim: int, value_dim: int, num_heads: int | None, head_dim: int, by: str = "key"
+) -> tuple[int, int, int]:
+    """`(num_heads, head_k, head_v)` of a linear mixer with total key / value dims. `num_heads` None takes heads
+    of the model's `head_dim` on the `by` ("key" or "value") side; a size that does not divide is a ConfigError."""
+    dims = {"key": key_dim, "value": value_dim}
+    heads = num_heads or check_divides(f"head_dim must divide the {mixer} {by} dim", dims[by], head_dim, layer_idx)
+    head_k = check_divides(f"num_heads must divide the {mixer} key dim", key_dim, heads, layer_idx)
+    head_v = check_divides(f"num_heads must divide the {mixer} value dim", value_dim, heads, layer_idx)
+    return heads, head_k, head_v

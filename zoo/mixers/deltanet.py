@@ -28,7 +28,7 @@ from torch import nn
 
 from zoo.layers import RMSNorm, ShortConvolution
 from zoo.mixers import register
-from zoo.mixers.base import Mixer, check_divides
+from zoo.mixers.base import Mixer, split_heads
 
 
 @dataclass
@@ -76,11 +76,9 @@ class DeltaNet(Mixer):
         self.layer_idx = layer_idx
         self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
         # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
-        self.num_heads = num_heads or check_divides(
-            "head_dim must divide the key dim (d_model * expand_k)", self.key_dim, head_dim, layer_idx
+        self.num_heads, self.head_k, self.head_v = split_heads(
+            self.name, layer_idx, self.key_dim, self.value_dim, num_heads, head_dim
         )
-        self.head_k = check_divides("num_heads must divide the key dim", self.key_dim, self.num_heads, layer_idx)
-        self.head_v = check_divides("num_heads must divide the value dim", self.value_dim, self.num_heads, layer_idx)
         self.use_short_conv = use_short_conv
         self.use_gate = use_gate
         self.chunk_size = chunk_size

@@ -18,7 +18,7 @@ from torch import nn
 
 from zoo.layers import RMSNorm
 from zoo.mixers import register
-from zoo.mixers.base import Mixer, check_divides
+from zoo.mixers.base import Mixer, split_heads
 
 
 @dataclass
@@ -50,11 +50,9 @@ class GatedLinearAttention(Mixer):
         self.layer_idx = layer_idx
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
         # num_heads null: follow the model's head_dim on the value side, as attention does.
-        self.num_heads = num_heads or check_divides(
-            "head_dim must divide the GLA value dim", value_dim, head_dim, layer_idx
+        self.num_heads, self.head_k, self.head_v = split_heads(
+            "GLA", layer_idx, key_dim, value_dim, num_heads, head_dim, by="value"
         )
-        self.head_k = check_divides("num_heads must divide the GLA key dim", key_dim, self.num_heads, layer_idx)
-        self.head_v = check_divides("num_heads must divide the GLA value dim", value_dim, self.num_heads, layer_idx)
         self.gate_logit_normalizer = gate_logit_normalizer
         self.chunk_size = chunk_size
         self.backend = backend

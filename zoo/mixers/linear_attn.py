@@ -33,7 +33,7 @@ from torch import nn
 
 from zoo.layers import RMSNorm
 from zoo.mixers import register
-from zoo.mixers.base import ConfigError, Mixer, check_divides
+from zoo.mixers.base import ConfigError, Mixer, split_heads
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +86,8 @@ class LinearAttention(Mixer):
             )
         self.layer_idx = layer_idx
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        self.num_heads = num_heads or check_divides("head_dim must divide d_model", d_model, head_dim, layer_idx)
-        self.head_k = check_divides("num_heads must divide the linear_attn key dim", key_dim, self.num_heads, layer_idx)
-        self.head_v = check_divides(
-            "num_heads must divide the linear_attn value dim", value_dim, self.num_heads, layer_idx
+        self.num_heads, self.head_k, self.head_v = split_heads(
+            "linear_attn", layer_idx, key_dim, value_dim, num_heads, head_dim
         )
         self.feature_map = feature_map
         self.phi = FEATURE_MAPS[feature_map]

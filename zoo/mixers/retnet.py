@@ -31,7 +31,7 @@ from torch import nn
 
 from zoo.layers import RMSNorm, rotary
 from zoo.mixers import register
-from zoo.mixers.base import Mixer, check_divides
+from zoo.mixers.base import Mixer, check_divides, split_heads
 
 
 def retention_decay(num_heads: int) -> torch.Tensor:
@@ -69,11 +69,9 @@ class MultiScaleRetention(Mixer):
         self.layer_idx = layer_idx
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
         # num_heads null: follow the model's head_dim on the key side
-        self.num_heads = num_heads or check_divides(
-            "head_dim must divide the RetNet key dim", key_dim, head_dim, layer_idx
+        self.num_heads, self.head_k, self.head_v = split_heads(
+            "RetNet", layer_idx, key_dim, value_dim, num_heads, head_dim
         )
-        self.head_k = check_divides("num_heads must divide the RetNet key dim", key_dim, self.num_heads, layer_idx)
-        self.head_v = check_divides("num_heads must divide the RetNet value dim", value_dim, self.num_heads, layer_idx)
         check_divides("RoPE needs an even RetNet key size per head", self.head_k, 2, layer_idx)
         self.rope_theta = rope_theta
         self.chunk_size = chunk_size
