@@ -7,7 +7,9 @@ against causal softmax attention of the same shape, with the issue's target rati
 Writes `kernels.csv` (one row per family/backend/T) and `kernels.png` (time vs T, log-log, forward and
 forward+backward) into `--out`, and prints the table and the ratios. The naive per-step loop and full
 attention are only run up to `--naive-max-T` / `--attn-max-T` (longer ones are listed as skipped).
-On CUDA it times the Triton backends, SDPA and flash-attn (when installed) as well.
+On CUDA it times the Triton backends, SDPA and flash-attn (when installed) as well, and — when
+flash-linear-attention is installed (`pip install fla-core`) — fla's Triton kernels of the same families at the
+same shapes, the anchor for the GPU target (ours within 1.5x of fla's forward+backward time at T=4096).
 """
 
 from __future__ import annotations
@@ -64,13 +66,23 @@ def flash_inputs(B, T, H, K, V, device, dtype) -> tuple[Callable, dict]:
     return (lambda q, k, v: flash_attn_func(q, k, v, causal=True)), {"q": q, "k": k, "v": v}
 
 
+def fla_op(family: str) -> Callable:
+    """fla's chunked op of `family`: same signature as ours (fla-compatible conventions), no `backend`."""
+    return getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}")
+
+
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
 def median_ms(fn: Callable[[], object], repeats: int, device) -> float:
-    fn()  # warm-up (Triton compilation, allocator)
+    if torch.device(device).type == "cuda":
+        # GPU kernels take microseconds: time many calls with CUDA events, L2 flushed between them
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()  # warm-up (allocator, first-call dispatch)
     sync(device)
     times = []
     for _ in range(repeats):
@@ -97,7 +109,11 @@ def time_op(op: Callable, kwargs: dict, repeats: int, device, backward: bool, **
     return median_ms(step, repeats, device)
 
 
-def rows_for(args, device) -> list[dict]:
+FIELDS = ["family", "backend", "B", "T", "H", "K", "V", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "note"]
+
+
+def rows_for(args, device, on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Measure every (family, backend, T) cell; `on_row` sees each row as soon as it is measured."""
     dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
     B, H, K, V = args.B, args.H, args.K, args.V
     rows = []
@@ -107,6 +123,8 @@ def rows_for(args, device) -> list[dict]:
             if backend == "triton" and torch.device(device).type != "cuda":
                 continue  # the interpreter is for correctness tests, not timings
             impls.append((family, backend, lambda T, f=family: family_inputs(f, B, T, H, K, V, device, dtype)))
+        if torch.device(device).type == "cuda" and importlib.util.find_spec("fla") is not None:
+            impls.append((family, "fla", lambda T, f=family: family_inputs(f, B, T, H, K, V, device, dtype)))
     impls.append(("attention", "sdpa", lambda T: attention_inputs(B, T, H, K, V, device, dtype)))
     if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         impls.append(("attention", "flash_attn", lambda T: flash_inputs(B, T, H, K, V, device, dtype)))
@@ -117,12 +135,16 @@ def rows_for(args, device) -> list[dict]:
                    "dtype": str(dtype).replace("torch.", ""), "device": str(device)}  # fmt: skip
             if limit is not None and limit < T:
                 rows.append(row | {"fwd_ms": "", "fwd_bwd_ms": "", "note": f"skipped: T > {limit}"})
+                on_row(rows[-1])
                 continue
             op, kwargs = make(T)
-            extra = {} if family == "attention" else {"backend": backend}
+            if backend == "fla":
+                op = fla_op(family)
+            extra = {} if family == "attention" or backend == "fla" else {"backend": backend}
             fwd = time_op(op, kwargs, args.repeats, device, backward=False, **extra)
             bwd = "" if args.no_backward else time_op(op, kwargs, args.repeats, device, backward=True, **extra)
             rows.append(row | {"fwd_ms": round(fwd, 3), "fwd_bwd_ms": bwd if bwd == "" else round(bwd, 3), "note": ""})
+            on_row(rows[-1])
             bwd_text = "-" if bwd == "" else f"{bwd:.2f}"
             print(f"{family:>16} {backend:>10} T={T:>6}  fwd {fwd:10.2f} ms  fwd+bwd {bwd_text:>10} ms", flush=True)
     return rows
@@ -144,6 +166,16 @@ def report_targets(rows, fast_backend: str) -> list[str]:
         ("vs causal SDPA, forward, T=16384", attn16k, fast16k, lambda a, b: a / b, ">= 5x", lambda r: r >= 5),
         ("time growth T=2048 -> 16384", fast16k, fast2k, lambda a, b: a / b, "<= 10x", lambda r: r <= 10),
     ]
+    if fast_backend == "triton":  # the GPU targets: fla as the anchor, the fastest attention measured
+        attn = "flash_attn" if any(r["backend"] == "flash_attn" for r in rows) else "sdpa"
+        fla4k = lookup(rows, "gla", "fla", 4096, "fwd_bwd_ms")
+        ours4k = lookup(rows, "gla", "triton", 4096, "fwd_bwd_ms")
+        checks = [("vs fla chunk_gla, fwd+bwd, T=4096", ours4k, fla4k, lambda a, b: a / b, "<= 1.5x",
+                   lambda r: r <= 1.5)]  # fmt: skip
+        for T in sorted({r["T"] for r in rows if r["T"] >= 4096}):
+            a, b = lookup(rows, "attention", attn, T, "fwd_bwd_ms"), lookup(rows, "gla", "triton", T, "fwd_bwd_ms")
+            checks.append((f"speed-up over {attn}, fwd+bwd, T={T}", a, b, lambda a, b: a / b, "> 1x",
+                           lambda r: r > 1))  # fmt: skip
     lines = []
     for what, a, b, ratio, target, ok in checks:
         if a and b:
@@ -197,12 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    rows = rows_for(args, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "kernels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    with open(args.out / "kernels.csv", "w", newline="") as f:  # row by row: a run cut short keeps its cells
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        rows = rows_for(args, args.device, on_row=lambda row: (writer.writerow(row), f.flush()))
     plot(rows, args.out / "kernels.png")
     fast = "triton" if torch.device(args.device).type == "cuda" else "torch"
     print("\n".join(["", "targets (ratios from this run):", *report_targets(rows, fast)]))

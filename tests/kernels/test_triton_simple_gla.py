@@ -158,6 +158,12 @@ def test_strong_decay_is_finite_and_matches_naive(gate):
     tol = {"rtol": 1e-3, "atol": 1e-4}
     assert_close(o, o_ref, **tol, name="o")
     assert_close(S, S_ref, **tol, name="final_state")
+    if gate == "gamma":
+        # dg_gamma is the sum of B*T per-token gate gradients, each an O(1) difference q.dq - k.dk that cancels
+        # to ~e^-20 here, so rounding errors add up like a random walk: the first compiled run on an H100 gave
+        # |err| 3.8e-4 against the per-token atol 1e-4 (the per-token gradients of the "g" case pass at 1e-4)
+        gamma_atol = tol["atol"] * (inputs[0].shape[0] * inputs[0].shape[1]) ** 0.5
+        assert_close(grads.pop("g_gamma"), grads_ref.pop("g_gamma"), rtol=tol["rtol"], atol=gamma_atol, name="dg_gamma")
     check_grads(grads, grads_ref, tol)
 
 

@@ -1,0 +1,81 @@
+"""Our Triton kernels against flash-linear-attention's (fla) on a GPU: same conventions, same numbers.
+
+DESIGN.md promises fla-compatible signatures and semantics (layout, log-space gates, default scale, the
+RWKV bonus, the delta-rule beta). The oracle tests pin our kernels to the per-step loop; this module pins
+the *conventions* to the library people port from: every family is called with the same arguments on
+both sides and outputs, final states and all input gradients must agree. Needs CUDA and `fla`
+(``pip install fla-core``); elsewhere the module is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU: fla's kernels do not run in Triton's interpreter", allow_module_level=True)
+fla_ops = pytest.importorskip("fla.ops", reason="needs flash-linear-attention: pip install fla-core")
+
+B, T, H, K, V = 2, 300, 4, 64, 64  # T not a multiple of any chunk size
+
+
+def inputs(family: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
+    x = {"k": k, "v": v, "initial_state": rand(B, H, K, V)}
+    if family in ("gla", "rwkv6"):
+        x["r" if family == "rwkv6" else "q"] = q
+        x["w" if family == "rwkv6" else "g"] = F.logsigmoid(4 * rand(B, T, H, K)) / 4
+        if family == "rwkv6":
+            x["u"] = rand(H, K)
+    else:
+        x["q"] = q
+    if family in ("simple_gla", "gated_delta_rule"):
+        x["g"] = F.logsigmoid(4 * rand(B, T, H)) / 4
+    if family in ("delta_rule", "gated_delta_rule"):
+        x["k"] = F.normalize(k, dim=-1)
+        x["beta"] = torch.sigmoid(rand(B, T, H))
+    gates = {"g", "w", "beta", "initial_state"}  # fp32 on both sides, as the mixers pass them
+    return {n: t.cuda().to(torch.float32 if n in gates else dtype).requires_grad_() for n, t in x.items()}
+
+
+def run(fn, x: dict[str, torch.Tensor], **kw):
+    leaves = {n: t.detach().clone().requires_grad_() for n, t in x.items()}
+    o, s = fn(**leaves, scale=K**-0.5, output_final_state=True, **kw)
+    gen = torch.Generator().manual_seed(1)
+    loss = (o.float() * torch.randn(o.shape, generator=gen).cuda()).sum()
+    loss = loss + (s.float() * torch.randn(s.shape, generator=gen).cuda()).sum()
+    loss.backward()
+    return {"o": o, "final_state": s} | {f"d{n}": t.grad for n, t in leaves.items()}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("family", ["gla", "simple_gla", "rwkv6", "delta_rule", "gated_delta_rule"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_matches_fla(family, dtype):
+    x = inputs(family, dtype)
+    ours = run(getattr(kernels, f"chunk_{family}"), x, backend="triton")
+    try:
+        theirs = run(getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}"), x)
+    except RuntimeError as e:  # fla refuses some kernels on known-bad Triton/GPU pairs (e.g. Triton < 3.7.1 on Hopper)
+        if "Triton" not in str(e):
+            raise
+        pytest.skip(f"fla refuses to run here: {e}")
+    # both accumulate in fp32 but round dot inputs differently (tf32 / bf16), so compare norms, not entries
+    tol = 5e-3 if dtype == torch.float32 else 3e-2
+    errors = {name: rel_err(ours[name], theirs[name]) for name in theirs}
+    print(f"{family} {dtype}: max relative error vs fla {max(errors.values()):.2e} ({max(errors, key=errors.get)})")
+    assert max(errors.values()) < tol, f"{family} {dtype}: relative error vs fla {errors}"
