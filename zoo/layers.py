@@ -40,13 +40,22 @@ def swiglu_hidden(d_model: int, mlp_ratio: float, multiple_of: int = 8) -> int:
     return multiple_of * -(-hidden // multiple_of)
 
 
+def positions_after(start: int | torch.Tensor, length: int, device) -> torch.Tensor:
+    """Absolute positions of `length` new tokens after `start` seen ones: `[T]` for an int `start`, `[B, T]`
+    for per-sequence starts `[B]` (a batch of sequences of different lengths, see `HybridLM.generate`)."""
+    steps = torch.arange(length, device=device)
+    return steps + start if isinstance(start, int) else start[:, None] + steps
+
+
 def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate `x` `[B, T, H, D]` by RoPE angles of absolute `positions` `[T]` (rotate-half layout, fp32 math)."""
+    """Rotate `x` `[B, T, H, D]` by RoPE angles of absolute `positions`, `[T]` (shared by every row) or `[B, T]`
+    (one row of positions per sequence); rotate-half layout, fp32 math."""
     d = x.shape[-1]
     inv_freq = theta ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # (D/2,)
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
-    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)[None, :, None, :]  # (1, T, 1, D)
-    sin = torch.cat([angles.sin(), angles.sin()], dim=-1)[None, :, None, :]
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # ([B,] T, D/2)
+    # ([B,] T, 1, D): broadcasts over the heads, and over the batch when positions are [T]
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1).unsqueeze(-2)
+    sin = torch.cat([angles.sin(), angles.sin()], dim=-1).unsqueeze(-2)
     xf = x.float()
     x1, x2 = xf[..., : d // 2], xf[..., d // 2 :]
     rotated = torch.cat([-x2, x1], dim=-1)

@@ -4,6 +4,7 @@ whose mixers come from the registry per layer, a final norm and an LM head (opti
     model = build_model(cfg)                       # cfg: conf/model/*.yaml, a dict or a ModelConfig
     out = model(ids, use_cache=True)               # parallel prefill; out.logits (B, T, vocab), out.cache
     out = model(next_ids, cache=out.cache)         # continue the same sequences from the cache
+    ids = model.generate(prompts, 32, attention_mask=mask, prefill_chunk=4096)   # left-padded prompts
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from torch import nn
 from zoo.config import ModelConfig
 from zoo.layers import RMSNorm
 from zoo.mixers import ConfigError, Mixer, get_mixer
+from zoo.mixers.base import stack_caches
 from zoo.mlps import get_mlp
 
 
 @dataclass
 class Cache:
-    """Per-layer caches (`LayerCache`) of one batch of sequences, plus how many tokens they have seen."""
+    """Per-layer caches (`LayerCache`) of one batch of sequences, plus how many tokens they have seen (an int,
+    or LongTensor `[B]` per row in a stack of sequences of different lengths, see `HybridLM.prefill`)."""
 
     layers: list[LayerCache] = field(default_factory=list)
-    seen_tokens: int = 0
+    seen_tokens: int | torch.Tensor = 0
 
 
 @dataclass
@@ -109,9 +112,15 @@ class HybridLM(nn.Module):
     def init_cache(self) -> Cache:
         return Cache(layers=[block.init_cache() for block in self.blocks])
 
-    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False) -> LMOutput:
+    def forward(
+        self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False, logits_to_keep: int = 0
+    ) -> LMOutput:
         """`input_ids` `[B, T]` -> logits `[B, T, vocab]`. With `use_cache` (or a `cache`) the returned
-        cache continues the sequences: prefill-then-decode gives the logits of one parallel forward."""
+        cache continues the sequences: prefill-then-decode gives the logits of one parallel forward.
+        `logits_to_keep=N > 0` runs only the last N positions through the final norm and the LM head
+        (logits `[B, N, vocab]`): a long prompt would otherwise materialize T x vocab logits."""
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
         if cache is None and use_cache:
             cache = self.init_cache()
         x = self.embed(input_ids)  # (B, T, d)
@@ -120,10 +129,45 @@ class HybridLM(nn.Module):
             if cache is not None:
                 cache.layers[i] = layer_cache
         if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
+            cache.seen_tokens = cache.seen_tokens + input_ids.shape[1]  # not in place: may be a [B] tensor
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return LMOutput(logits=self.lm_head(self.norm(x)), cache=cache)
 
     # -- inference -------------------------------------------------------------------------------
+    @torch.no_grad()  # not inference_mode: callers may continue the returned cache outside of it
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, prefill_chunk: int | None = None
+    ) -> LMOutput:
+        """Read prompts `input_ids` `[B, T]` into a new cache. Returns the logits of each row's last real token
+        (`[B, 1, vocab]`) and the batched cache to decode from.
+
+        The prompt runs through the model in pieces of `prefill_chunk` tokens (None = one piece), carrying the
+        cache and computing only the last position's logits, so activations are bounded by the piece and a
+        linear model's memory stays flat however long the prompt. `attention_mask` `[B, T]` (1 = token,
+        0 = padding; left padding only) marks prompts of different lengths: each row's real tokens are then
+        prefilled on their own and the row caches stacked (`stack_caches`), so no padding token ever enters
+        a state, and every position-dependent layer continues each row at its own length."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, T] with T >= 1, got shape {tuple(input_ids.shape)}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
+        lengths = left_padded_lengths(attention_mask, input_ids)
+        if lengths is None:  # no padding: the whole batch at once
+            return self._prefill(input_ids, prefill_chunk)
+        T = input_ids.shape[1]
+        rows = [self._prefill(input_ids[b : b + 1, T - n :], prefill_chunk) for b, n in enumerate(lengths)]
+        return LMOutput(torch.cat([r.logits for r in rows]), stack_caches([r.cache for r in rows]))
+
+    def _prefill(self, input_ids: torch.Tensor, prefill_chunk: int | None) -> LMOutput:
+        T = input_ids.shape[1]
+        step = T if prefill_chunk is None else prefill_chunk
+        cache = self.init_cache()
+        for start in range(0, T, step):
+            out = self(input_ids[:, start : start + step], cache=cache, logits_to_keep=1)
+            cache = out.cache
+        return out
+
     @torch.inference_mode()
     def generate(
         self,
@@ -133,23 +177,29 @@ class HybridLM(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         eos_token_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefill_chunk: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Prefill `input_ids` `[B, T]` in parallel, then decode one token at a time from the cache.
-        Greedy when `temperature == 0`. Rows that produced `eos_token_id` are padded with it.
-        Returns `[B, T + n]` with `n <= max_new_tokens`."""
-        out = self(input_ids, use_cache=True)
+        """Prefill `input_ids` `[B, T]` (see `prefill`: `attention_mask` for left-padded prompts of different
+        lengths, `prefill_chunk` to bound its memory), then decode one token at a time from the cache.
+        Greedy when `temperature == 0`, else `sample_next` with `top_k` / `top_p`. A row that produced
+        `eos_token_id` is done and filled with it; generation stops when every row is done.
+        Returns `[B, T + n]` (the prompt as given, padding included, then the new tokens), `n <= max_new_tokens`."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        out = self.prefill(input_ids, attention_mask, prefill_chunk)
         tokens = [input_ids]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             nxt = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
                 done |= nxt == eos_token_id
             tokens.append(nxt[:, None])
-            if eos_token_id is not None and bool(done.all()):
-                break
-            out = self(nxt[:, None], cache=out.cache)
+            if step == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
+                break  # no forward for a token that will not be sampled from
+            out = self(nxt[:, None], cache=out.cache, logits_to_keep=1)
         return torch.cat(tokens, dim=1)
 
     def kernel_backends(self) -> dict[str, str]:
@@ -189,6 +239,29 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def left_padded_lengths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> list[int] | None:
+    """Each row's number of real tokens under a left-padded `attention_mask` `[B, T]` (HF convention: 1 = token,
+    0 = padding), or None when nothing is padded. Right padding, holes or an empty row are a ValueError."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                         f"{tuple(input_ids.shape)}")  # fmt: skip
+    if not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    real = attention_mask.bool()
+    # left padding: within a row, once a real token comes, every later position is real
+    bad = (real[:, :-1] & ~real[:, 1:]).any(1) | ~real[:, -1]
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask rows {rows} are right-padded, have holes or are empty: generation requires left "
+            "padding (zeros first, then the row's tokens, at least one token per row)"
+        )
+    lengths = real.sum(1).tolist()
+    return None if min(lengths) == input_ids.shape[1] else lengths
 
 
 def build_model(cfg) -> HybridLM:

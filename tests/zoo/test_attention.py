@@ -51,3 +51,23 @@ def test_sliding_window_cache_keeps_only_the_window():
         assert cache.k.shape[1] == 4 and cache.offset == 10
         _, cache = layer(torch.randn(1, 1, 32), cache)
     assert cache.k.shape[1] == 4 and cache.offset == 11
+
+
+@pytest.mark.parametrize("window", [None, 3], ids=lambda w: f"window{w}")
+def test_key_mask_hides_left_padding(window):
+    """Rows of 13 and 8 keys, the short one left-padded to 13 and masked: each row equals its own unpadded
+    attention, in `attend` and in the reference; the padding's values never leak into the output."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 13, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    k[1, :5], v[1, :5] = 1e3, 1e3  # garbage in the padding slots
+    key_mask = torch.ones(2, 13, dtype=torch.bool)
+    key_mask[1, :5] = False
+    full_row = naive_softmax_attention(q[:1], k[:1], v[:1], window)
+    short_row = naive_softmax_attention(q[1:, 5:], k[1:, 5:], v[1:, 5:], window)
+    for name, fn in (("attend", attend), ("reference", reference_attention)):
+        tol = {"rtol": 1e-10, "atol": 1e-12} if fn is attend else {"rtol": 1e-5, "atol": 1e-6}
+        o = fn(q, k, v, 0, window, key_mask)
+        assert_close(o[:1], full_row, **tol, name=f"{name} full row")
+        assert_close(o[1:, 5:], short_row, **tol, name=f"{name} padded row")
+        # decode: the last query alone over the cached keys
+        assert_close(fn(q[:, -1:], k, v, 12, window, key_mask)[1:], short_row[:, -1:], **tol, name=f"{name} step")

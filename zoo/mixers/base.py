@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ class Mixer(nn.Module, abc.ABC):
       `init_cache()` or an earlier call) it continues the sequence from it and returns the updated cache.
     - `init_cache()`: an empty cache for a new sequence.
     - `state_bytes(seq_len, batch_size=1)`: bytes the cache holds after `seq_len` tokens.
+
+    A cache is a dataclass whose tensors are batch-first, so that `stack_caches` can batch the caches of
+    sequences prefilled one by one; a cache that cannot be batched by concatenation has a `stack` classmethod.
     """
 
     name: str = ""
@@ -80,3 +84,60 @@ def split_heads(
     head_k = check_divides(f"num_heads must divide the {mixer} key dim", key_dim, heads, layer_idx)
     head_v = check_divides(f"num_heads must divide the {mixer} value dim", value_dim, heads, layer_idx)
     return heads, head_k, head_v
+
+
+def stack_caches(caches: list):
+    """One batched cache from the caches of different sequences (same layer, or same model), in their order.
+
+    Every tensor in a cache is batch-first and is concatenated along the batch; an int is a per-sequence
+    counter (a token offset, `seen_tokens`) and becomes a LongTensor `[B]`; None stays None; dataclasses and
+    lists are stacked field by field, and a type with a `stack` classmethod (`KVCache`: keys of different
+    lengths) stacks itself."""
+    kinds = {type(c) for c in caches}
+    if len(kinds) != 1:
+        raise TypeError(f"cannot stack caches of different types {sorted(k.__name__ for k in kinds)}")
+    kind = kinds.pop()
+    first = caches[0]
+    if first is None:
+        return None
+    if torch.is_tensor(first):
+        return torch.cat(caches, dim=0)
+    if hasattr(kind, "stack"):
+        return kind.stack(caches)
+    if kind is int:
+        raise TypeError("per-sequence counters are stacked with their cache (the batch size comes from its tensors)")
+    if kind is list:
+        if len({len(c) for c in caches}) != 1:
+            raise ValueError("cannot stack cache lists of different lengths")
+        return [stack_caches(list(parts)) for parts in zip(*caches, strict=True)]
+    if not dataclasses.is_dataclass(kind):
+        raise TypeError(f"cannot stack a cache of type {kind.__name__}: not a tensor, list or dataclass")
+    fields = {}
+    for f in dataclasses.fields(kind):
+        values = [getattr(c, f.name) for c in caches]
+        if any(isinstance(v, int) for v in values):  # a counter: an int, or [B] in an already stacked cache
+            values = [per_sequence(v, c) for v, c in zip(values, caches, strict=True)]
+        fields[f.name] = stack_caches(values)
+    return kind(**fields)
+
+
+def per_sequence(counter: int | torch.Tensor, cache) -> torch.Tensor:
+    """`counter` (an int shared by every sequence of `cache`, or already `[B]`) as a LongTensor `[B]` on the
+    device of `cache`'s tensors, `B` being their batch size."""
+    ref = _first_tensor(cache)
+    if ref is None:
+        raise ValueError(f"cannot tell the batch size of an empty {type(cache).__name__}")
+    return torch.as_tensor(counter, dtype=torch.long, device=ref.device).reshape(-1).expand(ref.shape[0])
+
+
+def _first_tensor(obj) -> torch.Tensor | None:
+    """The first tensor found in a cache (depth first), or None: every cache tensor is batch-first."""
+    if torch.is_tensor(obj):
+        return obj
+    parts = obj if isinstance(obj, list) else [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    for part in parts:
+        if torch.is_tensor(part) or isinstance(part, list) or dataclasses.is_dataclass(part):
+            found = _first_tensor(part)
+            if found is not None:
+                return found
+    return None

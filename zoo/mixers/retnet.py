@@ -17,7 +17,8 @@ Dims: key dim `d_model * expand_k` (default d), value dim and gate `d_model * ex
 mixer costs `8 d^2`; `num_heads` null = key dim / head_dim. `gamma` enters the kernels as the constant
 log decay `g_gamma = log(gamma)` `[H]`, a buffer, not trained. Parallel form and prefill run
 `kernels.chunk_simple_gla(g_gamma=...)`; one-token decode runs `kernels.fused_recurrent_simple_gla`. The
-cache holds the fp32 state and the token offset (the absolute RoPE position of the next token).
+cache holds the fp32 state and the token offset (the absolute RoPE position of the next token; per row,
+`[B]`, in a stack of sequences of different lengths).
 Defaults in `conf/mixer/retnet.yaml`.
 """
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers import RMSNorm, rotary
+from zoo.layers import RMSNorm, positions_after, rotary
 from zoo.mixers import register
 from zoo.mixers.base import Mixer, check_divides, split_heads
 
@@ -43,7 +44,8 @@ def retention_decay(num_heads: int) -> torch.Tensor:
 @dataclass
 class RetentionCache:
     state: torch.Tensor | None = None  # (B, H, K, V), fp32
-    offset: int = 0  # tokens seen so far = absolute RoPE position of the next token
+    # tokens seen so far = absolute RoPE position of the next token: an int, or LongTensor [B] once stacked
+    offset: int | torch.Tensor = 0
 
 
 @register("retnet")
@@ -89,7 +91,7 @@ class MultiScaleRetention(Mixer):
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_k, self.head_v
         start = 0 if cache is None else cache.offset
-        positions = torch.arange(start, start + T, device=x.device)
+        positions = positions_after(start, T, x.device)  # (T,) or (B, T)
         q = rotary(self.q_proj(x).view(B, T, H, K), positions, self.rope_theta)
         k = rotary(self.k_proj(x).view(B, T, H, K), positions, self.rope_theta)
         v = self.v_proj(x).view(B, T, H, V)
