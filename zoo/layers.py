@@ -82,6 +82,12 @@ class ShortConvolution(nn.Module):
             tail = x.new_zeros(B, self.kernel_size - 1, D)
         xx = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, T + w - 1, D)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), bias, groups=D).transpose(1, 2)
+        if T <= 16:
+            # decode: a weighted sum over the window. conv1d here costs milliseconds per call on CPU (oneDNN
+            # sets up a primitive for a 4-wide input), more than the rest of the layer's decode step
+            y = torch.einsum("btdk,dk->btd", xx.unfold(1, self.kernel_size, 1), self.weight[:, 0].to(x.dtype))
+            y = y if bias is None else y + bias
+        else:
+            y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), bias, groups=D).transpose(1, 2)
         # clone: a view of the tail would keep the whole (possibly very long) prefill input alive in the cache
         return (F.silu(y) if self.activation else y), xx[:, xx.shape[1] - (self.kernel_size - 1) :].clone()

@@ -142,3 +142,21 @@ def test_greedy_generate_follows_parallel_argmax():
     with torch.no_grad():
         logits = model(out).logits
     assert torch.equal(logits[:, 4:-1].argmax(-1), out[:, 5:])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_short_convolution_decode_path_equals_the_convolution(bias):
+    """Pieces of <= 16 tokens take the weighted-sum path, longer ones conv1d: both give the same outputs."""
+    from zoo.layers import ShortConvolution
+
+    torch.manual_seed(0)
+    conv = ShortConvolution(12, kernel_size=4, bias=bias)
+    if bias:
+        torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, 40, 12)
+    whole, _ = conv(x)  # conv1d
+    pieces, tail = [], None
+    for piece in x.split([1, 5, 16, 1, 17], dim=1):  # weighted sums, then conv1d on the last piece
+        y, tail = conv(piece, tail)
+        pieces.append(y)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-6)
