@@ -258,6 +258,7 @@ def measure_cells(job: dict) -> list[dict]:
             "device": str(device), "dtype": job["dtype"]}  # fmt: skip
     gen = cfg["gen_tokens"]
     vocab = cfg["vocab_size"] if name.startswith("hf_") else runner.model.config.vocab_size
+    time_cell(runner, vocab, 1, 64, 2, device, cfg["seed"])  # warm-up: one-time set-up costs stay out of the rows
     rows = []
     for batch in cfg["batch_sizes"]:
         # batch > 1 prefills that many prompts, so it is measured only up to batch_max_prompt tokens
