@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -120,3 +122,23 @@ def without_autocast(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work, so that a wall-clock timer measures it (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, device) -> float:
+    """Median wall time of `fn()` over `repeats` timed calls after one warm-up (allocator, first-call set-up);
+    the benchmarks' shared timer."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels.backend import available_backends
+from kernels.utils import median_seconds
 
 
 def family_inputs(family: str, B: int, T: int, H: int, K: int, V: int, device, dtype) -> tuple[Callable, dict]:
@@ -71,26 +70,13 @@ def fla_op(family: str) -> Callable:
     return getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}")
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def median_ms(fn: Callable[[], object], repeats: int, device) -> float:
     if torch.device(device).type == "cuda":
         # GPU kernels take microseconds: time many calls with CUDA events, L2 flushed between them
         from triton.testing import do_bench
 
         return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()  # warm-up (allocator, first-call dispatch)
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats, device)
 
 
 def time_op(op: Callable, kwargs: dict, repeats: int, device, backward: bool, **extra) -> float:

@@ -28,7 +28,6 @@ import csv
 import importlib.util
 import math
 import resource
-import statistics
 import sys
 import time
 import traceback
@@ -42,6 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from kernels.utils import median_seconds, sync
 from zoo.config import compose, conf_dir
 from zoo.recall import Budget
 
@@ -49,11 +49,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 # ----------------------------------------------------------------------------------------------- measuring
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PeakMemory:
@@ -93,23 +88,12 @@ def machine_limits(device: torch.device, dtype: torch.dtype, repeats: int = 7) -
     matrix larger than the caches streamed once per product, as in decode) and matmul throughput (GFLOP/s, as
     in prefill)."""
 
-    def median_s(fn) -> float:
-        fn()
-        sync(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
     with torch.inference_mode():
         w = torch.randn(8192, 8192, device=device, dtype=dtype)  # 256 MiB in fp32
         x = torch.randn(8192, device=device, dtype=dtype)
-        mv = median_s(lambda: torch.mv(w, x))
+        mv = median_seconds(lambda: torch.mv(w, x), repeats, device)
         a, b = torch.randn(2048, 2048, device=device, dtype=dtype), torch.randn(2048, 2048, device=device, dtype=dtype)
-        mm = median_s(lambda: a @ b)
+        mm = median_seconds(lambda: a @ b, repeats, device)
     return {"matvec_gb_s": w.numel() * w.element_size() / mv / 1e9, "matmul_gflop_s": 2 * 2048**3 / mm / 1e9}
 
 
