@@ -119,7 +119,7 @@ class ZooRunner:
         return self.model.state_bytes(seq_len, batch_size)
 
     def prefill(self, ids: torch.Tensor, total_len: int):
-        out = self.model.prefill(ids, prefill_chunk=self.prefill_chunk)
+        out = self.model.prefill(ids, prefill_chunk=self.prefill_chunk, max_length=total_len)
         return out.cache, out.logits[:, -1]
 
     def step(self, cache, ids: torch.Tensor, position: int):

@@ -137,7 +137,11 @@ class HybridLM(nn.Module):
     # -- inference -------------------------------------------------------------------------------
     @torch.no_grad()  # not inference_mode: callers may continue the returned cache outside of it
     def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, prefill_chunk: int | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefill_chunk: int | None = None,
+        max_length: int | None = None,
     ) -> LMOutput:
         """Read prompts `input_ids` `[B, T]` into a new cache. Returns the logits of each row's last real token
         (`[B, 1, vocab]`) and the batched cache to decode from.
@@ -147,22 +151,28 @@ class HybridLM(nn.Module):
         linear model's memory stays flat however long the prompt. `attention_mask` `[B, T]` (1 = token,
         0 = padding; left padding only) marks prompts of different lengths: each row's real tokens are then
         prefilled on their own and the row caches stacked (`stack_caches`), so no padding token ever enters
-        a state, and every position-dependent layer continues each row at its own length."""
+        a state, and every position-dependent layer continues each row at its own length. `max_length` (the
+        prompt plus the tokens to be generated) lets attention caches allocate their keys once, like HF's
+        static cache, instead of growing while decoding."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [B, T] with T >= 1, got shape {tuple(input_ids.shape)}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
         lengths = left_padded_lengths(attention_mask, input_ids)
-        if lengths is None:  # no padding: the whole batch at once
-            return self._prefill(input_ids, prefill_chunk)
         T = input_ids.shape[1]
-        rows = [self._prefill(input_ids[b : b + 1, T - n :], prefill_chunk) for b, n in enumerate(lengths)]
+        extra = 0 if max_length is None else max(max_length - T, 0)  # tokens to come after the prompt
+        if lengths is None:  # no padding: the whole batch at once
+            return self._prefill(input_ids, prefill_chunk, T + extra)
+        rows = [self._prefill(input_ids[b : b + 1, T - n :], prefill_chunk, n + extra) for b, n in enumerate(lengths)]
         return LMOutput(torch.cat([r.logits for r in rows]), stack_caches([r.cache for r in rows]))
 
-    def _prefill(self, input_ids: torch.Tensor, prefill_chunk: int | None) -> LMOutput:
+    def _prefill(self, input_ids: torch.Tensor, prefill_chunk: int | None, reserve: int) -> LMOutput:
         T = input_ids.shape[1]
         step = T if prefill_chunk is None else prefill_chunk
         cache = self.init_cache()
+        for layer in cache.layers:
+            if hasattr(layer.mixer, "reserve"):  # a cache that preallocates (KVCache)
+                layer.mixer.reserve = reserve
         for start in range(0, T, step):
             out = self(input_ids[:, start : start + step], cache=cache, logits_to_keep=1)
             cache = out.cache
@@ -188,7 +198,7 @@ class HybridLM(nn.Module):
         Returns `[B, T + n]` (the prompt as given, padding included, then the new tokens), `n <= max_new_tokens`."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        out = self.prefill(input_ids, attention_mask, prefill_chunk)
+        out = self.prefill(input_ids, attention_mask, prefill_chunk, max_length=input_ids.shape[1] + max_new_tokens)
         tokens = [input_ids]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):

@@ -48,9 +48,9 @@ def test_sliding_window_cache_keeps_only_the_window():
     cache = layer.init_cache()
     with torch.no_grad():
         _, cache = layer(torch.randn(1, 10, 32), cache)
-        assert cache.k.shape[1] == 4 and cache.offset == 10
+        assert cache.k.shape[2] == 4 and cache.offset == 10
         _, cache = layer(torch.randn(1, 1, 32), cache)
-    assert cache.k.shape[1] == 4 and cache.offset == 11
+    assert cache.k.shape[2] == 4 and cache.offset == 11
 
 
 @pytest.mark.parametrize("window", [None, 3], ids=lambda w: f"window{w}")
@@ -71,3 +71,82 @@ def test_key_mask_hides_left_padding(window):
         assert_close(o[1:, 5:], short_row, **tol, name=f"{name} padded row")
         # decode: the last query alone over the cached keys
         assert_close(fn(q[:, -1:], k, v, 12, window, key_mask)[1:], short_row[:, -1:], **tol, name=f"{name} step")
+
+
+def _layer(window=None) -> Attention:
+    torch.manual_seed(3)
+    return Attention(32, 0, n_layers=1, head_dim=8, num_kv_heads=2, window_size=window).double().eval()
+
+
+def _keys(layer: Attention, x: torch.Tensor) -> torch.Tensor:
+    """The keys (after RoPE) a layer caches for `x` from position 0, computed without any cache."""
+    from zoo.layers import rotary
+
+    B, T, _ = x.shape
+    k = layer.k_proj(x).view(B, T, layer.num_kv_heads, layer.head_dim)
+    return rotary(k, torch.arange(T), layer.rope_theta).transpose(1, 2)  # the cache is head-first
+
+
+@pytest.mark.parametrize("window", [None, 5], ids=lambda w: f"window{w}")
+@pytest.mark.parametrize("reserve", [0, 40], ids=lambda r: f"reserve{r}")
+def test_decode_into_the_kv_buffer_equals_the_parallel_forward(window, reserve):
+    """Prefill 7, then 33 one-token steps written in place into the buffer: the outputs are the parallel
+    forward's and the cache holds exactly the last keys. Without a reserve the buffer grows by 1.5x (a few
+    reallocations, never more than 1.5x the keys + 16 slots); a reserve covering the sequence is allocated
+    once; a windowed cache never holds more than window + chunk + 16 slots."""
+    layer, x = _layer(window), torch.randn(2, 40, 32, dtype=torch.float64)
+    with torch.no_grad():
+        full = layer(x)[0]
+        cache = layer.init_cache()
+        cache.reserve = reserve
+        out, cache = layer(x[:, :7], cache)
+        outs, buffers = [out], {id(cache._buf)}
+        for t in range(7, 40):
+            out, cache = layer(x[:, t : t + 1], cache)
+            outs.append(out)
+            buffers.add(id(cache._buf))
+            capacity = cache._buf.k.shape[2]
+            if window is not None:
+                assert capacity <= window + 7 + 16
+            elif reserve:
+                assert capacity == reserve
+            else:
+                assert capacity <= (t + 1) * 3 // 2 + 16
+        kept = 40 if window is None else window
+        assert_close(cache.k, _keys(layer, x)[:, :, -kept:], rtol=1e-12, atol=1e-12, name="cached keys")
+    assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-12, name="buffered decode")
+    assert cache.offset == 40
+    assert len(buffers) == 1 if reserve and window is None else 2 <= len(buffers) <= 6
+
+
+def test_a_shallow_copy_of_the_cache_does_not_overwrite_its_sibling():
+    """Two continuations from copies sharing one buffer: the second must not write over the first's keys."""
+    import copy
+
+    layer, x = _layer(), torch.randn(1, 12, 32, dtype=torch.float64)
+    alt = torch.cat([x[:, :10], torch.randn(1, 2, 32, dtype=torch.float64)], 1)
+    with torch.no_grad():
+        _, cache = layer(x[:, :10], layer.init_cache())
+        branch = copy.copy(cache)
+        a, cache = layer(x[:, 10:], cache)  # writes slots 10, 11 of the shared buffer
+        b, branch = layer(alt[:, 10:], branch)  # the same slots from the branch: must go to a buffer of its own
+        full_a, full_b = layer(x)[0][:, 10:], layer(alt)[0][:, 10:]
+        assert_close(a, full_a, rtol=1e-10, atol=1e-12, name="first branch")
+        assert_close(b, full_b, rtol=1e-10, atol=1e-12, name="second branch")
+        assert_close(cache.k, _keys(layer, x), rtol=1e-12, atol=1e-12, name="first branch's keys")
+    assert cache._buf is not branch._buf
+
+
+def test_a_cache_continued_under_autograd_keeps_its_gradients():
+    """With gradients the cache grows by concatenation: an in-place buffer would invalidate the keys saved for
+    backward. Two chunks through one cache give the parallel forward's gradients."""
+    layer = _layer()
+    x = torch.randn(1, 9, 32, dtype=torch.float64, requires_grad=True)
+    a, cache = layer(x[:, :5], layer.init_cache())
+    b, cache = layer(x[:, 5:], cache)
+    torch.cat([a, b], 1).square().sum().backward()
+    g_chunks = x.grad.clone()
+    x.grad = None
+    layer(x)[0].square().sum().backward()
+    assert cache._buf is None
+    assert_close(g_chunks, x.grad, rtol=1e-10, atol=1e-12, name="grad through the cache")

@@ -134,7 +134,7 @@ def test_sliding_window_over_rows_of_different_lengths(window):
     for b, p in enumerate(prompts):
         assert torch.equal(out[b, ids.shape[1] :], model.generate(p[None], max_new_tokens=6)[0, len(p) :]), b
     cache = model.prefill(ids, attention_mask=mask).cache.layers[0].mixer
-    assert cache.k.shape[1] == window
+    assert cache.k.shape[2] == window
     if window <= min(len(p) for p in prompts):  # every row fills the window: no padding left, no mask
         assert cache.key_mask is None
     else:
