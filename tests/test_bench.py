@@ -134,3 +134,14 @@ def test_hf_peers_run_at_our_shapes(tmp_path):
     for r in by_arch.values():
         assert r["note"] == "" and r["decode_tok_s"] > 0, r
     assert by_arch["hf_llama_static"]["cache_bytes"] == 2 * 20 * 2 * 64 * 4  # K and V, 20 tokens, 2 layers, fp32
+
+
+def test_hybrid_attention_layers_keep_their_depth_fractions():
+    """hybrid_gla puts attention at [2, 6] of 8 layers: at 4 layers that is [1, 3] (said in the row's note),
+    at its own depth nothing moves."""
+    from zoo.bench import scaled_attn_layers
+
+    layers, note = scaled_attn_layers("hybrid_gla", 4)
+    assert layers == [1, 3] and "[2, 6] of 8" in note
+    assert scaled_attn_layers("hybrid_gla", 8) == (None, "")
+    assert scaled_attn_layers("gla", 4) == (None, "")

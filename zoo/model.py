@@ -212,6 +212,19 @@ class HybridLM(nn.Module):
             out = self(nxt[:, None], cache=out.cache, logits_to_keep=1)
         return torch.cat(tokens, dim=1)
 
+    def optimize_for_decode(self) -> HybridLM:
+        """Store every linear weight column-major (same values and shapes, transposed strides), in place.
+
+        A decode step is one matrix-vector product per weight: with the usual row-major `[out, in]` layout
+        each output is a dot product over a short row (768 floats at d_model 768), and on 2 CPU cores MKL
+        streams that at about 17 GB/s; column-major it streams at 20-27 GB/s (`scripts/bench_matvec.py`), so
+        decode gets that much faster while prefill matmuls take the same time. Checkpoints are saved
+        contiguous as always. Training keeps the default layout: sharded data-parallel engines expect it."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous():  # a tied weight only once
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
     def kernel_backends(self) -> dict[str, str]:
         """Kernel implementation per op family, as resolved for this model's device."""
         found: dict[str, str] = {}

@@ -161,3 +161,23 @@ def test_short_convolution_decode_path_equals_the_convolution(bias):
         y, tail = conv(piece, tail)
         pieces.append(y)
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_optimize_for_decode_changes_layout_not_values(tmp_path):
+    """Column-major weights give the same logits and generations, stay tied, and save as the same checkpoint."""
+    model = small_model("gla", "model.attn.layers=[1]")
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        before = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=5)
+        model.save_pretrained(tmp_path / "row")
+        model.optimize_for_decode()
+        after = model(ids).logits
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.t().is_contiguous() for m in linears)
+    assert model.lm_head.weight is model.embed.weight
+    assert_close(after, before, rtol=1e-5, atol=1e-6, name="logits")
+    assert torch.equal(model.generate(ids, max_new_tokens=5), generated)
+    model.save_pretrained(tmp_path / "col")
+    saved = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("row", "col")]
+    assert saved[0] == saved[1]
