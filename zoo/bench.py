@@ -256,7 +256,12 @@ def measure_cells(job: dict) -> list[dict]:
             "device": str(device), "dtype": job["dtype"], "note": runner.note}  # fmt: skip
     gen = cfg["gen_tokens"]
     vocab = cfg["vocab_size"] if name.startswith("hf_") else runner.model.config.vocab_size
-    time_cell(runner, vocab, 1, 64, 2, device, cfg["seed"])  # warm-up: one-time set-up costs stay out of the rows
+    # Warm-up, so that one-time costs stay out of the rows: two prompt pieces (the second continues a state, a
+    # kernel variant of its own) and a few decode steps, at every batch size. On a GPU the Triton kernels
+    # compile for each of these on first use, which took up to a second and made the X=512 rows meaningless.
+    warm = min(cfg["prefill_chunk"] + 64, max(cfg["prompt_lens"]))
+    for batch in cfg["batch_sizes"]:
+        time_cell(runner, vocab, batch, warm if batch == 1 else min(warm, cfg["batch_max_prompt"]), 2, device, cfg["seed"])
     rows = []
     for batch in cfg["batch_sizes"]:
         # batch > 1 prefills that many prompts, so it is measured only up to batch_max_prompt tokens
