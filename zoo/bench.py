@@ -261,7 +261,9 @@ def measure_cells(job: dict) -> list[dict]:
     # compile for each of these on first use, which took up to a second and made the X=512 rows meaningless.
     warm = min(cfg["prefill_chunk"] + 64, max(cfg["prompt_lens"]))
     for batch in cfg["batch_sizes"]:
-        time_cell(runner, vocab, batch, warm if batch == 1 else min(warm, cfg["batch_max_prompt"]), 2, device, cfg["seed"])
+        time_cell(
+            runner, vocab, batch, warm if batch == 1 else min(warm, cfg["batch_max_prompt"]), 2, device, cfg["seed"]
+        )
     rows = []
     for batch in cfg["batch_sizes"]:
         # batch > 1 prefills that many prompts, so it is measured only up to batch_max_prompt tokens
