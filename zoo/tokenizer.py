@@ -1,8 +1,9 @@
-"""Tokenizers a checkpoint carries: bytes for text, integers for synthetic tasks.
+"""Tokenizers a checkpoint carries: bytes or byte-level BPE for text, integers for synthetic tasks.
 
-Both follow one small contract (`Tokenizer`): `encode(str) -> list[int]` adds no special tokens,
+All follow one small contract (`Tokenizer`): `encode(str) -> list[int]` adds no special tokens,
 `decode(list[int]) -> str`, `vocab_size`, `eos_token_id` (or None), and `save(directory)`, which writes a
-plain-JSON `tokenizer.json` that `load_tokenizer(directory)` reads back. Nothing is ever unpickled.
+plain-JSON `tokenizer.json` that `load_tokenizer(directory)` reads back. Nothing is ever unpickled, and no
+key of the file names code: a `_target_` key anywhere is refused.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -73,6 +74,10 @@ class ByteTokenizer:
             raise ValueError(f"byte tokenizer must have vocab_size=257 and eos_token_id=256, got {dict(d)}")
         return cls()
 
+    def byte_lengths(self) -> list[int]:
+        """UTF-8 bytes each id stands for: 1 for every byte, and 1 for eos (the separator between documents)."""
+        return [1] * self.vocab_size
+
     def save(self, directory: str | os.PathLike) -> Path:
         return _write_json(directory, self.to_dict())
 
@@ -124,13 +129,134 @@ class IntTokenizer:
         return _write_json(directory, self.to_dict())
 
 
-TOKENIZERS: dict[str, type] = {"byte": ByteTokenizer, "int": IntTokenizer}
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style) trained with Hugging Face `tokenizers`: 256 byte tokens, one eos token
+    (`EOS`, id 0) and learnt merges, `vocab_size` in all. Any text round-trips exactly.
+
+    `BPETokenizer.train(documents, vocab_size)` learns it; the learnt tokenizer is stored inside our
+    `tokenizer.json` under `"hf"` (Hugging Face's own JSON form), so a checkpoint stays one plain-JSON file.
+    `encode` adds no special tokens, and a literal `EOS` string in the text is encoded as ordinary text (only
+    the data pipeline puts eos between documents). `decode` skips eos and ids >= `vocab_size` (padding ids of
+    a model whose vocabulary is larger than the tokenizer's).
+    """
+
+    type: ClassVar[str] = "bpe"
+    EOS: ClassVar[str] = "<|endoftext|>"
+    # Top-level keys of Hugging Face's tokenizer JSON; anything else in a file is refused as tampering.
+    HF_KEYS: ClassVar[frozenset] = frozenset(
+        {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor",
+         "decoder", "model"}
+    )  # fmt: skip
+
+    def __init__(self, hf_tokenizer):
+        self._hf = hf_tokenizer
+        self._hf.encode_special_tokens = True  # "<|endoftext|>" inside a document is text, not a boundary
+        self.vocab_size: int = hf_tokenizer.get_vocab_size()
+        self.eos_token_id: int = hf_tokenizer.token_to_id(self.EOS)
+        if self.eos_token_id is None:
+            raise ValueError(f"bpe tokenizer has no {self.EOS!r} token")
+
+    @classmethod
+    def train(cls, documents: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
+        """Learn up to `vocab_size` tokens (256 bytes + eos + merges) from `documents`; deterministic: the
+        same documents give the same merges. Fewer tokens result when the text has no more pairs seen
+        `min_frequency` times."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        n_base = 256 + 1
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= n_base:
+            raise ValueError(
+                f"bpe vocab_size must be an integer above {n_base} (256 bytes + eos + merges), got {vocab_size!r}"
+            )
+        hf = HFTokenizer(models.BPE())
+        # GPT-2's byte-level scheme: every byte is a symbol, so nothing is ever unknown and decoding is exact.
+        # Its regex split keeps letters apart from "_", so no learnt token (a key of the saved vocabulary) can
+        # be `_target_`, which checkpoint loading refuses anywhere in a file.
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[cls.EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )  # fmt: skip
+        hf.train_from_iterator(documents, trainer=trainer)
+        return cls(hf)
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`[encode(t) for t in texts]`, computed in parallel."""
+        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = _as_int_list(ids)
+        bad = [i for i in ids if i < 0]
+        if bad:
+            raise ValueError(f"BPETokenizer.decode got negative ids {bad[:5]}")
+        return self._hf.decode([i for i in ids if i < self.vocab_size and i != self.eos_token_id])
+
+    def byte_lengths(self) -> list[int]:
+        """UTF-8 bytes each id stands for; eos counts 1 (the separator between documents), as for bytes.
+
+        A byte-level token's string has one character per byte (GPT-2's byte-to-unicode table)."""
+        lengths = [0] * self.vocab_size
+        for token, i in self._hf.get_vocab().items():
+            lengths[i] = 1 if i == self.eos_token_id else len(token)
+        return lengths
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BPETokenizer) and self._hf.to_str() == other._hf.to_str()
+
+    __hash__ = None  # mutable wrapper of a Rust object: equal by content, not hashable
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type, "vocab_size": self.vocab_size, "eos_token_id": self.eos_token_id,
+            "hf": json.loads(self._hf.to_str()),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BPETokenizer:
+        """Rebuild from `to_dict()` output. Hugging Face parses the `"hf"` part as data (Rust, serde): it can
+        describe only built-in models, pre-tokenizers and decoders, never Python code."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        _check_keys(d, {"type", "vocab_size", "eos_token_id", "hf"}, cls.type, required={"hf", "vocab_size"})
+        hf = d["hf"]
+        if not isinstance(hf, dict) or not isinstance(hf.get("model"), dict) or hf["model"].get("type") != "BPE":
+            raise ValueError("bpe tokenizer: 'hf' must be a Hugging Face tokenizer JSON object with a BPE model")
+        unknown = sorted(set(hf) - cls.HF_KEYS)
+        if unknown:
+            raise ValueError(f"bpe tokenizer: unknown keys {unknown} in 'hf'; it takes {sorted(cls.HF_KEYS)}")
+        try:
+            tok = cls(HFTokenizer.from_str(json.dumps(hf)))
+        except Exception as e:  # the Rust parser's errors (bad merges, unknown component types, ...)
+            raise ValueError(f"bpe tokenizer: 'hf' is not a valid Hugging Face tokenizer: {e}") from None
+        if d["vocab_size"] != tok.vocab_size or d.get("eos_token_id", tok.eos_token_id) != tok.eos_token_id:
+            raise ValueError(
+                f"bpe tokenizer: vocab_size={d['vocab_size']}, eos_token_id={d.get('eos_token_id')} disagree with "
+                f"its 'hf' vocabulary (vocab_size={tok.vocab_size}, eos_token_id={tok.eos_token_id})"
+            )
+        return tok
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        return _write_json(directory, self.to_dict())
+
+
+TOKENIZERS: dict[str, type] = {"bpe": BPETokenizer, "byte": ByteTokenizer, "int": IntTokenizer}
 
 
 def build_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
-    """`build_tokenizer("byte")`, `build_tokenizer("int", vocab_size=8192)`."""
+    """`build_tokenizer("byte")`, `build_tokenizer("int", vocab_size=8192)`, and
+    `build_tokenizer("bpe", documents=texts, vocab_size=4096)` (a BPE vocabulary is learnt: `BPETokenizer.train`)."""
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
+    if name == "bpe":
+        return BPETokenizer.train(**kwargs)
     return TOKENIZERS[name](**kwargs)
 
 
@@ -145,9 +271,26 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"{path} must hold a JSON object with a 'type' field, got {d!r}")
+    _reject_code_keys(d, path)
     if d["type"] not in TOKENIZERS:
         raise ValueError(f"{path}: unknown tokenizer type {d['type']!r}; known types are {sorted(TOKENIZERS)}")
-    return TOKENIZERS[d["type"]].from_dict(d)
+    try:
+        return TOKENIZERS[d["type"]].from_dict(d)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _reject_code_keys(obj: Any, path: Path, where: str = "") -> None:
+    """A tokenizer file is data: a `_target_` key (Hydra's "instantiate this") at any depth is tampering."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                raise ValueError(f"{path}: key '_target_' (at {here}) is not allowed: a tokenizer file names no code")
+            _reject_code_keys(value, path, here)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            _reject_code_keys(value, path, f"{where}[{i}]")
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], kind: str, required: set[str] = frozenset()) -> None:

@@ -238,7 +238,7 @@ def test_build_data_mqar():
     assert build_data(name="mqar", **cfg, power_a=1.0, random_non_queries=False).train[0][:, -1].eq(0).any()
 
 
-@pytest.mark.parametrize("name", ["mqar", "text"])
+@pytest.mark.parametrize("name", ["mqar", "text", "hf"])
 def test_conf_data_yaml_keys_accepted(name):
     """Every key of conf/data/<name>.yaml (other than `name`) is a key build_data takes."""
     path = Path(__file__).resolve().parents[2] / "conf" / "data" / f"{name}.yaml"
@@ -256,8 +256,8 @@ def test_build_data_text(tmp_path):
 
 
 def test_build_data_errors():
-    assert sorted(DATASETS) == ["copy", "mqar", "passkey", "text"]
-    valid = r"\['copy', 'mqar', 'passkey', 'text'\]"
+    assert sorted(DATASETS) == ["copy", "hf", "mqar", "passkey", "text"]
+    valid = r"\['copy', 'hf', 'mqar', 'passkey', 'text'\]"
     with pytest.raises(ValueError, match=rf"unknown dataset 'wiki'; choose one of {valid}"):
         build_data("wiki", seq_len=8)
     with pytest.raises(ValueError, match=r"unknown keys \['seqlen'\], missing keys \['seq_len'\]"):

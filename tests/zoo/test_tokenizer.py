@@ -72,7 +72,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "sentencepiece", "vocab_size": 3}))
-    with pytest.raises(ValueError, match=r"unknown tokenizer type 'sentencepiece'.*\['byte', 'int'\]"):
+    with pytest.raises(ValueError, match=r"unknown tokenizer type 'sentencepiece'.*\['bpe', 'byte', 'int'\]"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -83,8 +83,10 @@ def test_load_errors(tmp_path):
 
 
 def test_registry():
-    assert sorted(TOKENIZERS) == ["byte", "int"]
+    assert sorted(TOKENIZERS) == ["bpe", "byte", "int"]
     assert build_tokenizer("byte") == ByteTokenizer()
     assert build_tokenizer("int", vocab_size=10) == IntTokenizer(10)
-    with pytest.raises(ValueError, match=r"unknown tokenizer 'bpe'; choose one of \['byte', 'int'\]"):
-        build_tokenizer("bpe")
+    bpe = build_tokenizer("bpe", documents=["one two three two one"] * 5, vocab_size=270)
+    assert bpe.type == "bpe" and bpe.decode(bpe.encode("two one")) == "two one"
+    with pytest.raises(ValueError, match=r"unknown tokenizer 'wordpiece'; choose one of \['bpe', 'byte', 'int'\]"):
+        build_tokenizer("wordpiece")

@@ -1,8 +1,9 @@
 """Datasets by config name: `build_data("mqar", **cfg)` -> a `DataBundle` (train/eval tensors, tokenizer,
-vocabulary size, metric); `iterate_batches` for seeded, resumable batches.
+vocabulary size, metric, and for text the bytes behind the eval tokens); `iterate_batches` for seeded,
+resumable batches.
 
-`DATASETS` maps each `conf/data/<name>.yaml` name to a `DatasetSpec`: which config keys it takes, how it
-builds its splits and its tokenizer, and how it is scored. The MQAR generator itself is
+`DATASETS` maps each `conf/data/<name>.yaml` name to a `DatasetSpec`: which config keys it takes and how it
+builds its bundle (splits, tokenizer, metric). The MQAR generator itself is
 `zoo.data.mqar.mqar` (not re-exported here, so that `zoo.data.mqar` stays the module).
 """
 
@@ -16,15 +17,20 @@ import torch
 
 from zoo.data.batching import iterate_batches
 from zoo.data.copy import build_copy_splits
+from zoo.data.hf import hf_documents, load_hf_documents
 from zoo.data.mqar import IGNORE_INDEX, build_mqar_splits
 from zoo.data.passkey import build_passkey_splits
 from zoo.data.text import (
     DEFAULT_MAX_BYTES,
+    build_lm_splits,
     build_text_splits,
+    build_text_tokenizer,
+    check_text_tokenizer,
     default_corpus_files,
     load_text_corpus,
     pack_documents,
     split_documents,
+    take_documents,
 )
 from zoo.tokenizer import ByteTokenizer, IntTokenizer, Tokenizer
 
@@ -37,6 +43,8 @@ class DataBundle:
 
     `eval` is MQAR's test split or the text corpus's validation split. `metric` is `"accuracy"` (mean over
     positions whose label is not `IGNORE_INDEX`) or `"ppl"` (exp of the mean next-token cross-entropy).
+    `eval_bytes` (text data only, else None) is LongTensor `[N_eval]`: the UTF-8 bytes each eval block's labels
+    encode (eos counts 1), for per-byte metrics that compare models with different tokenizers.
     """
 
     train: Split
@@ -44,18 +52,27 @@ class DataBundle:
     tokenizer: Tokenizer
     vocab_size: int
     metric: str
+    eval_bytes: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One registry entry. `build_splits(cfg)` gets the complete config (defaults filled in)."""
+    """One registry entry. `build(cfg)` gets the complete config (defaults filled in) and returns the bundle."""
 
-    build_splits: Callable[[dict[str, Any]], dict[str, Split]]
-    build_tokenizer: Callable[[dict[str, Any]], Tokenizer]
-    eval_split: str
-    metric: str
+    build: Callable[[dict[str, Any]], DataBundle]
     required: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _generated(build_splits, build_tokenizer, eval_split: str, metric: str) -> Callable[[dict], DataBundle]:
+    """`build` for a synthetic task, whose tokenizer is fixed by config alone."""
+
+    def build(cfg: dict[str, Any]) -> DataBundle:
+        tokenizer = build_tokenizer(cfg)  # first: it validates cheaply before the splits are built
+        splits = build_splits(cfg)
+        return DataBundle(splits["train"], splits[eval_split], tokenizer, tokenizer.vocab_size, metric)
+
+    return build
 
 
 def _mqar_splits(cfg: dict[str, Any]) -> dict[str, Split]:
@@ -71,19 +88,32 @@ def _mqar_splits(cfg: dict[str, Any]) -> dict[str, Split]:
     )
 
 
-def _text_splits(cfg: dict[str, Any]) -> dict[str, Split]:
+def _lm_bundle(cfg: dict[str, Any], train_docs: list[str], val_docs: list[str]) -> DataBundle:
+    """Tokenize (the tokenizer learns from training documents only) and pack; per-token and per-byte ppl."""
+    tokenizer = build_text_tokenizer(cfg["tokenizer"], cfg["vocab_size"], cfg["bpe_vocab_size"], train_docs)
+    splits = build_lm_splits(train_docs, val_docs, tokenizer, int(cfg["seq_len"]))
+    return DataBundle(splits["train"], splits["val"], tokenizer, tokenizer.vocab_size, "ppl", splits["val_bytes"])
+
+
+def _check_tokenizer_choice(cfg: dict[str, Any]) -> None:
+    """Fail on a bad tokenizer setting before any text is read (reading a dataset can take a while)."""
+    check_text_tokenizer(cfg["tokenizer"], cfg["vocab_size"], cfg["bpe_vocab_size"])
+
+
+def _text_bundle(cfg: dict[str, Any]) -> DataBundle:
+    _check_tokenizer_choice(cfg)
     paths = cfg["paths"]
     if paths is not None and not isinstance(paths, str):
         paths = [str(p) for p in paths]  # also turns an OmegaConf ListConfig into a list
-    return build_text_splits(
-        ByteTokenizer(),
-        block_size=int(cfg["seq_len"]),
-        val_fraction=float(cfg["val_fraction"]),
-        seed=int(cfg["seed"]),
-        paths=paths,
-        glob=cfg["glob"],
-        max_bytes=cfg["max_bytes"],
-    )
+    docs = load_text_corpus(paths, glob=cfg["glob"], max_bytes=cfg["max_bytes"])
+    return _lm_bundle(cfg, *split_documents(docs, float(cfg["val_fraction"]), int(cfg["seed"])))
+
+
+def _hf_bundle(cfg: dict[str, Any]) -> DataBundle:
+    _check_tokenizer_choice(cfg)
+    if cfg["data_files"] is not None and not isinstance(cfg["data_files"], (str, dict)):
+        cfg = {**cfg, "data_files": [str(f) for f in cfg["data_files"]]}  # an OmegaConf ListConfig
+    return _lm_bundle(cfg, *hf_documents(cfg))
 
 
 def _passkey_splits(cfg: dict[str, Any]) -> dict[str, Split]:
@@ -100,30 +130,26 @@ def _copy_splits(cfg: dict[str, Any]) -> dict[str, Split]:
     )  # fmt: skip
 
 
-def _byte_tokenizer(cfg: dict[str, Any]) -> Tokenizer:
+def _byte_tokenizer(cfg: dict[str, Any]) -> Tokenizer:  # passkey
     tok = ByteTokenizer()
     if cfg["vocab_size"] != tok.vocab_size:  # the key is informational (configs state it); it cannot differ
-        raise ValueError(f"text data is byte-level: vocab_size must be {tok.vocab_size}, got {cfg['vocab_size']}")
+        raise ValueError(f"passkey data is byte-level: vocab_size must be {tok.vocab_size}, got {cfg['vocab_size']}")
     return tok
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "mqar": DatasetSpec(
-        build_splits=_mqar_splits,
-        build_tokenizer=lambda cfg: IntTokenizer(int(cfg["vocab_size"])),
-        eval_split="test",
-        metric="accuracy",
+        build=_generated(_mqar_splits, lambda cfg: IntTokenizer(int(cfg["vocab_size"])), "test", "accuracy"),
         required=("vocab_size", "seq_len", "num_kv_pairs", "train_size", "test_size", "seed"),
         defaults={"power_a": 0.01, "random_non_queries": True},
     ),
     "text": DatasetSpec(
-        build_splits=_text_splits,
-        build_tokenizer=_byte_tokenizer,
-        eval_split="val",
-        metric="ppl",
+        build=_text_bundle,
         required=("seq_len",),
         defaults={
-            "vocab_size": 257,
+            "tokenizer": "byte",
+            "bpe_vocab_size": 4096,
+            "vocab_size": None,  # derived from the tokenizer; a stated value must agree with it
             "val_fraction": 0.05,
             "seed": 0,
             "paths": None,
@@ -131,19 +157,33 @@ DATASETS: dict[str, DatasetSpec] = {
             "max_bytes": DEFAULT_MAX_BYTES,
         },
     ),
+    "hf": DatasetSpec(
+        build=_hf_bundle,
+        required=("path", "seq_len"),
+        defaults={
+            "split": "train",
+            "val_split": None,
+            "text_field": "text",
+            "data_files": None,
+            "config_name": None,
+            "streaming": False,
+            "max_bytes": DEFAULT_MAX_BYTES,
+            "max_docs": None,
+            "cache_dir": None,
+            "tokenizer": "byte",
+            "bpe_vocab_size": 4096,
+            "vocab_size": None,
+            "val_fraction": 0.05,
+            "seed": 0,
+        },
+    ),
     "passkey": DatasetSpec(
-        build_splits=_passkey_splits,
-        build_tokenizer=_byte_tokenizer,
-        eval_split="test",
-        metric="accuracy",
+        build=_generated(_passkey_splits, _byte_tokenizer, "test", "accuracy"),
         required=("seq_len", "train_size", "test_size", "seed"),
         defaults={"vocab_size": 257},
     ),
     "copy": DatasetSpec(
-        build_splits=_copy_splits,
-        build_tokenizer=lambda cfg: IntTokenizer(int(cfg["vocab_size"])),
-        eval_split="test",
-        metric="accuracy",
+        build=_generated(_copy_splits, lambda cfg: IntTokenizer(int(cfg["vocab_size"])), "test", "accuracy"),
         required=("vocab_size", "seq_len", "min_len", "train_size", "test_size", "seed"),
     ),
 }
@@ -154,8 +194,12 @@ def build_data(name: str, **cfg: Any) -> DataBundle:
 
     mqar: vocab_size, seq_len, num_kv_pairs, train_size, test_size, seed, [power_a=0.01,
     random_non_queries=True]; IntTokenizer(vocab_size); metric "accuracy" on the test split.
-    text: seq_len (block size), [vocab_size=257 (informational, must be 257), val_fraction=0.05, seed=0,
-    paths=None (stdlib sources), glob=None, max_bytes=8 MiB]; ByteTokenizer; metric "ppl" on the validation split.
+    text: seq_len (block size), [tokenizer="byte" | "bpe", bpe_vocab_size=4096, vocab_size=None (derived: 257 for
+    bytes, bpe_vocab_size for BPE; a stated value must agree), val_fraction=0.05, seed=0, paths=None (stdlib
+    sources), glob=None, max_bytes=8 MiB]; metric "ppl" on the validation split, with `eval_bytes`.
+    hf: path (Hub id, builder name or local file/folder), seq_len, [split="train", val_split=None (hold out
+    val_fraction instead), text_field="text", data_files=None, config_name=None, streaming=False, max_bytes=8 MiB,
+    max_docs=None, cache_dir=None, and the tokenizer keys of text]; packed and scored like text.
     passkey: seq_len, train_size, test_size, seed, [vocab_size=257]; ByteTokenizer; accuracy on the 5 digits.
     copy: vocab_size, seq_len (= 2 * longest copy), min_len, train_size, test_size, seed; IntTokenizer;
     accuracy on the copied tokens.
@@ -163,21 +207,14 @@ def build_data(name: str, **cfg: Any) -> DataBundle:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     spec = DATASETS[name]
+    # Keys starting with "_" are interpolation helpers of conf/data (e.g. text.yaml's `_vocab` table), not settings.
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     unknown = sorted(set(cfg) - set(spec.required) - set(spec.defaults))
     missing = sorted(set(spec.required) - set(cfg))
     if unknown or missing:
         allowed = sorted([*spec.required, *spec.defaults])
         raise ValueError(f"data config {name!r}: unknown keys {unknown}, missing keys {missing}; it takes {allowed}")
-    full = {**spec.defaults, **cfg}
-    tokenizer = spec.build_tokenizer(full)  # first: it validates cheaply before the splits are built
-    splits = spec.build_splits(full)
-    return DataBundle(
-        train=splits["train"],
-        eval=splits[spec.eval_split],
-        tokenizer=tokenizer,
-        vocab_size=tokenizer.vocab_size,
-        metric=spec.metric,
-    )
+    return spec.build({**spec.defaults, **cfg})
 
 
 __all__ = [
@@ -187,11 +224,17 @@ __all__ = [
     "DataBundle",
     "DatasetSpec",
     "build_data",
+    "build_lm_splits",
     "build_mqar_splits",
     "build_text_splits",
+    "build_text_tokenizer",
+    "check_text_tokenizer",
     "default_corpus_files",
+    "hf_documents",
     "iterate_batches",
+    "load_hf_documents",
     "load_text_corpus",
     "pack_documents",
     "split_documents",
+    "take_documents",
 ]

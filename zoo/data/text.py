@@ -1,7 +1,8 @@
-"""Offline text corpus for byte-level language modelling: read local files, split by document, pack blocks.
+"""Text for language modelling: read local files, split by document, tokenize (bytes or BPE), pack blocks.
 
 The default corpus is the Python standard library's own `.py` sources: present on every machine with
-Python, needs no network, and is plenty for smoke runs and small perplexity comparisons.
+Python, needs no network, and is plenty for smoke runs and small perplexity comparisons. `zoo.data.hf`
+feeds Hugging Face datasets through the same split/tokenize/pack steps (`build_lm_splits`).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from zoo.data._rng import make_rng
+from zoo.tokenizer import BPETokenizer, ByteTokenizer
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # keeps the default corpus quick to read and pack (a few hundred ms)
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")  # what a directory contributes when no glob is given
@@ -55,20 +57,30 @@ def load_text_corpus(
     if paths is None and glob is not None:
         raise ValueError("glob applies to directories given in paths; it cannot be used with the default corpus")
     files = default_corpus_files() if paths is None else _expand(paths, glob)
+    return take_documents((doc for f in files for doc in _read_documents(f)), max_bytes=max_bytes)
 
-    docs: list[str] = []
+
+def take_documents(docs: Iterable[str], max_bytes: int | None = None, max_docs: int | None = None) -> list[str]:
+    """The first documents of `docs` (which may be an endless stream) up to `max_bytes` UTF-8 bytes and
+    `max_docs` documents in all (None: no cap). Empty documents are dropped and not counted; the document
+    that reaches `max_bytes` is cut to fit, never inside a character. Stops reading as soon as a cap is hit."""
+    if max_bytes is not None and max_bytes < 1 or max_docs is not None and max_docs < 1:
+        raise ValueError(f"max_bytes and max_docs must be >= 1 (or None), got {max_bytes} and {max_docs}")
+    out: list[str] = []
     budget = max_bytes
-    for f in files:
-        for doc in _read_documents(f):
-            raw = doc.encode("utf-8")
-            if not raw:
-                continue
-            if len(raw) >= budget:
-                docs.append(raw[:budget].decode("utf-8", errors="ignore"))  # never split a character
-                return [d for d in docs if d]
-            docs.append(doc)
+    for doc in docs:
+        raw = doc.encode("utf-8")
+        if not raw:
+            continue
+        if budget is not None and len(raw) >= budget:
+            cut = raw[:budget].decode("utf-8", errors="ignore")  # never split a character
+            return out + [cut] if cut else out
+        out.append(doc)
+        if budget is not None:
             budget -= len(raw)
-    return docs
+        if max_docs is not None and len(out) >= max_docs:
+            break
+    return out
 
 
 def split_documents(docs: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -97,7 +109,9 @@ def pack_documents(docs: Sequence[str], tokenizer, block_size: int) -> torch.Ten
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    pieces = [np.asarray(tokenizer.encode(d) + eos, dtype=np.int64) for d in docs]
+    # BPE encodes a batch in parallel (Rust threads); the result is the same as one document at a time.
+    encoded = tokenizer.encode_batch(docs) if hasattr(tokenizer, "encode_batch") else map(tokenizer.encode, docs)
+    pieces = [np.asarray(ids + eos, dtype=np.int64) for ids in encoded]
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     n_blocks = max(0, (len(stream) - 1) // block_size)
     index = np.arange(n_blocks)[:, None] * block_size + np.arange(block_size + 1)  # (N, block_size + 1)
@@ -113,14 +127,56 @@ def build_text_splits(
     glob: str | None = None,
     max_bytes: int | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`{"train": (x, y), "val": (x, y)}`, each LongTensor `[N, block_size]`, from `load_text_corpus`.
+    """`{"train": (x, y), "val": (x, y)}`, each LongTensor `[N, block_size]`, from `load_text_corpus`
+    (plus `"val_bytes"`, see `build_lm_splits`).
 
     The split is by document (`split_documents`), so no validation text leaks into training blocks.
     Raises ValueError when either side has too little text for one block.
     """
     docs = load_text_corpus(paths, glob=glob, max_bytes=max_bytes)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    out = {}
+    return build_lm_splits(train_docs, val_docs, tokenizer, block_size)
+
+
+def check_text_tokenizer(kind: str, vocab_size: int | None, bpe_vocab_size: int) -> None:
+    """Validate the tokenizer settings of `data=text` / `data=hf` cheaply, before any text is read.
+
+    `vocab_size` is what the config states (conf/data derives it from the tokenizer, and `model.vocab_size`
+    follows it); None means "derive". A stated value that disagrees is a config error naming the right one."""
+    if kind == "byte":
+        if vocab_size is not None and vocab_size != ByteTokenizer.vocab_size:
+            raise ValueError(
+                f"tokenizer=byte: vocab_size must be {ByteTokenizer.vocab_size}, got {vocab_size} "
+                "(for another vocabulary size use tokenizer=bpe with bpe_vocab_size)"
+            )
+    elif kind == "bpe":
+        if isinstance(bpe_vocab_size, bool) or not isinstance(bpe_vocab_size, int) or bpe_vocab_size <= 257:
+            raise ValueError(f"tokenizer=bpe: bpe_vocab_size must be an integer above 257, got {bpe_vocab_size!r}")
+        if vocab_size is not None and vocab_size != bpe_vocab_size:
+            raise ValueError(
+                f"tokenizer=bpe: vocab_size must be {bpe_vocab_size} (bpe_vocab_size), got {vocab_size}; "
+                "set bpe_vocab_size to change it (conf/data derives vocab_size from it)"
+            )
+    else:
+        raise ValueError(f"unknown tokenizer {kind!r}; choose one of ['bpe', 'byte']")
+
+
+def build_text_tokenizer(kind: str, vocab_size: int | None, bpe_vocab_size: int, train_docs: Sequence[str]):
+    """The tokenizer `data.tokenizer` names (settings checked by `check_text_tokenizer`): `"byte"` (fixed,
+    257 ids) or `"bpe"` (learnt from `train_docs` only, so validation text stays unseen)."""
+    check_text_tokenizer(kind, vocab_size, bpe_vocab_size)
+    return ByteTokenizer() if kind == "byte" else BPETokenizer.train(train_docs, bpe_vocab_size)
+
+
+def build_lm_splits(train_docs: Sequence[str], val_docs: Sequence[str], tokenizer, block_size: int) -> dict:
+    """Pack both document lists into blocks: `{"train": (x, y), "val": (x, y), "val_bytes": n}`.
+
+    `x`, `y` are LongTensor `[N, block_size]` (`y` is `x` shifted by one token, see `pack_documents`).
+    `val_bytes` is LongTensor `[N_val]`: how many UTF-8 bytes of text each validation block's labels encode
+    (an eos counts 1), so the validation loss can be reported per byte as well as per token, which compares
+    byte- and BPE-tokenized models. Raises ValueError when either side has too little text for one block.
+    """
+    out: dict = {}
     for name, part in (("train", train_docs), ("val", val_docs)):
         blocks = pack_documents(part, tokenizer, block_size)
         if len(blocks) == 0:
@@ -130,6 +186,8 @@ def build_text_splits(
                 f"for one block of {block_size + 1} tokens; add text (paths=..., max_bytes=...) or lower seq_len"
             )
         out[name] = (blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous())
+    lengths = torch.tensor(tokenizer.byte_lengths(), dtype=torch.long)
+    out["val_bytes"] = lengths[out["val"][1]].sum(dim=1)
     return out
 
 
