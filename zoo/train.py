@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from zoo import distributed, final_eval
 from zoo.checkpoint import CheckpointError, load_weights, readable_dir, write_dir_atomically, write_model_files
 from zoo.config import conf_dir
 from zoo.data import build_data, iterate_batches
+from zoo.loggers import RunLogger
 from zoo.mixers import ConfigError
 from zoo.model import HybridLM, build_model
-from zoo.results import log_metrics, truncate_metrics, update_results
+from zoo.results import truncate_metrics, update_results
 from zoo.train_state import load_trainer_state, save_trainer_state
 
 log = logging.getLogger("zoo.train")
@@ -55,6 +57,9 @@ class TrainConfig:
     save_every: int
     device: str
     num_threads: int | None
+    distributed: dict
+    fsdp: bool
+    log: dict
 
 
 def typed(cls, node, what: str):
@@ -91,7 +96,8 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean")
 
 @torch.no_grad()
 def evaluate(model: HybridLM, data, name: str, eval_cfg, device, autocast) -> dict[str, float]:
-    """Held-out metrics: MQAR accuracy at label positions only, or validation loss / perplexity."""
+    """Held-out metrics: MQAR accuracy at label positions only, or validation loss / perplexity per token and,
+    for text, bits per byte and perplexity per byte (total NLL over the UTF-8 bytes the tokens encode)."""
     model.eval()
     inputs, labels = data.eval
     if eval_cfg.max_examples is not None:
@@ -110,7 +116,12 @@ def evaluate(model: HybridLM, data, name: str, eval_cfg, device, autocast) -> di
     loss = loss_sum / max(total, 1)
     if data.metric == "accuracy":
         return {f"{name}/accuracy": correct / max(total, 1), f"{name}/loss": loss}
-    return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+    metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+    eval_bytes = getattr(data, "eval_bytes", None)  # text data: UTF-8 bytes behind each eval block's labels
+    if eval_bytes is not None:  # per byte, models with different tokenizers compare
+        nll_per_byte = loss_sum / max(int(eval_bytes[: len(inputs)].sum()), 1)
+        metrics |= {"val/bpb": nll_per_byte / math.log(2), "val/ppl_byte": math.exp(min(nll_per_byte, 50.0))}
+    return metrics
 
 
 def save_checkpoint(run_dir: Path, model: HybridLM, optimizer, meta: dict) -> None:
@@ -152,6 +163,10 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     device = pick_device(tcfg.device)
+    dctx = distributed.setup(tcfg.distributed, tcfg.fsdp, device)  # under torchrun: join the process group
+    device = dctx.device
+    distributed.check_batch(tcfg.batch_size, dctx)
+    run_dir = dctx.agree_on_run_dir(run_dir)  # Hydra's ${now:...} may differ between the ranks
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     data_name = data_cfg.pop("name")
     try:
@@ -164,7 +179,6 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg.model).to(device)
     model.tokenizer = data.tokenizer
-    optimizer = make_optimizer(model, tcfg)
     use_bf16 = device.type == "cuda"
 
     def autocast():
@@ -173,17 +187,23 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     start_step, elapsed_before = 0, 0.0
     ckpt = resume_dir(run_dir, tcfg.resume)
     if ckpt is not None:
-        load_weights(model, ckpt)
-        meta = load_trainer_state(ckpt, optimizer)
+        load_weights(model, ckpt)  # into the whole model, before DDP / FSDP2 take it over
+    train_model = dctx.wrap(model)  # `model` itself, or its DDP wrapper (FSDP2 shards `model` in place)
+    optimizer = make_optimizer(model, tcfg)  # after sharding: FSDP2's optimizer holds the local shards
+    if ckpt is not None:
+        meta = dctx.load_optimizer(ckpt, model, optimizer, load_trainer_state)
         start_step, elapsed_before = meta["step"], meta.get("train_time_s", 0.0)
         log.info("resumed from %s at step %d", ckpt, start_step)
-    truncate_metrics(run_dir, start_step)  # records past the checkpoint are re-logged (or a fresh start)
+    if dctx.is_main:
+        truncate_metrics(run_dir, start_step)  # records past the checkpoint are re-logged (or a fresh start)
+    logger = RunLogger(run_dir, tcfg.log, OmegaConf.to_container(cfg, resolve=True), start_step, dctx.is_main)
 
     n_params = model.num_params()
     log.info("model %s: %s params, layers %s, device %s", cfg.model.get("name", "?"), f"{n_params:,}",
              model.layer_mixers, device)  # fmt: skip
     run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
-    update_results(run_dir, {"params": n_params}, status="running", **run_info)
+    if dctx.is_main:
+        update_results(run_dir, {"params": n_params}, status="running", **run_info)
     evals: dict[str, float] = {}
     t0 = time.perf_counter()
     model.train()
@@ -196,13 +216,16 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        x, y = dctx.local_slice(x, y)  # this rank's share of the global batch
         x, y = x.to(device), y.to(device)
+        count = dctx.global_count(y)  # labelled tokens in the whole global batch
         with autocast():
-            loss = lm_loss(model(x).logits, y)
+            loss_sum = lm_loss(train_model(x).logits, y, reduction="sum")
+        loss = dctx.global_loss(loss_sum, count)  # the global batch's mean loss, the same on every rank
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        dctx.loss_for_backward(loss_sum, count).backward()
+        grad_norm = dctx.plain(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
@@ -210,23 +233,34 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         record = {"step": done, "train/loss": loss.item()}
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            log_metrics(run_dir, record | {"lr": lr, "grad_norm": grad_norm.item(),
-                                          "time_s": elapsed_before + time.perf_counter() - t0})  # fmt: skip
+            logger.log(record | {"lr": lr, "grad_norm": grad_norm.item(),
+                                 "time_s": elapsed_before + time.perf_counter() - t0})  # fmt: skip
         if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
             evals = evaluate(model, data, data_name, cfg.eval, device, autocast)
-            log_metrics(run_dir, {"step": done, **evals})
+            logger.log({"step": done, **evals})
             bar.set_postfix({"loss": f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
         if done % tcfg.save_every == 0 or done == tcfg.max_steps:
             meta = {"step": done, "train_time_s": elapsed_before + time.perf_counter() - t0}
-            save_checkpoint(run_dir, model, optimizer, meta)
+            views = dctx.checkpoint_views(model, optimizer)  # every rank calls: FSDP2 gathers here
+            if views is not None:  # rank 0
+                save_checkpoint(run_dir, *views, meta)
         if on_step is not None:
             on_step(done, loss.item())
     bar.close()
+    logger.close()
+    if not dctx.is_main:  # rank 0 alone finishes the run folder (and evaluates a gathered copy under FSDP2)
+        dctx.gather_model(model, lambda: build_model(cfg.model))
+        return {"params": n_params, "train/steps": min(tcfg.max_steps, max(step, start_step)),
+                "train/time_s": elapsed_before + time.perf_counter() - t0, **evals}  # fmt: skip
+    model = dctx.gather_model(model, lambda: build_model(cfg.model)) or model
     step = max(step, start_step)
     train_time = elapsed_before + time.perf_counter() - t0
     metrics = {"params": n_params, "train/steps": min(tcfg.max_steps, step), "train/time_s": train_time, **evals}
     for length in cfg.eval.state_bytes_at:
         metrics[f"state/bytes@{length}"] = model.state_bytes(length)
+    if final_eval.wanted(cfg.eval):  # eval.final: recall / throughput / lm-eval on the trained model
+        update_results(run_dir, metrics, status="evaluating", **run_info)
+        metrics.update(final_eval.run_final_eval(model, cfg, run_dir, device))
     update_results(run_dir, metrics, status="completed", **run_info)
     return metrics
 
@@ -243,17 +277,31 @@ def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from zoo.sweep import clear_failure, record_failure, release_memory
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    clear_failure(run_dir)  # a resumed run's old error is history, not its status
     try:
         metrics = run_training(cfg, run_dir)
-    except (ConfigError, CheckpointError) as e:
-        print(f"zoo-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(summary(cfg, metrics, run_dir))
+    except Exception as e:  # every failure is recorded in results.json (status: failed, error)
+        message = record_failure(run_dir, e)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"zoo-train: error: {message}", file=sys.stderr)
+            sys.exit(2 if isinstance(e, (ConfigError, CheckpointError)) else 1)
+        log.error("job %s failed, the sweep goes on: %s", hydra_cfg.job.num, message)
+        metrics = None
+    if metrics is None:
+        release_memory()  # out here the traceback no longer holds the failed job's tensors
+        return
+    if distributed.env_rank() == 0:  # under torchrun every rank returns here; one summary is enough
+        print(summary(cfg, metrics, run_dir))
 
 
 def main() -> None:
+    sys.argv += distributed.hydra_overrides_for_rank()  # under torchrun, only rank 0 writes .hydra/ and the log
     _hydra_main()
 
 

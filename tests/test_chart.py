@@ -1,0 +1,74 @@
+"""zoo-chart on hand-written run folders: the table keeps what the runs recorded and nothing else."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+from omegaconf import OmegaConf
+
+from zoo.chart import chart, main, pareto_front
+from zoo.config import compose
+
+
+def fake_run(folder, overrides: list[str], results: dict) -> None:
+    """A run folder as zoo-train leaves it, without training: the composed config and a results.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose(overrides), folder / ".hydra" / "config.yaml")
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    points = [(0.9, 20.0), (0.5, 10.0), (0.4, 12.0), (0.9, 25.0), (0.1, 9.0), (0.5, 10.0)]
+    # (0.4, 12) is beaten by (0.5, 10); (0.9, 25) by (0.9, 20); the two equal (0.5, 10) both stay
+    assert pareto_front(points) == [4, 1, 5, 0]
+
+
+def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
+    fake_run(tmp_path / "runs" / "a", ["model=gla", "model.n_layers=4", "model.attn.layers=[1,3]"], {
+        "status": "completed",
+        "model": {"layers": ["gla", "attn", "gla", "attn"]},
+        "metrics": {"params": 1000, "val/ppl": 12.5, "lm_eval/zoo_mqar/acc": 0.25, "passkey/accuracy@1024": 1.0,
+                    "state/bytes@1024": 4096, "state/bytes@65536": 262144, "bench/decode_tok_s@4096": 50.0},
+    })  # fmt: skip
+    fake_run(tmp_path / "runs" / "b", ["model=retnet", "model.n_layers=2"], {
+        "status": "failed",
+        "metrics": {"params": 900, "val/ppl": "nan"},
+        "error": {"type": "OutOfMemoryError", "message": "CUDA out of memory.\nTried to allocate", "traceback": []},
+    })  # fmt: skip
+    rows, written, notes = chart([tmp_path / "runs"], tmp_path / "out")
+    with open(tmp_path / "out" / "tradeoff.csv") as f:
+        table = {r["run"]: r for r in csv.DictReader(f)}
+    a, b = table["a"], table["b"]
+    assert (a["architecture"], a["attn_layers"], a["attn_at"], a["n_layers"]) == ("gla", "2", "1 3", "4")
+    assert float(a["mqar_acc"]) == 0.25 and a["mqar_source"] == "lm_eval/zoo_mqar/acc"
+    assert float(a["passkey_acc@1024"]) == 1.0 and float(a["decode_tok_s@4096"]) == 50.0
+    assert a["prefill_tok_s@4096"] == "" and a["error"] == ""  # not measured: blank
+    assert b["status"] == "failed" and b["error"] == "OutOfMemoryError: CUDA out of memory."
+    assert b["val_ppl"] == "" and b["state_bytes_1k"] == "" and b["attn_layers"] == "0"  # a NaN is not a value
+    names = {p.name for p in written}
+    assert {"recall_vs_state.png", "throughput.png"} <= names
+    # the one completed run has val/ppl and an MQAR accuracy: it is its own Pareto front
+    assert "quality_vs_recall.png" in names and notes == []
+
+
+def test_plots_without_data_are_reported_not_drawn(tmp_path):
+    fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
+    _, written, notes = chart([tmp_path])
+    assert {p.name for p in written} == {"tradeoff.csv", "tradeoff.md"}
+    assert len(notes) == 3 and all("not drawn" in n for n in notes)
+
+
+def test_no_run_folders_is_a_one_line_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("zoo-chart: error: no run folders")
+
+
+def test_python_dash_m_zoo_chart(tmp_path):
+    fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
+    proc = subprocess.run([sys.executable, "-m", "zoo.chart", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| r | gla |" in proc.stdout and (tmp_path / "tradeoff.md").exists()
