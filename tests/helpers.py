@@ -38,3 +38,21 @@ def assert_close(
             f"NaN in actual={nan_a} expected={nan_e}; inf in actual={inf_a} expected={inf_e}; "
             f"shape {tuple(a.shape)}, dtypes {actual.dtype} vs {expected.dtype}"
         )
+
+
+class Interrupt(Exception):
+    """Raised by `interrupted_run` to kill a training run mid-way (a crash, as far as the run folder can tell)."""
+
+
+def interrupted_run(cfg, run_dir, step: int) -> None:
+    """`zoo.train.run_training(cfg, run_dir)`, killed after optimizer step `step` (the resume tests' crash)."""
+    import pytest
+
+    from zoo.train import run_training
+
+    def crash(done, loss):
+        if done == step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(cfg, run_dir, on_step=crash)

@@ -42,11 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from kernels.utils import median_seconds, sync
-from zoo.config import compose, conf_dir
+from zoo.config import DTYPES, compose, conf_dir
 from zoo.recall import Budget
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 # ----------------------------------------------------------------------------------------------- measuring
 

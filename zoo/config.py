@@ -13,11 +13,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.mixers import MIXERS, ConfigError
 
 ATTENTION_MIXER = "attn"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str, what: str = "train.device") -> torch.device:
+    """`auto` -> CUDA when available, else the CPU; a CUDA device (`cuda`, `cuda:N`) without CUDA is a
+    ConfigError naming the setting `what`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{what}={name} but CUDA is not available; use {what}=cpu or auto")
+    return torch.device(name)
 
 
 def conf_dir() -> Path:

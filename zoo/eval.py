@@ -20,11 +20,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint import CheckpointError, from_pretrained
-from zoo.config import conf_dir
+from zoo.config import conf_dir, pick_device
 from zoo.mixers import ConfigError
 from zoo.recall import run_suite
 from zoo.results import update_results
-from zoo.train import pick_device
 
 
 def locate(path) -> tuple[Path, Path]:

@@ -29,11 +29,11 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm.auto import tqdm
 
+from zoo.config import DTYPES, pick_device
 from zoo.lm_eval_tasks import DATA_ENV, data_dir, make_data, offline_task_names, tasks_dir
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}  # what generate_until honours
 
 
@@ -66,15 +66,6 @@ def _checkpoint_path(pretrained: str) -> str:
     if (path / "checkpoint" / "config.json").exists():
         return str(path / "checkpoint")
     return str(pretrained)
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else the CPU; a CUDA device without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"zoo model: device={name} but CUDA is not available; use device=cpu or auto")
-    return torch.device(name)
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -152,10 +143,10 @@ class ZooLM(LM):
         if isinstance(pretrained, HybridLM):
             model, source = pretrained, None
             if device not in (None, "auto"):
-                model = model.to(pick_device(str(device)))
+                model = model.to(pick_device(str(device), "device"))
         else:
             source = _checkpoint_path(str(pretrained))
-            model = from_pretrained(source, device=pick_device(str(device or defaults["device"])))
+            model = from_pretrained(source, device=pick_device(str(device or defaults["device"]), "device"))
         if dtype != "auto":
             model = model.to(DTYPES[dtype])
         self.model = model.eval()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from zoo import distributed, final_eval
 from zoo.checkpoint import CheckpointError, load_weights, readable_dir, write_dir_atomically, write_model_files
-from zoo.config import conf_dir
+from zoo.config import conf_dir, pick_device
 from zoo.data import build_data, iterate_batches
 from zoo.loggers import RunLogger
 from zoo.mixers import ConfigError
@@ -144,14 +144,6 @@ def resume_dir(run_dir: Path, resume) -> Path | None:
             return None
         raise CheckpointError(f"train.resume={resume}: no checkpoint with trainer state under {source}")
     return ckpt
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
-    return torch.device(name)
 
 
 def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None] | None = None) -> dict:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import interrupted_run
 from zoo.config import compose
 from zoo.distributed import Dist, check_batch
 from zoo.mixers import ConfigError
@@ -28,22 +29,12 @@ CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "train
                     "trainer_state.json"}  # fmt: skip
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """One process at the global batch: a full 6-step run, and a run killed at step 4 (checkpoint at step 3)."""
     root = tmp_path_factory.mktemp("reference")
     run_training(compose(TINY), root / "full")
-
-    def crash(step, loss):
-        if step == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_training(compose(TINY), root / "partial", on_step=crash)
+    interrupted_run(compose(TINY), root / "partial", 4)
     return root
 
 

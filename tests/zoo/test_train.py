@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import zoo
+from tests.helpers import interrupted_run
 from zoo.config import compose, conf_dir
 from zoo.results import read_metrics, read_results
 from zoo.train import run_training
@@ -45,21 +46,11 @@ def test_short_mqar_run_reduces_loss_and_writes_the_run_folder(tmp_path):
     }
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_continues_exactly(tmp_path):
     """Kill a run after its step-20 checkpoint; the resumed run's losses equal an uninterrupted run's."""
     overrides = [*TINY, "train.max_steps=40", "train.eval_every=20", "train.save_every=20"]
     run_training(compose(overrides), tmp_path / "straight")
-
-    def crash(step, loss):
-        if step == 27:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_training(compose(overrides), tmp_path / "resumed", on_step=crash)
+    interrupted_run(compose(overrides), tmp_path / "resumed", 27)
     run_training(compose([*overrides, "train.resume=true"]), tmp_path / "resumed")
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert sorted(resumed) == list(range(1, 41))  # the steps after the checkpoint were re-logged once
