@@ -50,9 +50,11 @@ def inputs(family: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {n: t.cuda().to(torch.float32 if n in gates else dtype).requires_grad_() for n, t in x.items()}
 
 
-def run(fn, x: dict[str, torch.Tensor], **kw):
-    leaves = {n: t.detach().clone().requires_grad_() for n, t in x.items()}
+def run(fn, x: dict[str, torch.Tensor], backward: bool = True, **kw):
+    leaves = {n: t.detach().clone().requires_grad_(backward) for n, t in x.items()}
     o, s = fn(**leaves, scale=K**-0.5, output_final_state=True, **kw)
+    if not backward:
+        return {"o": o, "final_state": s}
     gen = torch.Generator().manual_seed(1)
     loss = (o.float() * torch.randn(o.shape, generator=gen).cuda()).sum()
     loss = loss + (s.float() * torch.randn(s.shape, generator=gen).cuda()).sum()
@@ -70,12 +72,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_triton_matches_fla(family, dtype):
     x = inputs(family, dtype)
     ours = run(getattr(kernels, f"chunk_{family}"), x, backend="triton")
+    fla_fn = getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}")
     try:
-        theirs = run(getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}"), x)
-    except RuntimeError as e:  # fla refuses some kernels on known-bad Triton/GPU pairs (e.g. Triton < 3.7.1 on Hopper)
+        theirs = run(fla_fn, x)
+    except RuntimeError as e:
+        # fla refuses some backward kernels on known-bad Triton/GPU pairs (simple_gla's on Triton < 3.7.1 on
+        # Hopper): the forward outputs and final state are still compared, the gradients only against the oracle
         if "Triton" not in str(e):
             raise
-        pytest.skip(f"fla refuses to run here: {e}")
+        print(f"{family} {dtype}: fla refuses its backward here ({str(e).splitlines()[0]}); forward compared")
+        theirs = run(fla_fn, x, backward=False)
     # both accumulate in fp32 but round dot inputs differently (tf32 / bf16), so compare norms, not entries
     tol = 5e-3 if dtype == torch.float32 else 3e-2
     errors = {name: rel_err(ours[name], theirs[name]) for name in theirs}
