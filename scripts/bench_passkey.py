@@ -25,7 +25,7 @@ import torch
 import zoo
 from zoo.config import compose
 from zoo.data.passkey import PASSKEY_DIGITS, passkey_examples
-from zoo.recall import greedy_continue
+from zoo.evals.recall import greedy_continue
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

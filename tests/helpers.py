@@ -45,10 +45,10 @@ class Interrupt(Exception):
 
 
 def interrupted_run(cfg, run_dir, step: int) -> None:
-    """`zoo.train.run_training(cfg, run_dir)`, killed after optimizer step `step` (the resume tests' crash)."""
+    """`zoo.train.loop.run_training(cfg, run_dir)`, killed after optimizer step `step` (the resume tests' crash)."""
     import pytest
 
-    from zoo.train import run_training
+    from zoo.train.loop import run_training
 
     def crash(done, loss):
         if done == step:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.bench import PeakMemory, run, targets, with_efficiency
+from zoo.bench.cli import PeakMemory, run, targets, with_efficiency
 
 TINY = {
     "archs": ["gla", "transformer"],
@@ -151,7 +151,7 @@ def test_hf_peers_run_at_our_shapes(tmp_path):
 def test_hybrid_attention_layers_keep_their_depth_fractions():
     """hybrid_gla puts attention at [2, 6] of 8 layers: at 4 layers that is [1, 3] (said in the row's note),
     at its own depth nothing moves."""
-    from zoo.bench import scaled_attn_layers
+    from zoo.bench.cli import scaled_attn_layers
 
     layers, note = scaled_attn_layers("hybrid_gla", 4)
     assert layers == [1, 3] and "[2, 6] of 8" in note

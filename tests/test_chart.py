@@ -9,8 +9,8 @@ import sys
 
 from omegaconf import OmegaConf
 
-from zoo.chart import chart, main, pareto_front
 from zoo.config import compose
+from zoo.report.chart import chart, main, pareto_front
 
 
 def fake_run(folder, overrides: list[str], results: dict) -> None:
@@ -68,7 +68,7 @@ def test_no_run_folders_is_a_one_line_error(tmp_path, capsys):
 
 def test_python_dash_m_zoo_chart(tmp_path):
     fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
-    proc = subprocess.run([sys.executable, "-m", "zoo.chart", str(tmp_path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "zoo.report", str(tmp_path)], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| r | gla |" in proc.stdout and (tmp_path / "tradeoff.md").exists()

@@ -6,10 +6,11 @@ never needs CUDA.
 
 from __future__ import annotations
 
-from zoo.checkpoint import from_pretrained
-from zoo.config import ModelConfig
-from zoo.mixers import MIXERS, ConfigError
-from zoo.model import HybridLM, build_model
+from zoo.errors import ConfigError
+from zoo.io.checkpoint import from_pretrained
+from zoo.model.config import ModelConfig
+from zoo.model.lm import HybridLM, build_model
+from zoo.model.mixers import MIXERS
 
 __all__ = ["MIXERS", "ConfigError", "HybridLM", "ModelConfig", "build_model", "from_pretrained"]
 __version__ = "0.1.0"

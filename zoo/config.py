@@ -1,24 +1,17 @@
-"""Typed model config and the resolution of per-layer mixer specs.
+"""The Hydra config tree and the settings every command shares: `compose`, `conf_dir`, `pick_device`, `DTYPES`.
 
-A model config is plain data: sizes plus mixer *names* (registry keys) and their kwargs, never
-`_target_` paths, so a checkpoint's `config.json` can be loaded without trusting its contents.
-Defaults live in `conf/`; this module only validates and resolves them.
-"""
+Defaults live only in `conf/`; the typed schema of every config group is in `zoo.schemas`."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from zoo.mixers import MIXERS, ConfigError
+from zoo.errors import ConfigError
 
-ATTENTION_MIXER = "attn"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -38,106 +31,6 @@ def conf_dir() -> Path:
     if (source / "config.yaml").exists():
         return source
     return Path(str(resources.files("zoo.conf")))
-
-
-def mixer_defaults(name: str) -> dict[str, Any]:
-    """Kwargs of `conf/mixer/<name>.yaml` (without its `name` key)."""
-    if name not in MIXERS:
-        raise ConfigError(f"unknown mixer {name!r}; valid mixers: {', '.join(sorted(MIXERS))}")
-    path = conf_dir() / "mixer" / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"mixer {name!r} is registered but {path} is missing")
-    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    spec.pop("name", None)
-    return spec
-
-
-@dataclass
-class ModelConfig:
-    """Architecture of a hybrid LM. Field docs are in `conf/model/transformer.yaml`."""
-
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    mixer: str | list[str]
-    head_dim: int
-    attn: dict[str, Any]
-    mlp_ratio: float
-    tie_embeddings: bool
-    norm_eps: float
-    init_std: float
-    layers: list[str] | None = None
-    mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mlp: str = "swiglu"  # conf/ always sets it; the default only keeps older checkpoints' config.json loading
-
-    @classmethod
-    def from_any(cls, cfg) -> ModelConfig:
-        """From a ModelConfig, a dict or an OmegaConf node; unknown or missing keys fail with their names."""
-        if isinstance(cfg, ModelConfig):
-            return cfg
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        cfg = dict(cfg)
-        cfg.pop("name", None)  # the architecture's name in conf/model, informative only
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}  # fmt: skip
-        missing = sorted(required - set(cfg))
-        if missing:
-            raise ConfigError(f"model config is missing {missing}")
-        return cls(**cfg)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def layer_names(self) -> list[str]:
-        """The mixer name of every layer, validated once: the hybrid layout as data."""
-        if self.n_layers < 1:
-            raise ConfigError(f"model.n_layers must be >= 1, got {self.n_layers}")
-        attn_layers = list(self.attn.get("layers") or [])
-        if self.layers is not None:
-            if attn_layers:
-                raise ConfigError("set either model.layers (explicit per-layer list) or model.attn.layers, not both")
-            if len(self.layers) != self.n_layers:
-                raise ConfigError(f"model.layers has {len(self.layers)} entries but model.n_layers={self.n_layers}")
-            names = list(self.layers)
-        else:
-            for i in attn_layers:
-                if not isinstance(i, int) or not -self.n_layers <= i < self.n_layers:
-                    raise ConfigError(
-                        f"model.attn.layers entry {i!r} is out of range for n_layers={self.n_layers} "
-                        f"(valid: 0..{self.n_layers - 1})"
-                    )
-            normalized = [i % self.n_layers for i in attn_layers]
-            dupes = sorted({i for i in normalized if normalized.count(i) > 1})
-            if dupes:
-                raise ConfigError(f"model.attn.layers lists layer(s) {dupes} more than once: {attn_layers}")
-            pattern = [self.mixer] if isinstance(self.mixer, str) else list(self.mixer)
-            if not pattern:
-                raise ConfigError("model.mixer is an empty list; give a mixer name or a non-empty pattern")
-            names = [ATTENTION_MIXER if i in normalized else pattern[i % len(pattern)] for i in range(self.n_layers)]
-        for i, name in enumerate(names):
-            if name not in MIXERS:
-                raise ConfigError(f"layer {i}: unknown mixer {name!r}; valid mixers: {', '.join(sorted(MIXERS))}")
-        return names
-
-    def mixer_kwargs(self, name: str) -> dict[str, Any]:
-        """conf/mixer defaults < `model.mixers.<name>` < (attention only) `model.attn` minus `layers`."""
-        kwargs = mixer_defaults(name)
-        kwargs.update({k: v for k, v in self.mixers.get(name, {}).items() if k != "name"})
-        if name == ATTENTION_MIXER:
-            kwargs.update({k: v for k, v in self.attn.items() if k not in ("layers", "name")})
-        return kwargs
-
-    def resolved(self) -> ModelConfig:
-        """A copy whose `mixers` holds the full kwargs of every mixer used, so the config alone
-        (e.g. a checkpoint's config.json) rebuilds the model without reading conf/."""
-        used = dict.fromkeys(self.layer_names())
-        mixers = {name: self.mixer_kwargs(name) for name in used}
-        return dataclasses.replace(self, mixers=mixers)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

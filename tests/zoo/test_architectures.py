@@ -15,8 +15,8 @@ import zoo
 from tests.helpers import assert_close
 from zoo.config import compose, conf_dir
 from zoo.data.mqar import mqar
-from zoo.mlps import MLPS
-from zoo.train import lm_loss
+from zoo.model.mlps import MLPS
+from zoo.train.loop import lm_loss
 
 ARCHS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 VARIANTS = [(arch, hybrid) for arch in ARCHS for hybrid in (False, True)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.helpers import assert_close
-from zoo.mixers.attention import Attention, attend, reference_attention
+from zoo.model.mixers.attention import Attention, attend, reference_attention
 
 
 def naive_softmax_attention(q, k, v, window):
@@ -80,7 +80,7 @@ def _layer(window=None) -> Attention:
 
 def _keys(layer: Attention, x: torch.Tensor) -> torch.Tensor:
     """The keys (after RoPE) a layer caches for `x` from position 0, computed without any cache."""
-    from zoo.layers import rotary
+    from zoo.model.layers import rotary
 
     B, T, _ = x.shape
     k = layer.k_proj(x).view(B, T, layer.num_kv_heads, layer.head_dim)

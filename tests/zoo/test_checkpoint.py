@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo
-from zoo.checkpoint import CheckpointError, readable_dir, save_pretrained
 from zoo.config import compose
+from zoo.errors import CheckpointError
+from zoo.io.checkpoint import readable_dir, save_pretrained
 
 
 def tiny(arch="hybrid_gla", *overrides):
@@ -46,7 +47,7 @@ def test_config_is_plain_data_with_resolved_mixers(tmp_path):
 
 
 def test_tokenizer_travels_with_the_checkpoint(tmp_path):
-    from zoo.tokenizer import ByteTokenizer
+    from zoo.data.tokenizer import ByteTokenizer
 
     model = tiny()
     model.tokenizer = ByteTokenizer()

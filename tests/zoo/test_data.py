@@ -26,7 +26,7 @@ from zoo.data import (
     split_documents,
 )
 from zoo.data.mqar import mqar
-from zoo.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.data.tokenizer import ByteTokenizer, IntTokenizer
 
 # ---------------------------------------------------------------------------------------------------- MQAR
 

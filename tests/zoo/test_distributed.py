@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from tests.helpers import interrupted_run
 from zoo.config import compose
-from zoo.distributed import Dist, check_batch
-from zoo.mixers import ConfigError
-from zoo.results import read_metrics, read_results
-from zoo.train import run_training
+from zoo.errors import ConfigError
+from zoo.io.results import read_metrics, read_results
+from zoo.train.distributed import Dist, check_batch
+from zoo.train.loop import run_training
 
 TINY = [
     "model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[1]",

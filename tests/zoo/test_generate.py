@@ -11,7 +11,7 @@ import torch
 import zoo
 from tests.helpers import assert_close
 from zoo.config import compose, conf_dir
-from zoo.layers import rotary
+from zoo.model.layers import rotary
 
 ARCHS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 VARIANTS = [(arch, hybrid) for arch in ARCHS for hybrid in (False, True)]

@@ -17,9 +17,9 @@ from lm_eval.api.instance import Instance
 import zoo
 from zoo.config import compose
 from zoo.data.mqar import IGNORE_INDEX, mqar
-from zoo.lm_eval import ZooLM, flat_metrics
-from zoo.lm_eval_tasks import DATA_ENV, load, make_data, tasks_dir
-from zoo.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.data.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.evals.lm_eval import ZooLM, flat_metrics
+from zoo.evals.lm_tasks import DATA_ENV, load, make_data, tasks_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EOS = ByteTokenizer.eos_token_id
@@ -411,7 +411,7 @@ def zoo_eval_cfg(run: Path, *overrides: str):
 
 
 def test_zoo_eval_merges_lm_eval_metrics_into_results_json(tmp_path):
-    from zoo.eval import run as zoo_eval
+    from zoo.evals.cli import run as zoo_eval
 
     run = save_run(tiny("gla", IntTokenizer(256)), tmp_path / "run", seq_len=64)
     (run / "results.json").write_text(json.dumps({"metrics": {"val/loss": 1.5}}))
@@ -433,8 +433,8 @@ def test_zoo_eval_merges_lm_eval_metrics_into_results_json(tmp_path):
 def test_zoo_eval_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, capsys):
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    import zoo.lm_eval
-    from zoo.eval import _hydra_main
+    import zoo.evals.lm_eval
+    from zoo.evals.cli import _hydra_main
 
     def offline(*args, **kwargs):
         try:
@@ -442,7 +442,7 @@ def test_zoo_eval_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, c
         except OfflineModeIsEnabled as e:
             raise ConnectionError("Couldn't reach 'EleutherAI/lambada_openai' on the Hub") from e
 
-    monkeypatch.setattr(zoo.lm_eval, "evaluate_model", offline)
+    monkeypatch.setattr(zoo.evals.lm_eval, "evaluate_model", offline)
     run = save_run(tiny("gla", IntTokenizer(256)), tmp_path / "run", seq_len=64)
     with pytest.raises(SystemExit) as exit_info:
         _hydra_main(zoo_eval_cfg(run, "tasks=[]", "lm_tasks=[lambada_openai]"))

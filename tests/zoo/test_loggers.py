@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from zoo.config import compose
-from zoo.loggers import RunLogger
-from zoo.mixers import ConfigError
-from zoo.results import read_metrics
-from zoo.train import run_training
+from zoo.errors import ConfigError
+from zoo.io.results import read_metrics
+from zoo.train.loggers import RunLogger
+from zoo.train.loop import run_training
 
 TINY = [
     "model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", "data.vocab_size=64",

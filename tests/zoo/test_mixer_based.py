@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.helpers import assert_close
-from zoo.mixers.base import ConfigError
-from zoo.mixers.based import BasedLinearAttention, TaylorFeatureMap
+from zoo.errors import ConfigError
+from zoo.model.mixers.based import BasedLinearAttention, TaylorFeatureMap
 
 D_MODEL, HEAD_DIM = 32, 8  # 4 heads, d_v = 8
 

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import kernels
 import zoo
 from tests.helpers import assert_close
-from zoo.config import compose, mixer_defaults
-from zoo.mixers import ConfigError
-from zoo.mixers.deltanet import DeltaNet
-from zoo.mixers.gated_deltanet import GatedDeltaNet
+from zoo.config import compose
+from zoo.errors import ConfigError
+from zoo.model.config import mixer_defaults
+from zoo.model.mixers.deltanet import DeltaNet
+from zoo.model.mixers.gated_deltanet import GatedDeltaNet
 
 CASES = {
     "deltanet": (DeltaNet, {}),
@@ -83,7 +84,7 @@ def test_parallel_form_matches_per_token_reference(case):
         y, cache = layer(x)
         expected, _ = reference(layer, x)
     assert cache is None
-    # the output RMSNorm (zoo.layers) computes in fp32, so fp64 agreement stops near 1e-7 (absolute)
+    # the output RMSNorm (zoo.model.layers) computes in fp32, so fp64 agreement stops near 1e-7 (absolute)
     assert_close(y, expected, rtol=1e-5, atol=1e-6, name=f"{case} parallel")
 
 

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from tests.helpers import assert_close
 from zoo.config import conf_dir
-from zoo.mixers import ConfigError
-from zoo.mixers.linear_attn import LinearAttention
+from zoo.errors import ConfigError
+from zoo.model.mixers.linear_attn import LinearAttention
 
 D_MODEL, HEAD_DIM = 32, 8
 VARIANTS = [
@@ -37,7 +37,7 @@ def make_layer(feature_map, normalize, norm_output, **kw) -> LinearAttention:
 
 
 def tol(layer: LinearAttention) -> dict:
-    """fp64 throughout, except zoo.layers.RMSNorm, which computes in fp32."""
+    """fp64 throughout, except zoo.model.layers.RMSNorm, which computes in fp32."""
     return {"rtol": 1e-10, "atol": 1e-12} if layer.o_norm is None else {"rtol": 1e-5, "atol": 1e-7}
 
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import zoo
 from tests.helpers import assert_close
 from zoo.config import compose
-from zoo.mixers import ConfigError
-from zoo.mixers.mamba2 import Mamba2
+from zoo.errors import ConfigError
+from zoo.model.mixers.mamba2 import Mamba2
 
 D_MODEL, HEAD_DIM = 32, 8  # d_inner 64 -> 8 heads of 8 channels
 

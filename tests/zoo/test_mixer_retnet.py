@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from tests.helpers import assert_close
 from zoo.config import conf_dir
-from zoo.mixers import ConfigError
-from zoo.mixers.retnet import MultiScaleRetention
+from zoo.errors import ConfigError
+from zoo.model.mixers.retnet import MultiScaleRetention
 
 D_MODEL, HEAD_DIM = 32, 8
-TOL = {"rtol": 1e-5, "atol": 1e-6}  # fp64 throughout, except zoo.layers.rotary and RMSNorm, which compute in fp32
+TOL = {"rtol": 1e-5, "atol": 1e-6}  # fp64 throughout, except zoo.model.layers.rotary and RMSNorm, which compute in fp32
 
 
 def make_layer(**kw) -> MultiScaleRetention:

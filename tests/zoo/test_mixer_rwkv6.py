@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import zoo
 from tests.helpers import assert_close
 from zoo.config import compose
-from zoo.mixers import ConfigError
-from zoo.mixers.rwkv6 import RWKV6TimeMix, RWKVChannelMix
+from zoo.errors import ConfigError
+from zoo.model.mixers.rwkv6 import RWKV6TimeMix, RWKVChannelMix
 
 D, HEAD = 32, 8  # 4 heads
 

@@ -148,7 +148,7 @@ def test_greedy_generate_follows_parallel_argmax():
 @pytest.mark.parametrize("bias", [False, True])
 def test_short_convolution_decode_path_equals_the_convolution(bias):
     """Pieces of <= 16 tokens take the weighted-sum path, longer ones conv1d: both give the same outputs."""
-    from zoo.layers import ShortConvolution
+    from zoo.model.layers import ShortConvolution
 
     torch.manual_seed(0)
     conv = ShortConvolution(12, kernel_size=4, bias=bias)

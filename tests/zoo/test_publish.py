@@ -16,11 +16,11 @@ import yaml
 from omegaconf import OmegaConf
 
 import zoo
-from zoo.checkpoint import CheckpointError
 from zoo.config import compose
-from zoo.publish import main, parse_size, publish
-from zoo.results import update_results
-from zoo.tokenizer import IntTokenizer
+from zoo.data.tokenizer import IntTokenizer
+from zoo.errors import CheckpointError
+from zoo.io.publish import main, parse_size, publish
+from zoo.io.results import update_results
 
 OVERRIDES = ["model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2",
              "model.attn.layers=[1]", "data.vocab_size=50", "train.max_steps=7", "train.batch_size=4"]  # fmt: skip
@@ -160,7 +160,16 @@ def test_push_offline_fails_clearly_and_leaves_the_folder(tmp_path, cfg):
     model = make_run(tmp_path / "run", cfg)
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "zoo.publish", str(tmp_path / "run"), "--out", str(out), "--push", "someone/tiny"]
+    command = [
+        sys.executable,
+        "-m",
+        "zoo.io.publish",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+        "--push",
+        "someone/tiny",
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert proc.returncode != 0
     [line] = proc.stderr.strip().splitlines()

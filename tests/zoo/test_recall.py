@@ -22,9 +22,9 @@ from zoo.data.passkey import (
     passkey_needle,
     passkey_prompt,
 )
-from zoo.model import LMOutput
-from zoo.recall import Budget, run_suite, stream_prefill
-from zoo.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.data.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.evals.recall import Budget, run_suite, stream_prefill
+from zoo.model.lm import LMOutput
 
 
 def text(ids) -> str:
@@ -218,7 +218,7 @@ def test_streamed_prefill_equals_one_call():
 
 
 def test_zoo_eval_writes_metrics_into_the_run_folder(tmp_path):
-    from zoo.eval import evaluate_folder
+    from zoo.evals.cli import evaluate_folder
 
     model = small_gla()
     model.tokenizer = ByteTokenizer()

@@ -16,11 +16,11 @@ from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import zoo
-from zoo.chart import main as chart_main
 from zoo.config import compose, conf_dir
-from zoo.final_eval import wanted
-from zoo.results import read_results
-from zoo.train import run_training
+from zoo.evals.final import wanted
+from zoo.io.results import read_results
+from zoo.report.chart import main as chart_main
+from zoo.train.loop import run_training
 
 # a 2-layer byte-level model on a small slice of the text corpus; the final evaluation exercises all three parts
 TINY_TEXT = [

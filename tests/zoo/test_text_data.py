@@ -18,10 +18,10 @@ import torch
 import zoo
 from zoo.config import compose
 from zoo.data import build_data, build_lm_splits, load_hf_documents, pack_documents, take_documents
-from zoo.model import build_model
-from zoo.results import read_metrics, read_results
-from zoo.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
-from zoo.train import evaluate, run_training
+from zoo.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+from zoo.io.results import read_metrics, read_results
+from zoo.model.lm import build_model
+from zoo.train.loop import evaluate, run_training
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "far", "über", "naïve", "日本", "code", "def", "return"]
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from zoo.tokenizer import (
+from zoo.data.tokenizer import (
     TOKENIZERS,
     ByteTokenizer,
     IntTokenizer,

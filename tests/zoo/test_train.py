@@ -12,8 +12,8 @@ import pytest
 import zoo
 from tests.helpers import interrupted_run
 from zoo.config import compose, conf_dir
-from zoo.results import read_metrics, read_results
-from zoo.train import run_training
+from zoo.io.results import read_metrics, read_results
+from zoo.train.loop import run_training
 
 TINY = [
     "model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[1]",

@@ -32,7 +32,7 @@ from zoo.data.text import (
     split_documents,
     take_documents,
 )
-from zoo.tokenizer import ByteTokenizer, IntTokenizer, Tokenizer
+from zoo.data.tokenizer import ByteTokenizer, IntTokenizer, Tokenizer
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels), both LongTensor [N, seq_len]
 

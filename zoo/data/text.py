@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zoo.data._rng import make_rng
-from zoo.tokenizer import BPETokenizer, ByteTokenizer
+from zoo.data.tokenizer import BPETokenizer, ByteTokenizer
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # keeps the default corpus quick to read and pack (a few hundred ms)
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")  # what a directory contributes when no glob is given

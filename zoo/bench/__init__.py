@@ -1,0 +1,1 @@
+"""`zoo-bench`: inference cost (prefill / decode throughput, memory, cache bytes) per architecture."""

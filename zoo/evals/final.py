@@ -1,0 +1,90 @@
+"""Self-evaluation at the end of a `zoo-train` job (`eval.final` in conf/eval/default.yaml).
+
+A sweep job should leave a complete `results.json`, without a separate `zoo-eval` / `zoo-bench` pass per run
+folder. After training, on the trained model and in the same process:
+- `eval.final.recall`: recall tasks of `zoo.evals.recall` (settings from `eval.recall.<task>`);
+- `eval.final.bench`: prefill and decode tokens/s at `lengths` (zoo.bench.cli's runner and timing), written as
+  `bench/prefill_tok_s@<len>` and `bench/decode_tok_s@<len>`;
+- `eval.final.lm_eval`: lm-eval tasks (settings from `eval.lm_eval`), written as `lm_eval/<task>/<metric>`.
+Each part is merged into results.json as soon as it is done, so a later part that fails leaves the earlier
+ones recorded. Everything is off by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.io.results import update_results
+
+log = logging.getLogger("zoo.evals.final")
+
+
+def wanted(eval_cfg: DictConfig) -> bool:
+    """Whether `eval.final` asks for anything (a config without the section asks for nothing)."""
+    final = eval_cfg.get("final")
+    if final is None:
+        return False
+    return bool(final.recall) or bool(final.lm_eval) or bool(final.bench.lengths)
+
+
+def _is_secondary_rank() -> bool:
+    # under torchrun every rank trains, but one evaluation per job is enough (and rank 0 owns results.json)
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+
+
+def measure_throughput(model, bench_cfg: dict, device) -> dict[str, float]:
+    """Prefill and decode tokens/s of `model` at each prompt length of `bench_cfg["lengths"]` (batch
+    `batch_size`, `gen_len` generated tokens), timed as zoo-bench does (`time_cell` on a `ZooRunner`)."""
+    from zoo.bench.cli import ZooRunner, time_cell
+
+    runner = ZooRunner(model, prefill_chunk=int(bench_cfg["prefill_chunk"]))
+    vocab, batch, gen = model.config.vocab_size, int(bench_cfg["batch_size"]), int(bench_cfg["gen_len"])
+    lengths = [int(n) for n in bench_cfg["lengths"]]
+    # one untimed pass at the shortest length: the first call pays for allocations and kernel selection
+    time_cell(runner, vocab, batch, min(lengths), gen, device, int(bench_cfg["seed"]))
+    metrics = {}
+    for length in lengths:
+        cell = time_cell(runner, vocab, batch, length, gen, device, int(bench_cfg["seed"]))
+        metrics[f"bench/prefill_tok_s@{length}"] = cell["prefill_tok_s"]
+        metrics[f"bench/decode_tok_s@{length}"] = cell["decode_tok_s"]
+    return metrics
+
+
+def run_final_eval(model, cfg: DictConfig, run_dir, device) -> dict:
+    """The parts of `cfg.eval.final` that are switched on, on `model` (which carries its tokenizer); each
+    part's metrics are merged into `run_dir/results.json` when done. Returns all of them."""
+    if not wanted(cfg.eval) or _is_secondary_rank():
+        return {}
+    model = getattr(model, "module", model)  # a DDP wrapper's model
+    final = OmegaConf.to_container(cfg.eval.final, resolve=True)
+    run_dir, metrics = Path(run_dir), {}
+    model.eval()
+    if final["recall"]:
+        from zoo.evals.recall import run_suite
+
+        recall_cfg = OmegaConf.to_container(cfg.eval.recall, resolve=True)
+        part, _, notes = run_suite(model, model.tokenizer, list(final["recall"]), recall_cfg, device)
+        update_results(run_dir, part, recall_notes=notes)
+        metrics.update(part)
+        log.info("final recall: %s", part)
+    if final["bench"]["lengths"]:
+        part = measure_throughput(model, final["bench"], device)
+        update_results(run_dir, part)
+        metrics.update(part)
+        log.info("final throughput: %s", part)
+    if final["lm_eval"]:
+        # last: an lm_eval.dtype other than auto converts the model in place
+        from zoo.evals.cli import lm_eval_record
+        from zoo.evals.lm_eval import evaluate_model, flat_metrics
+
+        lm_cfg = OmegaConf.to_container(cfg.eval.lm_eval, resolve=True) | {"tasks": list(final["lm_eval"])}
+        results = evaluate_model(model, lm_cfg, max_length=int(cfg.data.seq_len))
+        part = flat_metrics(results)
+        update_results(run_dir, part, lm_eval=lm_eval_record(results, lm_cfg))
+        metrics.update(part)
+        log.info("final lm-eval: %s", part)
+    return metrics

@@ -1,0 +1,1 @@
+"""Run folders and checkpoints on disk: safetensors checkpoints, results.json / metrics.jsonl, publishing."""

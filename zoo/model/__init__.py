@@ -1,0 +1,1 @@
+"""The model library: `HybridLM` (a stack of mixer + MLP blocks), its layers, MLPs and token mixers."""

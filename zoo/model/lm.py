@@ -1,0 +1,293 @@
+"""The hybrid language model: embedding, a stack of `x + mixer(norm(x))`, `x + mlp(norm(x))` blocks
+whose mixers come from the registry per layer, a final norm and an LM head (optionally tied).
+
+    model = build_model(cfg)                       # cfg: conf/model/*.yaml, a dict or a ModelConfig
+    out = model(ids, use_cache=True)               # parallel prefill; out.logits (B, T, vocab), out.cache
+    out = model(next_ids, cache=out.cache)         # continue the same sequences from the cache
+    ids = model.generate(prompts, 32, attention_mask=mask, prefill_chunk=4096)   # left-padded prompts
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from zoo.errors import ConfigError
+from zoo.model.config import ModelConfig
+from zoo.model.layers import RMSNorm
+from zoo.model.mixers import Mixer, get_mixer
+from zoo.model.mixers.base import stack_caches
+from zoo.model.mlps import get_mlp
+
+
+@dataclass
+class Cache:
+    """Per-layer caches (`LayerCache`) of one batch of sequences, plus how many tokens they have seen (an int,
+    or LongTensor `[B]` per row in a stack of sequences of different lengths, see `HybridLM.prefill`)."""
+
+    layers: list[LayerCache] = field(default_factory=list)
+    seen_tokens: int | torch.Tensor = 0
+
+
+@dataclass
+class LayerCache:
+    """What one block carries between calls: its mixer's cache and (for token-shifting MLPs) the MLP's."""
+
+    mixer: object = None
+    mlp: object = None
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # (B, T, vocab_size)
+    cache: Cache | None = None
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; it never branches on the mixer type."""
+
+    def __init__(self, mixer: Mixer, mlp: nn.Module, d_model: int, eps: float):
+        super().__init__()
+        self.mixer_norm = RMSNorm(d_model, eps)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(d_model, eps)
+        self.mlp = mlp
+
+    def init_cache(self) -> LayerCache:
+        return LayerCache(self.mixer.init_cache(), self.mlp.init_cache())
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None):
+        y, mixer_cache = self.mixer(self.mixer_norm(x), None if cache is None else cache.mixer)
+        x = x + y
+        y, mlp_cache = self.mlp(self.mlp_norm(x), None if cache is None else cache.mlp)
+        return x + y, (None if cache is None else LayerCache(mixer_cache, mlp_cache))
+
+    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+        return self.mixer.state_bytes(seq_len, batch_size) + self.mlp.state_bytes(batch_size)
+
+
+def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict) -> Mixer:
+    cls = get_mixer(name)
+    params = inspect.signature(cls.__init__).parameters
+    valid = sorted(p for p in params if p not in ("self", "d_model", "layer_idx", "n_layers", "head_dim"))
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"layer {layer_idx}: mixer {name!r} got unknown option(s) {unknown}; valid: {valid}")
+    return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
+
+
+def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
+    d, n = config.d_model, config.n_layers
+    mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
+    mlp = get_mlp(config.mlp)(d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio)
+    return Block(mixer, mlp, d, config.norm_eps)
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config = config.resolved()
+        names = config.layer_names()
+        if config.d_model % config.head_dim != 0:
+            raise ConfigError(f"model.head_dim={config.head_dim} does not divide model.d_model={config.d_model}")
+        self.layer_mixers = names
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(build_block(config, name, i) for i, name in enumerate(names))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.tokenizer = None  # set by training / from_pretrained
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def init_cache(self) -> Cache:
+        return Cache(layers=[block.init_cache() for block in self.blocks])
+
+    def forward(
+        self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False, logits_to_keep: int = 0
+    ) -> LMOutput:
+        """`input_ids` `[B, T]` -> logits `[B, T, vocab]`. With `use_cache` (or a `cache`) the returned
+        cache continues the sequences: prefill-then-decode gives the logits of one parallel forward.
+        `logits_to_keep=N > 0` runs only the last N positions through the final norm and the LM head
+        (logits `[B, N, vocab]`): a long prompt would otherwise materialize T x vocab logits."""
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
+        if cache is None and use_cache:
+            cache = self.init_cache()
+        x = self.embed(input_ids)  # (B, T, d)
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(x, cache.layers[i] if cache is not None else None)
+            if cache is not None:
+                cache.layers[i] = layer_cache
+        if cache is not None:
+            cache.seen_tokens = cache.seen_tokens + input_ids.shape[1]  # not in place: may be a [B] tensor
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return LMOutput(logits=self.lm_head(self.norm(x)), cache=cache)
+
+    # -- inference -------------------------------------------------------------------------------
+    @torch.no_grad()  # not inference_mode: callers may continue the returned cache outside of it
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefill_chunk: int | None = None,
+        max_length: int | None = None,
+    ) -> LMOutput:
+        """Read prompts `input_ids` `[B, T]` into a new cache. Returns the logits of each row's last real token
+        (`[B, 1, vocab]`) and the batched cache to decode from.
+
+        The prompt runs through the model in pieces of `prefill_chunk` tokens (None = one piece), carrying the
+        cache and computing only the last position's logits, so activations are bounded by the piece and a
+        linear model's memory stays flat however long the prompt. `attention_mask` `[B, T]` (1 = token,
+        0 = padding; left padding only) marks prompts of different lengths: each row's real tokens are then
+        prefilled on their own and the row caches stacked (`stack_caches`), so no padding token ever enters
+        a state, and every position-dependent layer continues each row at its own length. `max_length` (the
+        prompt plus the tokens to be generated) lets attention caches allocate their keys once, like HF's
+        static cache, instead of growing while decoding."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, T] with T >= 1, got shape {tuple(input_ids.shape)}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
+        lengths = left_padded_lengths(attention_mask, input_ids)
+        T = input_ids.shape[1]
+        extra = 0 if max_length is None else max(max_length - T, 0)  # tokens to come after the prompt
+        if lengths is None:  # no padding: the whole batch at once
+            return self._prefill(input_ids, prefill_chunk, T + extra)
+        rows = [self._prefill(input_ids[b : b + 1, T - n :], prefill_chunk, n + extra) for b, n in enumerate(lengths)]
+        return LMOutput(torch.cat([r.logits for r in rows]), stack_caches([r.cache for r in rows]))
+
+    def _prefill(self, input_ids: torch.Tensor, prefill_chunk: int | None, reserve: int) -> LMOutput:
+        T = input_ids.shape[1]
+        step = T if prefill_chunk is None else prefill_chunk
+        cache = self.init_cache()
+        for layer in cache.layers:
+            if hasattr(layer.mixer, "reserve"):  # a cache that preallocates (KVCache)
+                layer.mixer.reserve = reserve
+        for start in range(0, T, step):
+            out = self(input_ids[:, start : start + step], cache=cache, logits_to_keep=1)
+            cache = out.cache
+        return out
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefill_chunk: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prefill `input_ids` `[B, T]` (see `prefill`: `attention_mask` for left-padded prompts of different
+        lengths, `prefill_chunk` to bound its memory), then decode one token at a time from the cache.
+        Greedy when `temperature == 0`, else `sample_next` with `top_k` / `top_p`. A row that produced
+        `eos_token_id` is done and filled with it; generation stops when every row is done.
+        Returns `[B, T + n]` (the prompt as given, padding included, then the new tokens), `n <= max_new_tokens`."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        out = self.prefill(input_ids, attention_mask, prefill_chunk, max_length=input_ids.shape[1] + max_new_tokens)
+        tokens = [input_ids]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            nxt = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+                done |= nxt == eos_token_id
+            tokens.append(nxt[:, None])
+            if step == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
+                break  # no forward for a token that will not be sampled from
+            out = self(nxt[:, None], cache=out.cache, logits_to_keep=1)
+        return torch.cat(tokens, dim=1)
+
+    def optimize_for_decode(self) -> HybridLM:
+        """Store every linear weight column-major (same values and shapes, transposed strides), in place.
+
+        A decode step is one matrix-vector product per weight: with the usual row-major `[out, in]` layout
+        each output is a dot product over a short row (768 floats at d_model 768), and on 2 CPU cores MKL
+        streams that at about 17 GB/s; column-major it streams at 20-27 GB/s (`scripts/bench_matvec.py`), so
+        decode gets that much faster while prefill matmuls take the same time. Checkpoints are saved
+        contiguous as always. Training keeps the default layout: sharded data-parallel engines expect it."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous():  # a tied weight only once
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
+    def kernel_backends(self) -> dict[str, str]:
+        """Kernel implementation per op family, as resolved for this model's device."""
+        found: dict[str, str] = {}
+        for block in self.blocks:
+            found.update(block.mixer.kernel_backends())
+        return found
+
+    # -- accounting ------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+        """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""
+        return sum(block.state_bytes(seq_len, batch_size) for block in self.blocks)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_pretrained(self, directory) -> None:
+        from zoo.io.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator=None):
+    """Next token ids `[B]` from last-position logits `[B, vocab]` (greedy when temperature == 0)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already cover top_p of the mass
+        drop = probs.cumsum(-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def left_padded_lengths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> list[int] | None:
+    """Each row's number of real tokens under a left-padded `attention_mask` `[B, T]` (HF convention: 1 = token,
+    0 = padding), or None when nothing is padded. Right padding, holes or an empty row are a ValueError."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                         f"{tuple(input_ids.shape)}")  # fmt: skip
+    if not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    real = attention_mask.bool()
+    # left padding: within a row, once a real token comes, every later position is real
+    bad = (real[:, :-1] & ~real[:, 1:]).any(1) | ~real[:, -1]
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask rows {rows} are right-padded, have holes or are empty: generation requires left "
+            "padding (zeros first, then the row's tokens, at least one token per row)"
+        )
+    lengths = real.sum(1).tolist()
+    return None if min(lengths) == input_ids.shape[1] else lengths
+
+
+def build_model(cfg) -> HybridLM:
+    """A model from a model config: a `conf/model/*.yaml` node, a plain dict or a `ModelConfig`."""
+    return HybridLM(ModelConfig.from_any(cfg))

@@ -1,0 +1,136 @@
+"""DeltaNet (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
+arXiv:2406.06484).
+
+Per head, with `S` a K x V state, each token first erases what `S` recalls under its key and then writes its
+value there (the delta rule):
+
+    q_t, k_t, v_t = SiLU(ShortConv(W_q x)), SiLU(ShortConv(W_k x)), SiLU(ShortConv(W_v x))   (width 4, causal)
+    q_t, k_t = q_t / ||q_t||, k_t / ||k_t||                     (L2 norm per head, here: the kernels do not)
+    beta_t = sigmoid(W_beta x_t)                                (one write strength per head)
+    S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,    o_t = S_t^T (K^-1/2 q_t)
+    y_t = W_o RMSNorm_head(o_t)              or, with use_gate,  W_o (RMSNorm_head(o_t) * SiLU(W_g x_t))
+
+Without short convolutions (`use_short_conv: false`) q, k, v are `SiLU(W x)`, as in fla. Parallel form and
+chunked prefill run `kernels.chunk_delta_rule`; one-token decode runs `kernels.fused_recurrent_delta_rule`. The
+cache keeps the fp32 state `[B, H, K, V]` and the last `conv_size - 1` inputs of each of the three convs.
+
+`DeltaNet` is also the base of Gated DeltaNet (`zoo/mixers/gated_deltanet.py`), which only adds a decay
+(`log_decay`) and always gates the output. Defaults live in `conf/mixer/deltanet.yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.model.layers import RMSNorm, ShortConvolution
+from zoo.model.mixers import register
+from zoo.model.mixers.base import Mixer, split_heads
+
+
+@dataclass
+class DeltaNetCache:
+    state: torch.Tensor | None = None  # (B, H, K, V), fp32
+    q_tail: torch.Tensor | None = None  # (B, conv_size - 1, key_dim), None without short convs
+    k_tail: torch.Tensor | None = None  # (B, conv_size - 1, key_dim)
+    v_tail: torch.Tensor | None = None  # (B, conv_size - 1, value_dim)
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """`x` in fp32, or kept in fp64 (so that fp64 checks stay exact)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """`x / sqrt(||x||^2 + eps)` over the last dim, in fp32 or wider (fla's l2norm)."""
+    xf = at_least_fp32(x)
+    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@register("deltanet")
+class DeltaNet(Mixer):
+    kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int,
+        *,
+        n_layers: int,
+        head_dim: int,
+        num_heads: int | None = None,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        use_short_conv: bool = True,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        use_gate: bool = False,
+        norm_eps: float = 1e-5,
+        chunk_size: int = 64,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
+        self.num_heads, self.head_k, self.head_v = split_heads(
+            self.name, layer_idx, self.key_dim, self.value_dim, num_heads, head_dim
+        )
+        self.use_short_conv = use_short_conv
+        self.use_gate = use_gate
+        self.chunk_size = chunk_size
+        self.backend = backend
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.b_proj = nn.Linear(d_model, self.num_heads, bias=False)  # beta
+        if use_short_conv:
+            self.conv_size = conv_size
+            self.q_conv = ShortConvolution(self.key_dim, conv_size, activation=True, bias=conv_bias)
+            self.k_conv = ShortConvolution(self.key_dim, conv_size, activation=True, bias=conv_bias)
+            self.v_conv = ShortConvolution(self.value_dim, conv_size, activation=True, bias=conv_bias)
+        if use_gate:
+            self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.o_norm = RMSNorm(self.head_v, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
+
+    def log_decay(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Log-space decay `g [B, T, H]` (fp32 or fp64, <= 0); None: the plain delta rule."""
+        return None
+
+    def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_k, self.head_v
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.use_short_conv:  # SiLU is the convs' activation
+            c = cache if cache is not None else DeltaNetCache()
+            q, q_tail = self.q_conv(q, c.q_tail)
+            k, k_tail = self.k_conv(k, c.k_tail)
+            v, v_tail = self.v_conv(v, c.v_tail)
+            if cache is not None:
+                cache.q_tail, cache.k_tail, cache.v_tail = q_tail, k_tail, v_tail
+        else:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q = l2_norm(q.view(B, T, H, K))  # the kernels expect unit keys; they do not normalize
+        k = l2_norm(k.view(B, T, H, K))
+        v = v.view(B, T, H, V)
+        beta = at_least_fp32(self.b_proj(x)).sigmoid()  # (B, T, H)
+        g = self.log_decay(x)
+        o = self.recurrence(*((q, k, v, beta) if g is None else (q, k, v, g, beta)), cache=cache)  # fla's order
+        o = self.o_norm(o)  # (B, T, H, V)
+        if self.use_gate:
+            o = o * F.silu(self.g_proj(x).view(B, T, H, V))
+        return self.o_proj(o.reshape(B, T, H * V)), cache
+
+    def init_cache(self) -> DeltaNetCache:
+        return DeltaNetCache()
+
+    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+        state = 4 * batch_size * self.num_heads * self.head_k * self.head_v  # fp32 state, flat in seq_len
+        if not self.use_short_conv:
+            return state
+        tails = batch_size * (self.conv_size - 1) * (2 * self.key_dim + self.value_dim)  # in the activations' dtype
+        return state + tails * self.param_dtype.itemsize

@@ -1,0 +1,33 @@
+"""Sliding-window attention as its own mixer name: causal softmax attention over the last
+`window_size` tokens (Beltagy et al. 2020, "Longformer"; the local attention of Based, Samba and
+Griffin). It is the attention mixer with a mandatory window, so its cache keeps only the window and
+its `state_bytes` stops growing at `window_size` tokens. Defaults in `conf/mixer/swa.yaml`.
+"""
+
+from __future__ import annotations
+
+from zoo.errors import ConfigError
+from zoo.model.mixers import register
+from zoo.model.mixers.attention import Attention
+
+
+@register("swa")
+class SlidingWindowAttention(Attention):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int,
+        *,
+        n_layers: int,
+        head_dim: int,
+        window_size: int,
+        num_kv_heads: int | None = None,
+        rope_theta: float = 10000.0,
+        qkv_bias: bool = False,
+    ):
+        if window_size is None:
+            raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (mixer 'attn' is full attention)")
+        super().__init__(
+            d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_kv_heads=num_kv_heads,
+            window_size=window_size, rope_theta=rope_theta, qkv_bias=qkv_bias,
+        )  # fmt: skip

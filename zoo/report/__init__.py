@@ -1,0 +1,1 @@
+"""`zoo-chart`: tables and plots over run folders."""

@@ -1,0 +1,7 @@
+"""`python -m zoo.report`."""
+
+import sys
+
+from zoo.report.chart import main
+
+sys.exit(main())

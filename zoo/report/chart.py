@@ -1,0 +1,323 @@
+"""`zoo-chart RUNS_DIR... [--out DIR]` (also `python -m zoo.report`): the quality / recall / cost tradeoff table and
+plots of every run folder below the given folders.
+
+A run folder is a folder with `results.json` and `.hydra/config.yaml` (what `zoo-train` writes, single or `-m`).
+Writes into `--out` (default: the first folder):
+- `tradeoff.csv` and `tradeoff.md`: one row per run: architecture, attention layers (count and indices), params,
+  state bytes at 1k / 64k tokens, validation perplexity, MQAR accuracy, passkey accuracy per length, prefill and
+  decode tokens/s per prompt length, status and error (failed runs appear with both);
+- `recall_vs_state.png`: each recall measure against the state bytes at 1k tokens (log x);
+- `quality_vs_recall.png`: validation perplexity against MQAR accuracy, the Pareto front marked;
+- `throughput.png`: prefill and decode tokens/s against the prompt length.
+Points are labelled by architecture and attention layers. A metric a run did not record is left blank and a plot
+without data is not drawn (the command says which); plots show completed runs only.
+
+MQAR accuracy is the held-out `mqar/accuracy` of a run trained on MQAR, else lm-eval's `lm_eval/zoo_mqar/acc`
+(the column `mqar_source` says which); the per-cell `mqar/accuracy@<seq_len>x<pairs>` of the recall suite stay
+in results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from zoo.errors import ChartError
+from zoo.model.config import ATTENTION_MIXER, ModelConfig
+
+MQAR_METRICS = ("mqar/accuracy", "lm_eval/zoo_mqar/acc")  # in order of preference
+STATE_AT = {"state_bytes_1k": 1024, "state_bytes_64k": 65536}
+PER_LENGTH = {  # column prefix -> results.json metric with @<len>
+    "passkey_acc": "passkey/accuracy",
+    "prefill_tok_s": "bench/prefill_tok_s",
+    "decode_tok_s": "bench/decode_tok_s",
+}
+
+
+
+def find_runs(folders: list[Path]) -> list[Path]:
+    """Every run folder below `folders` (a folder itself counts), sorted and without duplicates."""
+    runs = {p.parent.resolve() for folder in folders for p in Path(folder).rglob("results.json")}
+    return sorted(r for r in runs if (r / ".hydra" / "config.yaml").is_file())
+
+
+def layer_mixers(cfg, results: dict) -> list[str] | None:
+    """The mixer of every layer: as the run recorded it, else resolved from its config (None when the config
+    itself is invalid, e.g. a run that failed on a config error)."""
+    recorded = results.get("model", {}).get("layers")
+    if recorded:
+        return list(recorded)
+    try:
+        return ModelConfig.from_any(cfg.model).layer_names()
+    except Exception:  # the run's own error says what is wrong with it
+        return None
+
+
+def _number(value):
+    """A metric as a float; non-finite values are stored as strings ("nan") and count as missing."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def run_row(run: Path, root: Path) -> dict:
+    """The table row of one run folder; a metric the run did not record is None."""
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    results = json.loads((run / "results.json").read_text())
+    metrics = results.get("metrics", {})
+    layers = layer_mixers(cfg, results)
+    attn = [i for i, name in enumerate(layers) if name == ATTENTION_MIXER] if layers is not None else None
+    error = results.get("error") or {}
+    message = (str(error.get("message", "")).strip().splitlines() or [""])[0]
+    try:
+        name = str(run.relative_to(root.resolve()))
+    except ValueError:
+        name = str(run)
+    row = {
+        "run": name,
+        "architecture": OmegaConf.select(cfg, "model.name", default="?"),
+        "n_layers": OmegaConf.select(cfg, "model.n_layers", default=None),
+        "attn_layers": None if attn is None else len(attn),
+        "attn_at": None if attn is None else " ".join(map(str, attn)),
+        "d_model": OmegaConf.select(cfg, "model.d_model", default=None),
+        "params": metrics.get("params"),
+    }
+    row |= {col: metrics.get(f"state/bytes@{n}") for col, n in STATE_AT.items()}
+    row["val_ppl"] = _number(metrics.get("val/ppl"))
+    source = next((m for m in MQAR_METRICS if _number(metrics.get(m)) is not None), None)
+    row["mqar_acc"] = _number(metrics.get(source)) if source else None
+    row["mqar_source"] = source
+    for prefix, metric in PER_LENGTH.items():
+        for key, value in metrics.items():
+            match = re.fullmatch(re.escape(metric) + r"@(\d+)", key)
+            if match:
+                row[f"{prefix}@{match.group(1)}"] = _number(value)
+    row["status"] = results.get("status", "unknown")
+    row["error"] = f"{error.get('type', 'Error')}: {message}" if error else None
+    return row
+
+
+def load_rows(folders: list[Path]) -> list[dict]:
+    runs = find_runs(folders)
+    if not runs:
+        raise ChartError(f"no run folders (results.json + .hydra/config.yaml) below {', '.join(map(str, folders))}")
+    return [run_row(run, Path(folders[0])) for run in runs]
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """Fixed columns, then the per-length columns any run has (sorted by length; prefill and decode share their
+    lengths, so the two throughput blocks line up), then status and error."""
+    fixed = [k for k in rows[0] if k not in ("status", "error") and "@" not in k]
+
+    def lengths(*prefixes):
+        return sorted({int(k.split("@")[1]) for r in rows for k in r if k.split("@")[0] in prefixes})
+
+    bench = lengths("prefill_tok_s", "decode_tok_s")
+    per_length = [f"passkey_acc@{n}" for n in lengths("passkey_acc")]
+    per_length += [f"{prefix}@{n}" for prefix in ("prefill_tok_s", "decode_tok_s") for n in bench]
+    return fixed + per_length + ["status", "error"]
+
+
+def label(row: dict) -> str:
+    """`arch` for a pure model, `arch +attn[i j]` for a hybrid (the attention indices tell depths apart)."""
+    if not row["attn_layers"] or row["attn_layers"] == row["n_layers"]:
+        return str(row["architecture"])
+    return f"{row['architecture']} +attn[{row['attn_at']}]"
+
+
+def write_csv(rows: list[dict], cols: list[str], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows([{c: "" if r.get(c) is None else r[c] for c in cols} for r in rows])
+
+
+def _cell(col: str, value) -> str:
+    if value is None:
+        return ""
+    if col.startswith("state_bytes"):
+        return f"{value / 2**10:,.1f} KiB" if value < 2**20 else f"{value / 2**20:,.1f} MiB"
+    if col == "params":
+        return f"{int(value):,}"
+    if col == "val_ppl":
+        return f"{value:,.2f}"
+    if "tok_s" in col:
+        return f"{value:,.0f}"
+    if col.endswith("acc") or col.startswith("passkey_acc"):
+        return f"{value:.3f}"
+    text = str(value).replace("|", "\\|")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def markdown(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(c, r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (recall, perplexity) that no other point beats on both: at least as much recall
+    with a lower perplexity, or more recall with no higher perplexity. Sorted by recall."""
+    front = []
+    for i, (r, p) in enumerate(points):
+        beaten = any((r2 >= r and p2 < p) or (r2 > r and p2 <= p) for r2, p2 in points)
+        if not beaten:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _log_axis(axis) -> None:
+    """A log axis labelled at its decades only (matplotlib's minor labels overlap on short ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _annotate(ax, x, y, text) -> None:
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def plot_recall_vs_state(rows: list[dict], path: Path) -> str | None:
+    """One panel per recall measure (MQAR, passkey at each length): accuracy vs state bytes at 1k tokens."""
+    import matplotlib.pyplot as plt
+
+    measures = ["mqar_acc"] + sorted({k for r in rows for k in r if k.startswith("passkey_acc@")},
+                                     key=lambda k: int(k.split("@")[1]))  # fmt: skip
+    panels = [(m, [r for r in rows if r.get(m) is not None and r["state_bytes_1k"]]) for m in measures]
+    panels = [(m, sel) for m, sel in panels if sel]
+    if not panels:
+        return "no completed run has both a recall metric and state/bytes@1024"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (measure, sel) in zip(axes[0], panels, strict=True):
+        for r in sel:
+            ax.scatter(r["state_bytes_1k"], r[measure])
+            _annotate(ax, r["state_bytes_1k"], r[measure], label(r))
+        ax.set_xscale("log")
+        _log_axis(ax.xaxis)
+        ax.set_xlabel("state bytes at 1k tokens (log)")
+        ax.set_ylabel(measure.replace("_", " "))
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    fig.suptitle("recall vs state size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def plot_quality_vs_recall(rows: list[dict], path: Path) -> str | None:
+    """Validation perplexity (lower is better) against MQAR accuracy, Pareto front joined by a line."""
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r["val_ppl"] is not None and r["mqar_acc"] is not None]
+    if not sel:
+        return "no completed run has both val/ppl and an MQAR accuracy"
+    points = [(r["mqar_acc"], r["val_ppl"]) for r in sel]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, r in enumerate(sel):
+        ax.scatter(*points[i], color="tab:red" if i in front else "tab:blue", zorder=3)
+        _annotate(ax, *points[i], label(r))
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1,
+            label="Pareto front")  # fmt: skip
+    ax.set_xlabel("MQAR accuracy (higher is better)")
+    ax.set_ylabel("validation perplexity (lower is better)")
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
+    ax.set_xlim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def plot_throughput(rows: list[dict], path: Path) -> str | None:
+    """Prefill and decode tokens/s against the prompt length, one line per run."""
+    import matplotlib.pyplot as plt
+
+    def series(r, prefix):
+        return sorted((int(k.split("@")[1]), v) for k, v in r.items() if k.startswith(prefix + "@") and v is not None)
+
+    sel = [r for r in rows if series(r, "prefill_tok_s") or series(r, "decode_tok_s")]
+    if not sel:
+        return "no completed run has bench/prefill_tok_s@<len> or bench/decode_tok_s@<len>"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, prefix in zip(axes, ("prefill_tok_s", "decode_tok_s"), strict=True):
+        for r in sel:
+            pts = series(r, prefix)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label(r))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel(prefix.replace("_tok_s", " tokens/s"))
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+PLOTS = {
+    "recall_vs_state.png": plot_recall_vs_state,
+    "quality_vs_recall.png": plot_quality_vs_recall,
+    "throughput.png": plot_throughput,
+}
+
+
+def chart(folders: list[Path], out: Path | None = None) -> tuple[list[dict], list[Path], list[str]]:
+    """Write the table and plots of the runs below `folders` into `out` (default: the first folder);
+    returns (rows, files written, notes on plots that had no data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers and in tests
+
+    rows = load_rows(folders)
+    out = Path(out or folders[0])
+    out.mkdir(parents=True, exist_ok=True)
+    cols = columns(rows)
+    write_csv(rows, cols, out / "tradeoff.csv")
+    (out / "tradeoff.md").write_text(markdown(rows, cols))
+    written, notes = [out / "tradeoff.csv", out / "tradeoff.md"], []
+    done = [r for r in rows if r["status"] == "completed"]
+    for name, draw in PLOTS.items():
+        missing = draw(done, out / name)
+        if missing:
+            notes.append(f"{name} not drawn: {missing}")
+        else:
+            written.append(out / name)
+    return rows, written, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zoo-chart", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="folders to search for run folders")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first RUNS_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        rows, written, notes = chart(args.runs, args.out)
+    except ChartError as e:
+        print(f"zoo-chart: error: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.out or args.runs[0]) / "tradeoff.md").read_text(), end="")
+    for note in notes:
+        print(f"- {note}")
+    print(f"{len(rows)} runs; wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m zoo.train`."""
+
+import sys
+
+from zoo.train.loop import main
+
+sys.exit(main())

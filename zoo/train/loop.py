@@ -1,0 +1,302 @@
+"""`zoo-train` (also `python -m zoo.train`): one training loop for every architecture.
+
+    zoo-train +experiment=quickstart
+    zoo-train model=gla data=text train.max_steps=500
+    zoo-train hydra.run.dir=runs/mine train.resume=true      # continue runs/mine from its checkpoint
+
+Writes the run folder of DESIGN.md: `.hydra/config.yaml`, `metrics.jsonl`, `checkpoint/`
+(weights, config.json, tokenizer, optimizer state), `results.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from zoo.config import conf_dir, pick_device
+from zoo.data import build_data, iterate_batches
+from zoo.errors import CheckpointError, ConfigError
+from zoo.evals import final as final_eval
+from zoo.io.checkpoint import load_weights, readable_dir, write_dir_atomically, write_model_files
+from zoo.io.results import truncate_metrics, update_results
+from zoo.model.lm import HybridLM, build_model
+from zoo.train import distributed
+from zoo.train.loggers import RunLogger
+from zoo.train.state import load_trainer_state, save_trainer_state
+
+log = logging.getLogger("zoo.train.loop")
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """`conf/train/*.yaml`, typed so that a misspelt key fails before training."""
+
+    max_steps: int
+    batch_size: int
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    betas: list
+    grad_clip: float
+    seed: int
+    resume: bool | str
+    log_every: int
+    eval_every: int
+    save_every: int
+    device: str
+    num_threads: int | None
+    distributed: dict
+    fsdp: bool
+    log: dict
+
+
+def typed(cls, node, what: str):
+    """`cls(**node)` with a one-line error naming unknown or missing keys."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    fields = set(cls.__dataclass_fields__)
+    if set(data) - fields:
+        raise ConfigError(f"unknown {what} keys {sorted(set(data) - fields)}; valid keys: {sorted(fields)}")
+    if fields - set(data):
+        raise ConfigError(f"{what} config is missing {sorted(fields - set(data))}")
+    return cls(**data)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr_ratio * lr` at `max_steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (not norms, biases, gate vectors)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate(model: HybridLM, data, name: str, eval_cfg, device, autocast) -> dict[str, float]:
+    """Held-out metrics: MQAR accuracy at label positions only, or validation loss / perplexity per token and,
+    for text, bits per byte and perplexity per byte (total NLL over the UTF-8 bytes the tokens encode)."""
+    model.eval()
+    inputs, labels = data.eval
+    if eval_cfg.max_examples is not None:
+        inputs, labels = inputs[: eval_cfg.max_examples], labels[: eval_cfg.max_examples]
+    correct = total = 0
+    loss_sum = 0.0
+    for i in range(0, len(inputs), eval_cfg.batch_size):
+        x, y = inputs[i : i + eval_cfg.batch_size].to(device), labels[i : i + eval_cfg.batch_size].to(device)
+        with autocast():
+            logits = model(x).logits
+        mask = y != -100
+        correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
+        total += mask.sum().item()
+        loss_sum += lm_loss(logits, y, reduction="sum").item()
+    model.train()
+    loss = loss_sum / max(total, 1)
+    if data.metric == "accuracy":
+        return {f"{name}/accuracy": correct / max(total, 1), f"{name}/loss": loss}
+    metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+    eval_bytes = getattr(data, "eval_bytes", None)  # text data: UTF-8 bytes behind each eval block's labels
+    if eval_bytes is not None:  # per byte, models with different tokenizers compare
+        nll_per_byte = loss_sum / max(int(eval_bytes[: len(inputs)].sum()), 1)
+        metrics |= {"val/bpb": nll_per_byte / math.log(2), "val/ppl_byte": math.exp(min(nll_per_byte, 50.0))}
+    return metrics
+
+
+def save_checkpoint(run_dir: Path, model: HybridLM, optimizer, meta: dict) -> None:
+    def write(tmp: Path) -> None:
+        write_model_files(model, tmp)
+        save_trainer_state(tmp, optimizer, meta)
+
+    write_dir_atomically(run_dir / CHECKPOINT, write)
+
+
+def resume_dir(run_dir: Path, resume) -> Path | None:
+    """The checkpoint folder to resume from (`train.resume`: false, true = this run folder, or a path)."""
+    if resume is False or resume is None:
+        return None
+    source = run_dir if resume is True else Path(str(resume))
+    ckpt = source if (source / "trainer_state.json").exists() else readable_dir(source / CHECKPOINT)
+    if not (ckpt / "trainer_state.json").exists():
+        if resume is True:
+            log.info("train.resume=true but %s holds no checkpoint yet: starting from step 0", ckpt)
+            return None
+        raise CheckpointError(f"train.resume={resume}: no checkpoint with trainer state under {source}")
+    return ckpt
+
+
+def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train the model of `cfg` into `run_dir`; returns the final metrics. `on_step(step, loss)` is
+    called after every optimizer step (tests use it to interrupt a run)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = typed(TrainConfig, cfg.train, "train")
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = pick_device(tcfg.device)
+    dctx = distributed.setup(tcfg.distributed, tcfg.fsdp, device)  # under torchrun: join the process group
+    device = dctx.device
+    distributed.check_batch(tcfg.batch_size, dctx)
+    run_dir = dctx.agree_on_run_dir(run_dir)  # Hydra's ${now:...} may differ between the ranks
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_name = data_cfg.pop("name")
+    try:
+        data = build_data(data_name, **data_cfg)
+    except ValueError as e:  # impossible data settings are config errors: one line, before training
+        raise ConfigError(f"data: {e}") from e
+    if cfg.model.vocab_size < data.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < data vocab size {data.vocab_size}")
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model(cfg.model).to(device)
+    model.tokenizer = data.tokenizer
+    use_bf16 = device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    start_step, elapsed_before = 0, 0.0
+    ckpt = resume_dir(run_dir, tcfg.resume)
+    if ckpt is not None:
+        load_weights(model, ckpt)  # into the whole model, before DDP / FSDP2 take it over
+    train_model = dctx.wrap(model)  # `model` itself, or its DDP wrapper (FSDP2 shards `model` in place)
+    optimizer = make_optimizer(model, tcfg)  # after sharding: FSDP2's optimizer holds the local shards
+    if ckpt is not None:
+        meta = dctx.load_optimizer(ckpt, model, optimizer, load_trainer_state)
+        start_step, elapsed_before = meta["step"], meta.get("train_time_s", 0.0)
+        log.info("resumed from %s at step %d", ckpt, start_step)
+    if dctx.is_main:
+        truncate_metrics(run_dir, start_step)  # records past the checkpoint are re-logged (or a fresh start)
+    logger = RunLogger(run_dir, tcfg.log, OmegaConf.to_container(cfg, resolve=True), start_step, dctx.is_main)
+
+    n_params = model.num_params()
+    log.info("model %s: %s params, layers %s, device %s", cfg.model.get("name", "?"), f"{n_params:,}",
+             model.layer_mixers, device)  # fmt: skip
+    run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
+    if dctx.is_main:
+        update_results(run_dir, {"params": n_params}, status="running", **run_info)
+    evals: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model.train()
+    step = start_step
+    bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=None)
+    batches = iterate_batches(*data.train, tcfg.batch_size, tcfg.seed, start_step=start_step)
+    for step, x, y in batches:
+        if step >= tcfg.max_steps:
+            break
+        lr = lr_at(step, tcfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = dctx.local_slice(x, y)  # this rank's share of the global batch
+        x, y = x.to(device), y.to(device)
+        count = dctx.global_count(y)  # labelled tokens in the whole global batch
+        with autocast():
+            loss_sum = lm_loss(train_model(x).logits, y, reduction="sum")
+        loss = dctx.global_loss(loss_sum, count)  # the global batch's mean loss, the same on every rank
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        dctx.loss_for_backward(loss_sum, count).backward()
+        grad_norm = dctx.plain(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        bar.update(1)
+        record = {"step": done, "train/loss": loss.item()}
+        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            logger.log(record | {"lr": lr, "grad_norm": grad_norm.item(),
+                                 "time_s": elapsed_before + time.perf_counter() - t0})  # fmt: skip
+        if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
+            evals = evaluate(model, data, data_name, cfg.eval, device, autocast)
+            logger.log({"step": done, **evals})
+            bar.set_postfix({"loss": f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
+        if done % tcfg.save_every == 0 or done == tcfg.max_steps:
+            meta = {"step": done, "train_time_s": elapsed_before + time.perf_counter() - t0}
+            views = dctx.checkpoint_views(model, optimizer)  # every rank calls: FSDP2 gathers here
+            if views is not None:  # rank 0
+                save_checkpoint(run_dir, *views, meta)
+        if on_step is not None:
+            on_step(done, loss.item())
+    bar.close()
+    logger.close()
+    if not dctx.is_main:  # rank 0 alone finishes the run folder (and evaluates a gathered copy under FSDP2)
+        dctx.gather_model(model, lambda: build_model(cfg.model))
+        return {"params": n_params, "train/steps": min(tcfg.max_steps, max(step, start_step)),
+                "train/time_s": elapsed_before + time.perf_counter() - t0, **evals}  # fmt: skip
+    model = dctx.gather_model(model, lambda: build_model(cfg.model)) or model
+    step = max(step, start_step)
+    train_time = elapsed_before + time.perf_counter() - t0
+    metrics = {"params": n_params, "train/steps": min(tcfg.max_steps, step), "train/time_s": train_time, **evals}
+    for length in cfg.eval.state_bytes_at:
+        metrics[f"state/bytes@{length}"] = model.state_bytes(length)
+    if final_eval.wanted(cfg.eval):  # eval.final: recall / throughput / lm-eval on the trained model
+        update_results(run_dir, metrics, status="evaluating", **run_info)
+        metrics.update(final_eval.run_final_eval(model, cfg, run_dir, device))
+    update_results(run_dir, metrics, status="completed", **run_info)
+    return metrics
+
+
+def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
+    name = cfg.model.get("name", "model")
+    parts = [f"{name}: {metrics['params'] / 1e6:.2f}M params", f"{metrics['train/steps']} steps",
+             f"{metrics['train/time_s']:.0f} s"]  # fmt: skip
+    parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("/accuracy") or k.startswith("val/")]
+    parts += [f"state {v / 1024:.1f} KiB @{k.split('@')[1]}" for k, v in metrics.items() if k.startswith("state/")]
+    return " | ".join(parts) + f"\nrun folder: {run_dir}"
+
+
+@hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from zoo.train.failures import clear_failure, record_failure, release_memory
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    clear_failure(run_dir)  # a resumed run's old error is history, not its status
+    try:
+        metrics = run_training(cfg, run_dir)
+    except Exception as e:  # every failure is recorded in results.json (status: failed, error)
+        message = record_failure(run_dir, e)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"zoo-train: error: {message}", file=sys.stderr)
+            sys.exit(2 if isinstance(e, (ConfigError, CheckpointError)) else 1)
+        log.error("job %s failed, the sweep goes on: %s", hydra_cfg.job.num, message)
+        metrics = None
+    if metrics is None:
+        release_memory()  # out here the traceback no longer holds the failed job's tensors
+        return
+    if distributed.env_rank() == 0:  # under torchrun every rank returns here; one summary is enough
+        print(summary(cfg, metrics, run_dir))
+
+
+def main() -> None:
+    sys.argv += distributed.hydra_overrides_for_rank()  # under torchrun, only rank 0 writes .hydra/ and the log
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
