@@ -5,8 +5,9 @@ Every public op takes ``backend="auto" | "triton" | "torch" | "naive"`` and call
 Triton implementation and ``torch`` (chunked PyTorch, the portable path) otherwise. An explicit
 request that cannot be served raises with the fix; nothing falls back silently.
 
-Families declare their implementations in ``AVAILABLE``; the Triton issue adds ``"triton"`` to a
-family with :func:`register_backend` (or by editing the table) without touching the callers.
+Which implementations exist for a family comes from the family's own declaration (``backends`` of its
+``Family`` in ``kernels/<folder>/__init__.py``, see :mod:`kernels.registry`); ``AVAILABLE`` is derived
+from those declarations once, at import.
 """
 
 from __future__ import annotations
@@ -17,21 +18,18 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "AVAILABLE", "resolve_backend", "register_backend", "available_backends", "check_triton"]
+from kernels import registry
+
+__all__ = ["BACKENDS", "AVAILABLE", "resolve_backend", "available_backends", "check_triton"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "naive")
-"""Valid values of every op's ``backend`` argument."""
+BACKENDS: tuple[str, ...] = ("auto", *registry.IMPLEMENTATIONS)
+"""Valid values of every op's ``backend`` argument: ``("auto", "triton", "torch", "naive")``."""
 
-AVAILABLE: dict[str, set[str]] = {
-    "gla": {"torch", "naive", "triton"},
-    "simple_gla": {"torch", "naive", "triton"},
-    "rwkv6": {"torch", "naive", "triton"},
-    "delta_rule": {"torch", "naive", "triton"},
-    "gated_delta_rule": {"torch", "naive", "triton"},
-}
-"""Family name -> implementations that exist for it (a subset of ``BACKENDS`` without ``auto``)."""
+AVAILABLE: dict[str, set[str]] = {name: set(fam.backends) for name, fam in registry.families().items()}
+"""Family name -> implementations that exist for it (a subset of ``BACKENDS`` without ``auto``), derived
+from the registry; tests may patch an entry to simulate a family without Triton kernels."""
 
 _LOGGED: set[tuple[str, str, str, str]] = set()
 
@@ -41,13 +39,6 @@ def available_backends(family: str) -> list[str]:
     if family not in AVAILABLE:
         raise ValueError(f"unknown kernel family {family!r}; known families: {sorted(AVAILABLE)}")
     return sorted(AVAILABLE[family])
-
-
-def register_backend(family: str, backend: str) -> None:
-    """Declare that ``family`` has an implementation ``backend`` (e.g. when its Triton kernels land)."""
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"cannot register backend {backend!r}; valid: {[b for b in BACKENDS if b != 'auto']}")
-    AVAILABLE.setdefault(family, set()).add(backend)
 
 
 def resolve_backend(requested: str, *tensors: torch.Tensor | None, family: str) -> str:

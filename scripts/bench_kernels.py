@@ -18,39 +18,15 @@ import argparse
 import csv
 import importlib.util
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import kernels
+from kernels import registry
 from kernels.backend import available_backends
 from kernels.utils import median_seconds
-
-
-def family_inputs(family: str, B: int, T: int, H: int, K: int, V: int, device, dtype) -> tuple[Callable, dict]:
-    """`(op, kwargs)` for one call of `family`'s chunked op on random inputs of the given shape."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
-
-    q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
-    gate_k = F.logsigmoid(rand(B, T, H, K).float()) / 16  # GLA's gate
-    gate_h = F.logsigmoid(rand(B, T, H).float()) / 16
-    if family == "gla":
-        return kernels.chunk_gla, {"q": q, "k": k, "v": v, "g": gate_k}
-    if family == "simple_gla":
-        return kernels.chunk_simple_gla, {"q": q, "k": k, "v": v, "g": gate_h}
-    if family == "rwkv6":
-        return kernels.chunk_rwkv6, {"r": q, "k": k, "v": v, "w": gate_k, "u": rand(H, K)}
-    beta = torch.sigmoid(rand(B, T, H).float())
-    k = F.normalize(k.float(), dim=-1).to(dtype)
-    if family == "delta_rule":
-        return kernels.chunk_delta_rule, {"q": q, "k": k, "v": v, "beta": beta}
-    if family == "gated_delta_rule":
-        return kernels.chunk_gated_delta_rule, {"q": q, "k": k, "v": v, "g": gate_h, "beta": beta}
-    raise ValueError(f"unknown family {family!r}")
 
 
 def attention_inputs(B, T, H, K, V, device, dtype) -> tuple[Callable, dict]:
@@ -66,8 +42,8 @@ def flash_inputs(B, T, H, K, V, device, dtype) -> tuple[Callable, dict]:
 
 
 def fla_op(family: str) -> Callable:
-    """fla's chunked op of `family`: same signature as ours (fla-compatible conventions), no `backend`."""
-    return getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}")
+    """fla's chunked op of `family` (declared in the registry): same signature as ours, no `backend`."""
+    return registry.resolve(registry.family(family).fla)
 
 
 def median_ms(fn: Callable[[], object], repeats: int, device) -> float:
@@ -104,26 +80,29 @@ def rows_for(args, device, on_row: Callable[[dict], None] = lambda row: None) ->
     B, H, K, V = args.B, args.H, args.K, args.V
     rows = []
     impls: list[tuple[str, str, Callable]] = []
+    shape = {"B": B, "H": H, "K": K, "V": V, "device": device, "dtype": dtype}  # T varies per cell
+    on_cuda = torch.device(device).type == "cuda"
+    meta = {"B": B, "H": H, "K": K, "V": V, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
     for family in args.families:
+        make = partial(registry.family(family).inputs, **shape)
         for backend in available_backends(family):
-            if backend == "triton" and torch.device(device).type != "cuda":
+            if backend == "triton" and not on_cuda:
                 continue  # the interpreter is for correctness tests, not timings
-            impls.append((family, backend, lambda T, f=family: family_inputs(f, B, T, H, K, V, device, dtype)))
-        if torch.device(device).type == "cuda" and importlib.util.find_spec("fla") is not None:
-            impls.append((family, "fla", lambda T, f=family: family_inputs(f, B, T, H, K, V, device, dtype)))
-    impls.append(("attention", "sdpa", lambda T: attention_inputs(B, T, H, K, V, device, dtype)))
-    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        impls.append(("attention", "flash_attn", lambda T: flash_inputs(B, T, H, K, V, device, dtype)))
+            impls.append((family, backend, make))
+        if on_cuda and registry.family(family).fla is not None and importlib.util.find_spec("fla") is not None:
+            impls.append((family, "fla", make))
+    impls.append(("attention", "sdpa", partial(attention_inputs, **shape)))
+    if on_cuda and importlib.util.find_spec("flash_attn") is not None:
+        impls.append(("attention", "flash_attn", partial(flash_inputs, **shape)))
     for family, backend, make in impls:
         limit = args.naive_max_T if backend == "naive" else args.attn_max_T if family == "attention" else None
         for T in args.T:
-            row = {"family": family, "backend": backend, "B": B, "T": T, "H": H, "K": K, "V": V,
-                   "dtype": str(dtype).replace("torch.", ""), "device": str(device)}  # fmt: skip
+            row = {"family": family, "backend": backend, "T": T, **meta}
             if limit is not None and limit < T:
                 rows.append(row | {"fwd_ms": "", "fwd_bwd_ms": "", "note": f"skipped: T > {limit}"})
                 on_row(rows[-1])
                 continue
-            op, kwargs = make(T)
+            op, kwargs = make(T=T)
             if backend == "fla":
                 op = fla_op(family)
             extra = {} if family == "attention" or backend == "fla" else {"backend": backend}
@@ -156,12 +135,12 @@ def report_targets(rows, fast_backend: str) -> list[str]:
         attn = "flash_attn" if any(r["backend"] == "flash_attn" for r in rows) else "sdpa"
         fla4k = lookup(rows, "gla", "fla", 4096, "fwd_bwd_ms")
         ours4k = lookup(rows, "gla", "triton", 4096, "fwd_bwd_ms")
-        checks = [("vs fla chunk_gla, fwd+bwd, T=4096", ours4k, fla4k, lambda a, b: a / b, "<= 1.5x",
-                   lambda r: r <= 1.5)]  # fmt: skip
+        checks = [
+            ("vs fla chunk_gla, fwd+bwd, T=4096", ours4k, fla4k, lambda a, b: a / b, "<= 1.5x", lambda r: r <= 1.5)
+        ]
         for T in sorted({r["T"] for r in rows if r["T"] >= 4096}):
             a, b = lookup(rows, "attention", attn, T, "fwd_bwd_ms"), lookup(rows, "gla", "triton", T, "fwd_bwd_ms")
-            checks.append((f"speed-up over {attn}, fwd+bwd, T={T}", a, b, lambda a, b: a / b, "> 1x",
-                           lambda r: r > 1))  # fmt: skip
+            checks.append((f"speed-up over {attn}, fwd+bwd, T={T}", a, b, lambda a, b: a / b, "> 1x", lambda r: r > 1))
     lines = []
     for what, a, b, ratio, target, ok in checks:
         if a and b:
@@ -191,15 +170,17 @@ def plot(rows, path: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="ms", title=title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"kernels on {rows[0]['device']} ({rows[0]['dtype']}), B={rows[0]['B']} H={rows[0]['H']} "
-                 f"K={rows[0]['K']} V={rows[0]['V']}")  # fmt: skip
+    fig.suptitle(
+        f"kernels on {rows[0]['device']} ({rows[0]['dtype']}), B={rows[0]['B']} H={rows[0]['H']} "
+        f"K={rows[0]['K']} V={rows[0]['V']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    families = ["gla", "simple_gla", "rwkv6", "delta_rule", "gated_delta_rule"]
+    families = list(registry.families())
     parser.add_argument("--families", nargs="+", default=families, choices=families)
     parser.add_argument("--B", type=int, default=1)
     parser.add_argument("--H", type=int, default=8)

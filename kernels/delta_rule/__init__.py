@@ -1,4 +1,4 @@
-"""Delta rule ops (DeltaNet) and gated delta rule ops (Gated DeltaNet), fla-compatible conventions.
+"""Delta rule (DeltaNet) and gated delta rule (Gated DeltaNet), fla-compatible conventions.
 
 Recurrence per head (``S`` is K x V; ``g_t <= 0`` a scalar log decay, ``g = 0`` for the plain delta rule;
 ``beta_t`` in (0, 1) the write strength)::
@@ -7,203 +7,63 @@ Recurrence per head (``S`` is K x V; ``g_t <= 0`` a scalar log decay, ``g = 0`` 
     o_t = S_t^T (scale * q_t)
 
 Keys (and queries) should be L2-normalized by the caller (the mixer): the recurrence is only well
-conditioned for ``||k_t|| <= 1``. Public ops, in two families (``delta_rule`` and ``gated_delta_rule`` in
-``kernels.backend``): :func:`chunk_delta_rule` / :func:`chunk_gated_delta_rule` (training / prefill) and
-:func:`fused_recurrent_delta_rule` / :func:`fused_recurrent_gated_delta_rule` (decode). Backends: ``naive``
-(per-step loop, the oracle), ``torch`` (chunked WY/UT form / step loop) and ``triton`` (chunkwise forward +
-backward kernels and a fused recurrent decode kernel, in ``kernels/delta_rule/triton/``, loaded on first use).
+conditioned for ``||k_t|| <= 1``. This folder declares two families, ``delta_rule`` and ``gated_delta_rule``.
+Public ops (in ``ops.py``, re-exported here on first access): :func:`chunk_delta_rule` /
+:func:`chunk_gated_delta_rule` (training / prefill) and :func:`fused_recurrent_delta_rule` /
+:func:`fused_recurrent_gated_delta_rule` (decode). Backends: ``naive`` (per-step loop, the oracle), ``torch``
+(chunked WY/UT form / step loop) and ``triton`` (chunkwise forward + backward kernels and a fused recurrent
+decode kernel, in ``kernels/delta_rule/triton/``, loaded on first use).
 """
 
 from __future__ import annotations
 
-import torch
+from kernels.registry import Family, Sampler, lazy_exports
 
-from kernels.backend import resolve_backend
-from kernels.delta_rule.naive import naive_recurrent_delta_rule, naive_recurrent_gated_delta_rule
-from kernels.delta_rule.torch import (
-    chunk_delta_rule_torch,
-    chunk_gated_delta_rule_torch,
-    fused_recurrent_delta_rule_torch,
-    fused_recurrent_gated_delta_rule_torch,
+
+def _delta_rule_inputs(B, T, H, K, V, device, dtype, generator):
+    x = Sampler(device, dtype, generator)
+    q, k, v, beta = x(B, T, H, K), x.unit(B, T, H, K), x(B, T, H, V), x.beta(B, T, H)
+    return "chunk_delta_rule", {"q": q, "k": k, "v": v, "beta": beta}
+
+
+def _gated_delta_rule_inputs(B, T, H, K, V, device, dtype, generator):
+    x = Sampler(device, dtype, generator)
+    q, k, v, g, beta = x(B, T, H, K), x.unit(B, T, H, K), x(B, T, H, V), x.log_decay(B, T, H), x.beta(B, T, H)
+    return "chunk_gated_delta_rule", {"q": q, "k": k, "v": v, "g": g, "beta": beta}
+
+
+FAMILIES = (
+    Family(
+        name="delta_rule",
+        ops={
+            "chunk_delta_rule": "kernels.delta_rule.ops:chunk_delta_rule",
+            "fused_recurrent_delta_rule": "kernels.delta_rule.ops:fused_recurrent_delta_rule",
+        },
+        backends={"naive", "torch", "triton"},
+        make_inputs=_delta_rule_inputs,
+        fla="fla.ops.delta_rule:chunk_delta_rule",
+    ),
+    Family(
+        name="gated_delta_rule",
+        ops={
+            "chunk_gated_delta_rule": "kernels.delta_rule.ops:chunk_gated_delta_rule",
+            "fused_recurrent_gated_delta_rule": "kernels.delta_rule.ops:fused_recurrent_gated_delta_rule",
+        },
+        backends={"naive", "torch", "triton"},
+        make_inputs=_gated_delta_rule_inputs,
+        fla="fla.ops.gated_delta_rule:chunk_gated_delta_rule",
+    ),
 )
-from kernels.utils import check_inputs, run_varlen, without_autocast
 
-__all__ = [
-    "chunk_delta_rule",
-    "fused_recurrent_delta_rule",
-    "chunk_gated_delta_rule",
-    "fused_recurrent_gated_delta_rule",
-    "naive_recurrent_delta_rule",
-    "naive_recurrent_gated_delta_rule",
-    "chunk_delta_rule_torch",
-    "chunk_gated_delta_rule_torch",
-    "fused_recurrent_delta_rule_torch",
-    "fused_recurrent_gated_delta_rule_torch",
-]
-
-
-@without_autocast
-def chunk_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    backend: str = "auto",
-    chunk_size: int = 64,
-    cu_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunkwise-parallel delta rule (DeltaNet; training and prefill).
-
-    ``S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
-
-    Args:
-        q: queries ``[B, T, H, K]``.
-        k: keys ``[B, T, H, K]``, L2-normalized along K by the caller.
-        v: values ``[B, T, H, V]``.
-        beta: write strengths ``[B, T, H]`` in (0, 1) (a sigmoid output).
-        scale: query scale; defaults to ``K ** -0.5``.
-        initial_state: state ``[N, H, K, V]`` to continue from (zeros if None); N = B, or the number
-            of packed sequences with ``cu_seqlens``.
-        output_final_state: also return the state after the last token (of every sequence).
-        backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
-        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64.
-        cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
-            convention; no state crosses a sequence boundary.
-
-    Returns:
-        ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of v (computed in fp32);
-        ``final_state [N, H, K, V]`` in fp32 (fp64 for fp64 inputs), or None unless requested.
-    """
-    return _run(q, k, v, None, beta, scale, initial_state, output_final_state, backend, chunk_size, cu_seqlens)
-
-
-@without_autocast
-def fused_recurrent_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    backend: str = "auto",
-    cu_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Step-by-step delta rule (decode: T = 1 or a few tokens). Same arguments and returns as
-    :func:`chunk_delta_rule` (no ``chunk_size``).
-
-    Shapes: q, k ``[B, T, H, K]``; v ``[B, T, H, V]``; beta ``[B, T, H]``; initial_state ``[N, H, K, V]``;
-    returns ``o [B, T, H, V]`` and ``final_state [N, H, K, V]`` (fp32) or None.
-    """
-    return _run(q, k, v, None, beta, scale, initial_state, output_final_state, backend, None, cu_seqlens)
-
-
-@without_autocast
-def chunk_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    backend: str = "auto",
-    chunk_size: int = 64,
-    cu_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunkwise-parallel gated delta rule (Gated DeltaNet; training and prefill).
-
-    ``S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
-
-    Args:
-        q: queries ``[B, T, H, K]``.
-        k: keys ``[B, T, H, K]``, L2-normalized along K by the caller.
-        v: values ``[B, T, H, V]``.
-        g: log-space decay ``[B, T, H]``, ``g <= 0`` (one scalar per head and token).
-        beta: write strengths ``[B, T, H]`` in (0, 1) (a sigmoid output).
-        scale: query scale; defaults to ``K ** -0.5``.
-        initial_state: state ``[N, H, K, V]`` to continue from (zeros if None); N = B, or the number
-            of packed sequences with ``cu_seqlens``.
-        output_final_state: also return the state after the last token (of every sequence).
-        backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
-        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64.
-        cu_seqlens: optional ``[N + 1]`` int offsets of N sequences packed along T (B must be 1), fla's
-            convention; no state crosses a sequence boundary.
-
-    Returns:
-        ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of v (computed in fp32);
-        ``final_state [N, H, K, V]`` in fp32 (fp64 for fp64 inputs), or None unless requested.
-    """
-    if g is None:
-        raise ValueError("chunk_gated_delta_rule needs g [B, T, H]; for no decay use chunk_delta_rule")
-    return _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, chunk_size, cu_seqlens)
-
-
-@without_autocast
-def fused_recurrent_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    backend: str = "auto",
-    cu_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Step-by-step gated delta rule (decode: T = 1 or a few tokens). Same arguments and returns as
-    :func:`chunk_gated_delta_rule` (no ``chunk_size``).
-
-    Shapes: q, k ``[B, T, H, K]``; v ``[B, T, H, V]``; g, beta ``[B, T, H]``; initial_state ``[N, H, K, V]``;
-    returns ``o [B, T, H, V]`` and ``final_state [N, H, K, V]`` (fp32) or None.
-    """
-    if g is None:
-        raise ValueError(
-            "fused_recurrent_gated_delta_rule needs g [B, T, H]; without decay use fused_recurrent_delta_rule"
-        )
-    return _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, None, cu_seqlens)
-
-
-def _run(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    beta: torch.Tensor,
-    scale: float | None,
-    initial_state: torch.Tensor | None,
-    output_final_state: bool,
-    backend: str,
-    chunk_size: int | None,
-    cu_seqlens: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Shared dispatch: checks, backend resolution, varlen. ``g=None`` is the delta rule; ``chunk_size=None``
-    picks the step loop (fused_recurrent), an int the chunked form."""
-    check_inputs(q, k, v, beta=(beta, "BTH"), g=(g, "BTH"), initial_state=initial_state, cu_seqlens=cu_seqlens)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    family = "delta_rule" if g is None else "gated_delta_rule"
-    resolved = resolve_backend(backend, q, k, v, g, beta, initial_state, family=family)
-    if resolved == "triton":  # imported lazily: `import kernels` never imports Triton
-        from kernels.delta_rule.triton import chunk_gated_delta_rule_triton, fused_recurrent_gated_delta_rule_triton
-
-        if chunk_size is None:
-            return fused_recurrent_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                           cu_seqlens)  # fmt: skip
-        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size,
-                                             cu_seqlens)  # fmt: skip
-    if resolved == "naive":
-        fn, extra = naive_recurrent_gated_delta_rule, {}
-    elif chunk_size is None:
-        fn, extra = fused_recurrent_gated_delta_rule_torch, {}
-    else:
-        fn, extra = chunk_gated_delta_rule_torch, {"chunk_size": chunk_size}
-    per_token = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
-    if cu_seqlens is not None:
-        return run_varlen(fn, cu_seqlens, per_token, initial_state, output_final_state, scale=scale, **extra)
-    return fn(**per_token, scale=scale, initial_state=initial_state, output_final_state=output_final_state, **extra)
+_EXPORTS = {
+    **FAMILIES[0].ops,
+    **FAMILIES[1].ops,
+    "naive_recurrent_delta_rule": "kernels.delta_rule.naive:naive_recurrent_delta_rule",
+    "naive_recurrent_gated_delta_rule": "kernels.delta_rule.naive:naive_recurrent_gated_delta_rule",
+    "chunk_delta_rule_torch": "kernels.delta_rule.torch:chunk_delta_rule_torch",
+    "chunk_gated_delta_rule_torch": "kernels.delta_rule.torch:chunk_gated_delta_rule_torch",
+    "fused_recurrent_delta_rule_torch": "kernels.delta_rule.torch:fused_recurrent_delta_rule_torch",
+    "fused_recurrent_gated_delta_rule_torch": "kernels.delta_rule.torch:fused_recurrent_gated_delta_rule_torch",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

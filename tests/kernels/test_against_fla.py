@@ -9,14 +9,12 @@ both sides and outputs, final states and all input gradients must agree. Needs C
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import kernels
+from kernels import registry
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: fla does not run in the interpreter"),
@@ -24,30 +22,6 @@ pytestmark = [
 ]
 
 B, T, H, K, V = 2, 300, 4, 64, 64  # T not a multiple of any chunk size
-
-
-def inputs(family: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
-    x = {"k": k, "v": v, "initial_state": rand(B, H, K, V)}
-    if family in ("gla", "rwkv6"):
-        x["r" if family == "rwkv6" else "q"] = q
-        x["w" if family == "rwkv6" else "g"] = F.logsigmoid(4 * rand(B, T, H, K)) / 4
-        if family == "rwkv6":
-            x["u"] = rand(H, K)
-    else:
-        x["q"] = q
-    if family in ("simple_gla", "gated_delta_rule"):
-        x["g"] = F.logsigmoid(4 * rand(B, T, H)) / 4
-    if family in ("delta_rule", "gated_delta_rule"):
-        x["k"] = F.normalize(k, dim=-1)
-        x["beta"] = torch.sigmoid(rand(B, T, H))
-    gates = {"g", "w", "beta", "initial_state"}  # fp32 on both sides, as the mixers pass them
-    return {n: t.cuda().to(torch.float32 if n in gates else dtype).requires_grad_() for n, t in x.items()}
 
 
 def run(fn, x: dict[str, torch.Tensor], backward: bool = True, **kw):
@@ -67,12 +41,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("family", ["gla", "simple_gla", "rwkv6", "delta_rule", "gated_delta_rule"])
+@pytest.mark.parametrize("family", list(registry.families()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_triton_matches_fla(family, dtype):
-    x = inputs(family, dtype)
-    ours = run(getattr(kernels, f"chunk_{family}"), x, backend="triton")
-    fla_fn = getattr(importlib.import_module(f"fla.ops.{family}"), f"chunk_{family}")
+    fam = registry.family(family)
+    if fam.fla is None or "triton" not in fam.backends:
+        pytest.skip(f"{family} declares no fla equivalent or no Triton kernels")
+    op, x = fam.inputs(B, T, H, K, V, device="cuda", dtype=dtype, initial_state=True)  # gates, betas, state fp32
+    ours = run(op, x, backend="triton")
+    fla_fn = registry.resolve(fam.fla)
     try:
         theirs = run(fla_fn, x)
     except RuntimeError as e:
