@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import zoo
 from kernels.utils import median_seconds
-from zoo.bench.cli import machine_limits
+from zoo.bench.measure import machine_limits
 from zoo.config import compose
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.bench.cli import PeakMemory, run, targets, with_efficiency
+from zoo.bench.cli import run
+from zoo.bench.measure import PeakMemory
+from zoo.bench.report import targets, with_efficiency
 
 TINY = {
     "archs": ["gla", "transformer"],

@@ -1,12 +1,13 @@
 """`python -m zoo.lm_eval ...`: lm-eval's own command line with the `zoo` model type registered.
 
-The integration itself lives in `zoo.evals.lm_eval`; this module is only the documented entry point."""
+The integration lives in `zoo.evals.lm_eval` (this command: `zoo.evals.lm_eval.cli`); this module is only the
+documented entry point."""
 
 from __future__ import annotations
 
 import sys
 
-from zoo.evals.lm_eval import main
+from zoo.evals.lm_eval.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

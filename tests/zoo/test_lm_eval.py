@@ -18,8 +18,10 @@ import zoo
 from zoo.config import compose
 from zoo.data.mqar import IGNORE_INDEX, mqar
 from zoo.data.tokenizer import ByteTokenizer, IntTokenizer
-from zoo.evals.lm_eval import ZooLM, flat_metrics
-from zoo.evals.lm_tasks import DATA_ENV, load, make_data, tasks_dir
+from zoo.errors import ConfigError
+from zoo.evals.lm_eval.adapter import ZooLM, register
+from zoo.evals.lm_eval.run import flat_metrics
+from zoo.evals.lm_eval.tasks import DATA_ENV, load, make_data, tasks_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EOS = ByteTokenizer.eos_token_id
@@ -229,6 +231,7 @@ def test_simple_evaluate_runs_the_offline_tasks(tmp_path):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    register()  # lm-eval's registry knows the `zoo` model type only once it is registered
     # integer tokens: zoo_mqar; per-document log-likelihoods equal the logits at the query positions
     model = tiny("gla", IntTokenizer(256))
     model.save_pretrained(tmp_path / "int")
@@ -277,15 +280,11 @@ def test_simple_evaluate_runs_the_offline_tasks(tmp_path):
     assert sample["resps"][0][0] == want
 
 
-def test_model_args_win_over_lm_evals_flags_and_cuda_default_falls_back(tmp_path):
+def test_model_args_win_over_lm_evals_flags(tmp_path):
     model = tiny("gla", IntTokenizer(64))
     run = save_run(model, tmp_path / "run", seq_len=48)
-    lm = ZooLM.create_from_arg_string(
-        f"pretrained={run},batch_size=3", {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
-    )
+    lm = ZooLM.create_from_arg_string(f"pretrained={run},batch_size=3", {"batch_size": 1, "max_batch_size": None})
     assert lm.batch_size == 3 and lm.max_length == 48  # the run's training seq_len
-    if not torch.cuda.is_available():
-        assert lm.device.type == "cpu"
     assert ZooLM(pretrained=str(run / "checkpoint"), max_length="100").max_length == 100
     with pytest.raises(ValueError, match="batch_size=auto"):
         ZooLM(pretrained=str(run), batch_size="auto")
@@ -433,7 +432,7 @@ def test_zoo_eval_merges_lm_eval_metrics_into_results_json(tmp_path):
 def test_zoo_eval_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, capsys):
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    import zoo.evals.lm_eval
+    import zoo.evals.lm_eval.run
     from zoo.evals.cli import _hydra_main
 
     def offline(*args, **kwargs):
@@ -442,7 +441,7 @@ def test_zoo_eval_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, c
         except OfflineModeIsEnabled as e:
             raise ConnectionError("Couldn't reach 'EleutherAI/lambada_openai' on the Hub") from e
 
-    monkeypatch.setattr(zoo.evals.lm_eval, "evaluate_model", offline)
+    monkeypatch.setattr(zoo.evals.lm_eval.run, "evaluate_model", offline)
     run = save_run(tiny("gla", IntTokenizer(256)), tmp_path / "run", seq_len=64)
     with pytest.raises(SystemExit) as exit_info:
         _hydra_main(zoo_eval_cfg(run, "tasks=[]", "lm_tasks=[lambada_openai]"))
@@ -450,3 +449,20 @@ def test_zoo_eval_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zoo-eval: error: a task's dataset could not be downloaded")
     assert "zoo_passkey_1k" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_an_explicit_cuda_device_without_cuda_is_an_error(tmp_path):
+    run = save_run(tiny("gla", IntTokenizer(64)), tmp_path / "run", seq_len=48)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        ZooLM.create_from_arg_string(f"pretrained={run}", {"device": "cuda:0"})
+
+
+def test_wrapping_a_model_in_another_dtype_leaves_the_callers_model_alone():
+    model = tiny("gla", IntTokenizer(64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lm = ZooLM.from_model(model, dtype="bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert ZooLM.from_model(model).model is model  # nothing to convert: no copy

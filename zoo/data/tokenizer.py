@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from zoo.io.runs import write_text_atomically
+from zoo.io.safety import reject_code_keys
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -271,26 +273,13 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"{path} must hold a JSON object with a 'type' field, got {d!r}")
-    _reject_code_keys(d, path)
+    reject_code_keys(d, path, "a tokenizer file")
     if d["type"] not in TOKENIZERS:
         raise ValueError(f"{path}: unknown tokenizer type {d['type']!r}; known types are {sorted(TOKENIZERS)}")
     try:
         return TOKENIZERS[d["type"]].from_dict(d)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-
-
-def _reject_code_keys(obj: Any, path: Path, where: str = "") -> None:
-    """A tokenizer file is data: a `_target_` key (Hydra's "instantiate this") at any depth is tampering."""
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == "_target_":
-                raise ValueError(f"{path}: key '_target_' (at {here}) is not allowed: a tokenizer file names no code")
-            _reject_code_keys(value, path, here)
-    elif isinstance(obj, list):
-        for i, value in enumerate(obj):
-            _reject_code_keys(value, path, f"{where}[{i}]")
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], kind: str, required: set[str] = frozenset()) -> None:
@@ -300,17 +289,5 @@ def _check_keys(d: Mapping[str, Any], allowed: set[str], kind: str, required: se
 
 
 def _write_json(directory: str | os.PathLike, obj: dict[str, Any]) -> Path:
-    """Write `directory/tokenizer.json` atomically (temporary file in the same folder, then rename)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / TOKENIZER_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{TOKENIZER_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `directory/tokenizer.json` atomically."""
+    return write_text_atomically(Path(directory) / TOKENIZER_FILE, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -7,14 +7,13 @@
 
 The metrics are merged into `results.json` of the run folder (or of the checkpoint folder), the per-cell
 recall rows are written to `recall.csv`, and a table is printed. lm-eval metrics are named
-`lm_eval/<task>/<metric>` (see `zoo.evals.lm_eval.flat_metrics`); settings in `conf/eval/default.yaml` `lm_eval`.
+`lm_eval/<task>/<metric>` (see `zoo.evals.lm_eval.run.flat_metrics`); settings in `conf/eval/default.yaml` `lm_eval`.
 """
 
 from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -24,16 +23,7 @@ from zoo.errors import CheckpointError, ConfigError
 from zoo.evals.recall import run_suite
 from zoo.io.checkpoint import from_pretrained
 from zoo.io.results import update_results
-
-
-def locate(path) -> tuple[Path, Path]:
-    """`(checkpoint folder, folder whose results.json receives the metrics)` for a run or checkpoint folder."""
-    path = Path(path)
-    if (path / "checkpoint" / "config.json").exists():
-        return path / "checkpoint", path
-    if (path / "config.json").exists():
-        return path, path
-    raise CheckpointError(f"{path} is neither a run folder (with checkpoint/) nor a checkpoint folder (config.json)")
+from zoo.io.runs import locate
 
 
 def evaluate_folder(
@@ -56,7 +46,8 @@ def evaluate_folder(
             writer.writeheader()
             writer.writerows(rows)
     if lm_tasks:
-        from zoo.evals.lm_eval import evaluate_model, flat_metrics, training_seq_len
+        from zoo.evals.lm_eval.adapter import training_seq_len
+        from zoo.evals.lm_eval.run import evaluate_model, flat_metrics, lm_eval_record
 
         # after the recall suite: a dtype other than auto converts the model in place
         results = evaluate_model(model, lm_eval_cfg, max_length=training_seq_len(results_dir))
@@ -64,14 +55,6 @@ def evaluate_folder(
         update_results(results_dir, lm_metrics, lm_eval=lm_eval_record(results, lm_eval_cfg))
         metrics.update(lm_metrics)
     return metrics, rows, notes
-
-
-def lm_eval_record(results: dict, lm_eval_cfg: dict) -> dict:
-    """What results.json keeps about the lm-eval run besides the metrics: settings, task versions, sample counts."""
-    keys = ("tasks", "limit", "num_fewshot", "metadata", "max_length")
-    config = {k: lm_eval_cfg.get(k) for k in keys}
-    config["max_length"] = results.get("config", {}).get("max_length", config["max_length"])
-    return {"config": config, "versions": results.get("versions", {}), "n-samples": results.get("n-samples", {})}
 
 
 def format_table(metrics: dict, notes: list[str]) -> str:
@@ -103,8 +86,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _download_failure(e: Exception) -> str | None:
-    """One line when an lm-eval task's dataset could not be downloaded (zoo.evals.lm_eval.download_failure)."""
-    from zoo.evals.lm_eval import download_failure
+    """One line when an lm-eval task's dataset could not be downloaded (zoo.evals.lm_eval.run.download_failure)."""
+    from zoo.evals.lm_eval.run import download_failure
 
     return download_failure(e)
 

@@ -39,7 +39,7 @@ def _is_secondary_rank() -> bool:
 def measure_throughput(model, bench_cfg: dict, device) -> dict[str, float]:
     """Prefill and decode tokens/s of `model` at each prompt length of `bench_cfg["lengths"]` (batch
     `batch_size`, `gen_len` generated tokens), timed as zoo-bench does (`time_cell` on a `ZooRunner`)."""
-    from zoo.bench.cli import ZooRunner, time_cell
+    from zoo.bench.measure import ZooRunner, time_cell
 
     runner = ZooRunner(model, prefill_chunk=int(bench_cfg["prefill_chunk"]))
     vocab, batch, gen = model.config.vocab_size, int(bench_cfg["batch_size"]), int(bench_cfg["gen_len"])
@@ -78,8 +78,7 @@ def run_final_eval(model, cfg: DictConfig, run_dir, device) -> dict:
         log.info("final throughput: %s", part)
     if final["lm_eval"]:
         # last: an lm_eval.dtype other than auto converts the model in place
-        from zoo.evals.cli import lm_eval_record
-        from zoo.evals.lm_eval import evaluate_model, flat_metrics
+        from zoo.evals.lm_eval.run import evaluate_model, flat_metrics, lm_eval_record
 
         lm_cfg = OmegaConf.to_container(cfg.eval.lm_eval, resolve=True) | {"tasks": list(final["lm_eval"])}
         results = evaluate_model(model, lm_cfg, max_length=int(cfg.data.seq_len))

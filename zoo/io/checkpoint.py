@@ -12,63 +12,28 @@ Weights are one `model.safetensors`, or (for large models, see `zoo-publish --ma
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from zoo.data.tokenizer import load_tokenizer
 from zoo.errors import CheckpointConfigError, CheckpointError, ConfigError
+from zoo.io.runs import CONFIG, readable_dir, write_dir_atomically
+from zoo.io.safety import reject_code_keys
 from zoo.model.config import ModelConfig
 from zoo.model.mixers import MIXERS
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SHARD_NAME = "model-{index:05d}-of-{count:05d}.safetensors"
-CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 FORMAT_VERSION = 1
 # What `from_pretrained(hub_id)` downloads: config, tokenizer and index (*.json), the single weights file or
 # its shards (*.safetensors), and the model card. Nothing else in a repo (e.g. pickles) is ever fetched.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
-# Hydra's instantiate key: a config that carries it asks its reader to import and call code.
-FORBIDDEN_KEY = "_target_"
 
-
-
-def write_dir_atomically(directory, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp_dir)` then swap `tmp_dir` into `directory`, so a crash never leaves a half-written
-    checkpoint: readers see the old folder, or `<directory>.old` during the swap (see `readable_dir`)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        write(tmp)
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return directory
-
-
-def readable_dir(directory) -> Path:
-    """`directory`, or its `.old` twin when a crash hit between the two renames of an atomic write."""
-    directory = Path(directory)
-    old = directory.with_name(directory.name + ".old")
-    if not directory.exists() and old.exists():
-        return old
-    return directory
 
 
 def model_tensors(model) -> dict[str, torch.Tensor]:
@@ -144,22 +109,6 @@ def save_pretrained(model, directory, max_shard_bytes: int | None = None) -> Pat
 # -- reading -------------------------------------------------------------------------------------------------
 
 
-def reject_code_keys(data, path: Path, where: str = "") -> None:
-    """Refuse a `_target_` key at any depth: a checkpoint names mixers by registry key, never code to import."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == FORBIDDEN_KEY:
-                raise CheckpointConfigError(
-                    f"{path}: key {FORBIDDEN_KEY!r} (at {here}) is not allowed: a checkpoint config names mixers by "
-                    "registry key only and is never instantiated"
-                )
-            reject_code_keys(value, path, here)
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            reject_code_keys(value, path, f"{where}[{i}]")
-
-
 def read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -173,7 +122,7 @@ def load_config(directory) -> ModelConfig:
     if not path.exists():
         raise CheckpointError(f"{path} not found: not a hybrid-zoo checkpoint folder")
     data = read_json(path, "config")
-    reject_code_keys(data, path)
+    reject_code_keys(data, path, "a checkpoint config")
     if not isinstance(data, dict) or data.get("model_type") != "hybrid_zoo" or not isinstance(data.get("model"), dict):
         found = data.get("model_type") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path} is not a hybrid-zoo config (model_type={found!r})")
@@ -287,14 +236,11 @@ def resolve_pretrained(name_or_path) -> Path:
 
 def load_checkpoint_tokenizer(directory: Path):
     """The checkpoint's tokenizer, or None when it has none; a bad file is a `CheckpointError`."""
-    from zoo.data.tokenizer import load_tokenizer
-
     path = directory / TOKENIZER
     if not path.exists():
         return None
-    reject_code_keys(read_json(path, "tokenizer"), path)
     try:
-        return load_tokenizer(directory)
+        return load_tokenizer(directory)  # refuses `_target_` keys itself
     except ValueError as e:  # its messages already name the file
         raise CheckpointError(str(e)) from e
 

@@ -25,16 +25,9 @@ from pathlib import Path
 import yaml
 
 from zoo.errors import CheckpointError, ConfigError, PublishError
-from zoo.io.checkpoint import (
-    CONFIG,
-    from_pretrained,
-    read_weights,
-    readable_dir,
-    write_config,
-    write_dir_atomically,
-    write_weights,
-)
+from zoo.io.checkpoint import from_pretrained, read_weights, write_config, write_weights
 from zoo.io.results import RESULTS
+from zoo.io.runs import CONFIG, locate, write_dir_atomically
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 CARD = "README.md"
@@ -70,22 +63,6 @@ class RunRecord:
     results: dict | None
     config: dict | None  # .hydra/config.yaml, resolved
     overrides: list[str] | None  # .hydra/overrides.yaml
-
-
-def locate(path) -> tuple[Path, Path]:
-    """`(checkpoint folder, run folder)` for a run folder (with checkpoint/) or a checkpoint folder. A
-    checkpoint folder named `checkpoint` inside a run folder is described with that run's records."""
-    path = Path(path)
-    if (readable_dir(path / "checkpoint") / CONFIG).exists():
-        return readable_dir(path / "checkpoint"), path
-    path = readable_dir(path)
-    if (path / CONFIG).exists():
-        parent = path.parent
-        is_run_checkpoint = path.name in ("checkpoint", "checkpoint.old")
-        if is_run_checkpoint and ((parent / ".hydra").is_dir() or (parent / RESULTS).exists()):
-            return path, parent
-        return path, path
-    raise CheckpointError(f"{path} is neither a run folder (with checkpoint/) nor a checkpoint folder (config.json)")
 
 
 def load_yaml(path: Path):

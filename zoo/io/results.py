@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-RESULTS = "results.json"
+from zoo.io.runs import RESULTS, write_text_atomically
+
 METRICS = "metrics.jsonl"
 
 
@@ -30,9 +30,7 @@ def update_results(run_dir, metrics: dict | None = None, **fields) -> dict:
     results = read_results(run_dir)
     results.setdefault("metrics", {}).update({k: _clean(v) for k, v in (metrics or {}).items()})
     results.update(fields)
-    tmp = run_dir / f".{RESULTS}.tmp"
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, run_dir / RESULTS)
+    write_text_atomically(run_dir / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 
 
@@ -51,6 +49,4 @@ def truncate_metrics(run_dir, after_step: int) -> None:
     records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
     path = Path(run_dir) / METRICS
     if path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
+        write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in records))

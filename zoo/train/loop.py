@@ -28,15 +28,15 @@ from zoo.config import conf_dir, pick_device
 from zoo.data import build_data, iterate_batches
 from zoo.errors import CheckpointError, ConfigError
 from zoo.evals import final as final_eval
-from zoo.io.checkpoint import load_weights, readable_dir, write_dir_atomically, write_model_files
+from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import truncate_metrics, update_results
+from zoo.io.runs import CHECKPOINT, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
 from zoo.train import distributed
 from zoo.train.loggers import RunLogger
 from zoo.train.state import load_trainer_state, save_trainer_state
 
 log = logging.getLogger("zoo.train.loop")
-CHECKPOINT = "checkpoint"
 
 
 @dataclass

@@ -1,24 +1,13 @@
-"""lm-eval integration: the `zoo` model type (`ZooLM`) and `python -m zoo.lm_eval`.
-
-    python -m zoo.lm_eval run --model zoo --model_args pretrained=runs/qs1 --tasks zoo_mqar --limit 100
-    python -m zoo.lm_eval run --model zoo --model_args pretrained=ckpt,max_length=8192 --tasks zoo_passkey_4k
-    python -m zoo.lm_eval ls tasks                     # lm-eval's own subcommands, offline tasks included
-    python -m zoo.lm_eval make-data [--out DIR]        # write the offline tasks' JSONL files
-
-`python -m zoo.lm_eval` is lm-eval's command line (`run`, `ls`, `validate`) with `zoo` registered and the offline
-task folder `conf/lm_eval_tasks` always on the include path (next to any `--include_path` of yours). Importing this
-module registers `zoo`, so `lm_eval.simple_evaluate(model="zoo", model_args={...})` works too; `zoo-eval` wraps
-its already-loaded model with `ZooLM.from_model`. When a task's dataset cannot be downloaded (no network,
-`HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE`), the command says so in one line and names the offline tasks.
-"""
+"""The `zoo` model type of lm-eval: `ZooLM` wraps a hybrid-zoo checkpoint (or a loaded `HybridLM`) behind
+lm-eval's `LM` interface. `register()` adds it to lm-eval's registry under the name `zoo`; `python -m zoo.lm_eval`
+and `evaluate_model` call it, so `lm_eval.simple_evaluate(model="zoo", model_args={...})` works after either
+(or after `zoo.evals.lm_eval.adapter.register()`)."""
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import logging
-import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,12 +19,12 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from tqdm.auto import tqdm
 
 from zoo.config import DTYPES, pick_device
-from zoo.evals.lm_tasks import DATA_ENV, data_dir, make_data, offline_task_names, tasks_dir
+from zoo.errors import CheckpointError
+from zoo.io.runs import locate
 
 log = logging.getLogger(__name__)
 
 GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}  # what generate_until honours
-
 
 def lm_eval_defaults() -> dict:
     """The `lm_eval` section of `conf/eval/default.yaml`: the defaults of `ZooLM` and of zoo-eval's lm-eval run."""
@@ -44,7 +33,6 @@ def lm_eval_defaults() -> dict:
     from zoo.config import conf_dir
 
     return OmegaConf.to_container(OmegaConf.load(conf_dir() / "eval" / "default.yaml").lm_eval, resolve=True)
-
 
 def training_seq_len(path) -> int | None:
     """`data.seq_len` of the run that wrote a checkpoint: read from `.hydra/config.yaml` of the run folder (`path`
@@ -59,19 +47,16 @@ def training_seq_len(path) -> int | None:
             return int(value) if isinstance(value, int) else None
     return None
 
-
 def _checkpoint_path(pretrained: str) -> str:
-    """A run folder's `checkpoint/`, a checkpoint folder as is, anything else as a hub id."""
-    path = Path(pretrained)
-    if (path / "checkpoint" / "config.json").exists():
-        return str(path / "checkpoint")
-    return str(pretrained)
-
+    """A run or checkpoint folder's checkpoint (its `.old` twin after an interrupted write); else a hub id."""
+    try:
+        return str(locate(pretrained)[0])
+    except CheckpointError:
+        return str(pretrained)
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
 
 def _positive_int(name: str, value) -> int:
     try:
@@ -82,11 +67,9 @@ def _positive_int(name: str, value) -> int:
         raise ValueError(f"zoo model: {name} must be >= 1, got {out}")
     return out
 
-
 @torch.inference_mode()
 def _forward(model, ids: torch.Tensor, cache=None, use_cache: bool = False, logits_to_keep: int = 0):
     return model(ids, cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
-
 
 class ZooLM(LM):
     """lm-eval's view of a hybrid-zoo checkpoint (registered as the model type `zoo`).
@@ -94,8 +77,8 @@ class ZooLM(LM):
     model_args (defaults from `conf/eval/default.yaml`, section `lm_eval`):
     - `pretrained`: a checkpoint folder, a run folder (its `checkpoint/` is loaded) or a Hugging Face Hub id;
       `ZooLM.from_model(model)` wraps an already-loaded `HybridLM` instead;
-    - `device`: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`. lm-eval's CLI always passes `--device`
-      (default `cuda:0`); a device given only that way falls back to the CPU when CUDA is missing;
+    - `device`: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`; a CUDA device without CUDA is an error.
+      `python -m zoo.lm_eval` leaves the device to this default unless `--device` is given;
     - `dtype`: `auto` (as loaded: float32), `float32`, `bfloat16`, `float16`;
     - `batch_size`: an integer (or integer string); `max_batch_size` is accepted and unused (no `auto` batching);
     - `max_length`: tokens the model reads per forward. Default: the training `data.seq_len` recorded in the run
@@ -141,14 +124,18 @@ class ZooLM(LM):
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"zoo model: dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
         if isinstance(pretrained, HybridLM):
+            # the caller's model: converted (device, dtype) on a copy, so the caller's own model is left as it was
             model, source = pretrained, None
-            if device not in (None, "auto"):
-                model = model.to(pick_device(str(device), "device"))
+            target = pick_device(str(device), "device") if device not in (None, "auto") else None
+            dtype_to = DTYPES[dtype] if dtype != "auto" else None
+            first = next(model.parameters())
+            if (target is not None and first.device != target) or (dtype_to is not None and first.dtype != dtype_to):
+                model = copy.deepcopy(model).to(device=target, dtype=dtype_to)
         else:
             source = _checkpoint_path(str(pretrained))
             model = from_pretrained(source, device=pick_device(str(device or defaults["device"]), "device"))
-        if dtype != "auto":
-            model = model.to(DTYPES[dtype])
+            if dtype != "auto":
+                model = model.to(DTYPES[dtype])
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         if self.tokenizer is None:
@@ -177,12 +164,9 @@ class ZooLM(LM):
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> ZooLM:
+        # an explicit device that does not exist is an error (pick_device); `python -m zoo.lm_eval` passes `auto`
+        # when the user gave no --device, rather than lm-eval's default cuda:0
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
-        device = str(extra.get("device", ""))
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            # lm-eval's CLI fills --device with cuda:0 when it is not given: a default, not a request
-            log.info("zoo model: --device %s but CUDA is not available; using the CPU", device)
-            extra["device"] = "cpu"
         return cls(**arg_dict, **extra)
 
     @classmethod
@@ -410,172 +394,9 @@ class ZooLM(LM):
         }
 
 
-if __name__ != "__main__":  # `python -m zoo.lm_eval` registers the importable class (see the end of the file)
-    register_model("zoo")(ZooLM)
+def register() -> None:
+    """Add `ZooLM` to lm-eval's model registry as `zoo` (once; later calls do nothing)."""
+    from lm_eval.api.registry import MODEL_REGISTRY
 
-
-# -- offline tasks and download errors ---------------------------------------------------------------------------
-
-# exception types (by name, anywhere in the cause chain) that mean "the Hub could not be reached"
-_OFFLINE_ERRORS = {
-    "OfflineModeIsEnabled",
-    "LocalEntryNotFoundError",
-    "ConnectionError",
-    "ConnectError",
-    "ConnectTimeout",
-    "ReadTimeout",
-    "Timeout",
-    "MaxRetryError",
-    "NameResolutionError",
-}
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def download_failure(exc: BaseException) -> str | None:
-    """A one-line explanation when `exc` comes from a dataset that could not be downloaded, else None."""
-    offline_env = any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-    for e in _causes(exc):
-        name = type(e).__name__
-        text = str(e).splitlines()[0] if str(e) else name
-        if name in _OFFLINE_ERRORS or ("offline" in str(e).lower() and offline_env):
-            break
-        if name == "DatasetNotFoundError" and offline_env:
-            break
-    else:
-        return None
-    offline = ", ".join(offline_task_names())
-    mode = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if offline_env else ""
-    return (
-        f"a task's dataset could not be downloaded{mode}: {text[:200]}. Offline tasks that need no network: "
-        f"{offline} (from {tasks_dir()})"
-    )
-
-
-def include_paths(user: str | Sequence[str] | None) -> list[str]:
-    """The offline task folder first, then the user's include path(s), each once."""
-    paths = [str(tasks_dir())] + ([user] if isinstance(user, str) else list(user or []))
-    seen, out = set(), []
-    for p in paths:
-        key = str(Path(p).expanduser().resolve())
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
-# -- zoo-eval ----------------------------------------------------------------------------------------------------
-
-
-def evaluate_model(model, cfg: dict, max_length: int | None = None) -> dict:
-    """Run lm-eval on a loaded `HybridLM` with the settings of `conf/eval/default.yaml` `lm_eval` (`cfg`); returns
-    lm-eval's results dict. `max_length` is used when `cfg["max_length"]` is null (zoo-eval passes the run's
-    training `data.seq_len`); the offline task folder is always on the include path."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    lm = ZooLM.from_model(
-        model,
-        device=cfg["device"],
-        dtype=cfg["dtype"],
-        batch_size=cfg["batch_size"],
-        max_length=cfg["max_length"] or max_length,
-        max_gen_toks=cfg["max_gen_toks"],
-        prefill_chunk=cfg["prefill_chunk"],
-    )
-    paths, metadata, tasks = include_paths(cfg["include_path"]), dict(cfg["metadata"] or {}), list(cfg["tasks"])
-    # indexing lm-eval's thousands of task yamls takes seconds: only when a task is not in the include paths
-    manager = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
-    if not all(manager.match_tasks([t]) for t in tasks):
-        manager = TaskManager(include_path=paths, metadata=metadata)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(cfg["tasks"]),
-        num_fewshot=cfg["num_fewshot"],
-        limit=cfg["limit"],
-        task_manager=manager,
-        log_samples=False,
-    )
-    if results is None:
-        raise RuntimeError("lm-eval returned no results")
-    return results
-
-
-def flat_metrics(results: dict) -> dict[str, float]:
-    """lm-eval's `results["results"]` as flat results.json names: `lm_eval/<task>/<metric>`.
-
-    lm-eval names a metric `<metric>,<filter>`; the default filter `none` is dropped and any other one is kept as
-    `<metric>@<filter>` (`lm_eval/gsm8k/exact_match@strict-match`). Standard errors are kept as
-    `<metric>_stderr`, when lm-eval computed one (it reports "N/A" otherwise, which is left out), as are groups'
-    aggregated metrics. Non-numeric entries (aliases, sample counts) are left out."""
-    flat = {}
-    for task, entries in results.get("results", {}).items():
-        for key, value in entries.items():
-            if "," not in key or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            metric, filt = key.split(",", 1)
-            name = metric if filt == "none" else f"{metric}@{filt}"
-            flat[f"lm_eval/{task}/{name}"] = float(value)
-    return flat
-
-
-# -- command line ------------------------------------------------------------------------------------------------
-
-
-def _make_data_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m zoo.lm_eval make-data",
-        description=f"Write the offline lm-eval tasks' JSONL files (default folder: ${DATA_ENV}, else "
-        "~/.cache/hybrid_zoo/lm_eval). Tasks read them from there and generate them when missing.",
-    )
-    parser.add_argument("--out", type=Path, default=None, help=f"folder to write into (default: {data_dir()})")
-    args = parser.parse_args(argv)
-    for task, path, rows in make_data(args.out):
-        print(f"{task}: {rows} documents -> {path}")
-    if args.out is not None and args.out.resolve() != data_dir().resolve():
-        print(f"tasks read from {data_dir()}; set {DATA_ENV}={args.out} to use these files")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["make-data"]:
-        return _make_data_cli(argv[1:])
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "python -m zoo.lm_eval make-data [--out DIR]: write the offline tasks' data files; everything else is "
-            f"lm-eval's command line with the `zoo` model type and the offline tasks of {tasks_dir()}:\n"
-        )
-    from lm_eval._cli import HarnessCLI
-    from lm_eval.utils import setup_logging
-
-    # lm-eval's cli_evaluate, with the offline task folder added to whatever --include_path the user gave
-    setup_logging()
-    sys.argv = ["python -m zoo.lm_eval", *argv]  # HarnessCLI parses sys.argv (and inserts `run` when omitted)
-    parser = HarnessCLI()
-    args = parser.parse_args()
-    if hasattr(args, "include_path"):
-        args.include_path = include_paths(args.include_path)
-    try:
-        parser.execute(args)
-    except Exception as e:
-        reason = download_failure(e)
-        if reason is None:
-            raise
-        print(f"zoo.lm_eval: error: {reason}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    from zoo.evals.lm_eval import main as _main  # the module, not a __main__ copy, holds the registered class
-
-    sys.exit(_main())
+    if MODEL_REGISTRY.get("zoo", None) is not ZooLM:
+        register_model("zoo")(ZooLM)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoo.io.runs import write_text_atomically
+
 DATA_ENV = "ZOO_LM_EVAL_DATA"  # where the JSONL files live; default ~/.cache/hybrid_zoo/lm_eval
 FORMAT_VERSION = 1  # part of every file's hash: bump it when a builder's output changes
 
@@ -68,12 +70,8 @@ def cached_rows(kind: str, params: dict[str, Any], make: Callable[[], list[dict]
     path = _file_for(kind, params, out)
     if not path.exists():
         rows = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"params": params, "kind": kind}) + "\n")  # header: what the file holds
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
+        header = json.dumps({"params": params, "kind": kind}) + "\n"  # what the file holds
+        write_text_atomically(path, header + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     return [json.loads(line) for line in lines[1:] if line], path
