@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.io.results import update_results
+from zoo.rank import is_main
 
 log = logging.getLogger("zoo.evals.final")
 
@@ -29,11 +29,6 @@ def wanted(eval_cfg: DictConfig) -> bool:
     if final is None:
         return False
     return bool(final.recall) or bool(final.lm_eval) or bool(final.bench.lengths)
-
-
-def _is_secondary_rank() -> bool:
-    # under torchrun every rank trains, but one evaluation per job is enough (and rank 0 owns results.json)
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
 
 
 def measure_throughput(model, bench_cfg: dict, device) -> dict[str, float]:
@@ -57,7 +52,8 @@ def measure_throughput(model, bench_cfg: dict, device) -> dict[str, float]:
 def run_final_eval(model, cfg: DictConfig, run_dir, device) -> dict:
     """The parts of `cfg.eval.final` that are switched on, on `model` (which carries its tokenizer); each
     part's metrics are merged into `run_dir/results.json` when done. Returns all of them."""
-    if not wanted(cfg.eval) or _is_secondary_rank():
+    # under torchrun every rank trains, but one evaluation per job is enough (and rank 0 owns results.json)
+    if not wanted(cfg.eval) or not is_main():
         return {}
     model = getattr(model, "module", model)  # a DDP wrapper's model
     final = OmegaConf.to_container(cfg.eval.final, resolve=True)

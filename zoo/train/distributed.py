@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from zoo.errors import ConfigError
+from zoo.rank import is_main
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -30,15 +31,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def hydra_overrides_for_rank() -> list[str]:
     """Extra Hydra overrides for this process: ranks other than 0 write nothing into the run folder
     (no `.hydra/`, no job log file), so a second-boundary between the ranks' `${now:...}` leaves no
     half-made folder behind (the ranks then take rank 0's folder, see `Dist.agree_on_run_dir`)."""
-    if not launched_by_torchrun() or env_rank() == 0:
+    if not launched_by_torchrun() or is_main():
         return []
     return ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 

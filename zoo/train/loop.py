@@ -32,6 +32,7 @@ from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
+from zoo.rank import is_main
 from zoo.train import distributed
 from zoo.train.loggers import RunLogger
 from zoo.train.state import load_trainer_state, save_trainer_state
@@ -289,7 +290,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     if metrics is None:
         release_memory()  # out here the traceback no longer holds the failed job's tensors
         return
-    if distributed.env_rank() == 0:  # under torchrun every rank returns here; one summary is enough
+    if is_main():  # under torchrun every rank returns here; one summary is enough
         print(summary(cfg, metrics, run_dir))
 
 
