@@ -1,5 +1,6 @@
 """Benchmark every kernel family and backend: forward and forward+backward time over sequence length,
-against causal softmax attention of the same shape, with the issue's target ratios measured in one run.
+against causal softmax attention of the same shape, with the kernel library's performance goals (ratios measured in
+one run).
 
     python scripts/bench_kernels.py                         # all families, T = 512 ... 32768
     python scripts/bench_kernels.py --families gla --T 2048 16384 --repeats 5
@@ -123,7 +124,7 @@ def lookup(rows, family, backend, T, col="fwd_ms"):
 
 
 def report_targets(rows, fast_backend: str) -> list[str]:
-    """The issue's target ratios for chunk_gla at this shape (only those whose cells were measured)."""
+    """The kernel library's goals for chunk_gla at this shape, as ratios (only those whose cells were measured)."""
     naive, fast2k = lookup(rows, "gla", "naive", 2048), lookup(rows, "gla", fast_backend, 2048)
     fast16k, attn16k = lookup(rows, "gla", fast_backend, 16384), lookup(rows, "attention", "sdpa", 16384)
     checks = [

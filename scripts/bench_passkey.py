@@ -7,7 +7,7 @@
 The prompt (a 5-digit key at `--depth` inside filler text) is fed `--chunk` tokens per forward call; after
 every call the resident set size (RSS, from /proc/self/statm) and the elapsed time are recorded. Writes
 `passkey_stream.csv` and `passkey_stream.png` (RSS and tokens/s vs tokens processed) into `--out`, and prints
-the prefill throughput and the memory growth after the first `--warmup-chunks` chunks (the issue's target:
+the prefill throughput and the memory growth after the first `--warmup-chunks` chunks (the goal:
 < 200 MiB growth and >= 10k tokens/s for pure GLA at 1M tokens on 2 CPU cores). A random-init model measures
 cost only; `--checkpoint` also greedy-decodes the answer.
 """

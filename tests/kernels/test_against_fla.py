@@ -1,6 +1,6 @@
 """Our Triton kernels against flash-linear-attention's (fla) on a GPU: same conventions, same numbers.
 
-DESIGN.md promises fla-compatible signatures and semantics (layout, log-space gates, default scale, the
+docs/architecture.md promises fla-compatible signatures and semantics (layout, log-space gates, default scale, the
 RWKV bonus, the delta-rule beta). The oracle tests pin our kernels to the per-step loop; this module pins
 the *conventions* to the library people port from: every family is called with the same arguments on
 both sides and outputs, final states and all input gradients must agree. Needs CUDA and `fla`

@@ -143,7 +143,7 @@ def targets_at(rows: list[dict], size: tuple) -> list[str]:
     return out
 
 def results_metrics(rows: list[dict]) -> dict:
-    """Flat names of DESIGN.md for one model's rows (batch 1)."""
+    """Flat results.json names (docs/architecture.md) for one model's rows (batch 1)."""
     metrics = {}
     for r in rows:
         if r.get("batch") == 1 and r.get("prefill_tok_s") is not None:
