@@ -45,10 +45,6 @@ def small_model(arch: str, hybrid: bool, seed: int = 0) -> zoo.HybridLM:
     return model
 
 
-def uses_full_attention(model: zoo.HybridLM) -> bool:
-    return any(b.mixer.state_bytes(2048) > b.mixer.state_bytes(1024) for b in model.blocks)
-
-
 def test_registry_table():
     """Every registered mixer has its config, a pure architecture and is covered by these tests."""
     used = {}
@@ -118,9 +114,15 @@ def _cache_bytes(obj) -> int:
     return 0
 
 
-@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
-def test_state_bytes_is_the_real_cache(arch, hybrid):
-    model = small_model(arch, hybrid)
+# every variant in fp32, and the pure ones (which cover every mixer) in bf16 too
+STATE_CASES = [(*v, torch.float32) for v in VARIANTS] + [(a, False, torch.bfloat16) for a in ARCHS]
+STATE_IDS = VARIANT_IDS + [f"{a}-bf16" for a in ARCHS]
+
+
+@pytest.mark.parametrize(("arch", "hybrid", "dtype"), STATE_CASES, ids=STATE_IDS)
+def test_state_bytes_is_the_real_cache(arch, hybrid, dtype):
+    """In bf16 the KV cache, conv tails and previous tokens halve; recurrent states stay fp32."""
+    model = small_model(arch, hybrid).to(dtype)
     for seq_len in (3, 70):
         with torch.no_grad():
             out = model(torch.zeros(2, seq_len, dtype=torch.long), use_cache=True)
@@ -131,13 +133,15 @@ def test_state_bytes_is_the_real_cache(arch, hybrid):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_state_bytes_flat_unless_full_attention(arch):
     model = small_model(arch, False)
+    for block in model.blocks:  # the declared property says what the bytes do
+        assert block.mixer.state_grows == (block.mixer.state_bytes(2048) > block.mixer.state_bytes(1024))
     if arch == "transformer":
-        assert uses_full_attention(model)
+        assert model.state_grows
         assert model.state_bytes(65536) == 64 * model.state_bytes(1024)
     else:
-        assert not uses_full_attention(model), f"pure {arch} keeps a cache that grows with the sequence"
+        assert not model.state_grows, f"pure {arch} keeps a cache that grows with the sequence"
         assert model.state_bytes(1024) == model.state_bytes(65536) == model.state_bytes(1_000_000)
-    assert uses_full_attention(small_model(arch, True))
+    assert small_model(arch, True).state_grows
 
 
 @pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from tests.helpers import assert_close
+from zoo.model.config import mixer_defaults
 from zoo.model.mixers.attention import Attention, attend, reference_attention
+from zoo.model.mixers.swa import SlidingWindowAttention
+
+
+def conf(name: str = "attn", **overrides) -> dict:
+    """conf/mixer/<name>.yaml's options (the constructors have no defaults), `overrides` replacing some."""
+    return {**mixer_defaults(name), **overrides}
 
 
 def naive_softmax_attention(q, k, v, window):
@@ -44,13 +51,26 @@ def test_attend_over_cached_keys(window):
 
 
 def test_sliding_window_cache_keeps_only_the_window():
-    layer = Attention(32, 0, n_layers=1, head_dim=8, window_size=4).eval()
+    layer = Attention(32, 0, n_layers=1, head_dim=8, **conf(window_size=4)).eval()
     cache = layer.init_cache()
     with torch.no_grad():
         _, cache = layer(torch.randn(1, 10, 32), cache)
         assert cache.k.shape[2] == 4 and cache.offset == 10
         _, cache = layer(torch.randn(1, 1, 32), cache)
     assert cache.k.shape[2] == 4 and cache.offset == 11
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("window", [None, 4], ids=lambda w: f"window{w}")
+def test_state_grows_only_without_a_window_and_state_bytes_is_the_kv_cache(window, dtype):
+    layer = Attention(32, 0, n_layers=1, head_dim=8, **conf(num_kv_heads=2, window_size=window)).to(dtype)
+    assert layer.state_grows is (window is None) and layer.preallocates
+    with torch.no_grad():
+        _, cache = layer(torch.randn(3, 10, 32, dtype=dtype), layer.init_cache())
+    assert cache.k.dtype == dtype
+    assert layer.state_bytes(10, batch_size=3) == sum(t.numel() * t.element_size() for t in (cache.k, cache.v))
+    swa = SlidingWindowAttention(32, 0, n_layers=1, head_dim=8, **conf("swa"))
+    assert not swa.state_grows and swa.window_size == mixer_defaults("swa")["window_size"]
 
 
 @pytest.mark.parametrize("window", [None, 3], ids=lambda w: f"window{w}")
@@ -75,7 +95,7 @@ def test_key_mask_hides_left_padding(window):
 
 def _layer(window=None) -> Attention:
     torch.manual_seed(3)
-    return Attention(32, 0, n_layers=1, head_dim=8, num_kv_heads=2, window_size=window).double().eval()
+    return Attention(32, 0, n_layers=1, head_dim=8, **conf(num_kv_heads=2, window_size=window)).double().eval()
 
 
 def _keys(layer: Attention, x: torch.Tensor) -> torch.Tensor:

@@ -37,9 +37,9 @@ def small_model(arch: str, hybrid: bool, window: int = WINDOW, seed: int = 0) ->
     zero-initialized terms (RWKV's LoRAs) are exercised, as in test_architectures. Untied embeddings and a
     larger init: with tied, tiny weights a random model only repeats its last input token (the embedding's
     dot product with itself wins), whatever its mixers compute, and greedy tokens would test nothing."""
-    cfg = compose([f"model={arch}", "model.d_model=32", "model.head_dim=16", f"data.vocab_size={VOCAB}",
-                   "model.n_layers=2", f"model.attn.layers={[1] if hybrid else []}", "model.tie_embeddings=false",
-                   "model.init_std=0.1"])  # fmt: skip
+    sizes = ["model.d_model=32", "model.head_dim=16", f"data.vocab_size={VOCAB}", "model.n_layers=2"]
+    layout = [f"model.attn.layers={[1] if hybrid else []}", "model.tie_embeddings=false", "model.init_std=0.1"]
+    cfg = compose([f"model={arch}", *sizes, *layout])
     for kwargs in cfg.model.mixers.values():
         if "chunk_size" in kwargs:
             kwargs.chunk_size = CHUNK

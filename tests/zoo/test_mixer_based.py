@@ -11,14 +11,20 @@ import torch
 
 from tests.helpers import assert_close
 from zoo.errors import ConfigError
+from zoo.model.config import mixer_defaults
 from zoo.model.mixers.based import BasedLinearAttention, TaylorFeatureMap
 
 D_MODEL, HEAD_DIM = 32, 8  # 4 heads, d_v = 8
 
 
+def conf(**overrides) -> dict:
+    """conf/mixer/based.yaml's options (the constructor has no defaults), `overrides` replacing some."""
+    return {**mixer_defaults("based"), **overrides}
+
+
 def make_layer(seed: int = 0, **options) -> BasedLinearAttention:
     torch.manual_seed(seed)
-    options = {"chunk_size": 8, "feature_dim": 4, **options}
+    options = conf(chunk_size=8, feature_dim=4, **options)
     layer = BasedLinearAttention(D_MODEL, 0, n_layers=1, head_dim=HEAD_DIM, **options).double()
     with torch.no_grad():  # q, k large enough that the quadratic Taylor term matters
         for p in layer.parameters():
@@ -119,7 +125,7 @@ def test_gradients_reach_every_parameter():
 
 def test_state_bytes_and_defaults():
     """Default heads follow head_dim; state = fp32 H * (d_v * E + E), flat in seq_len."""
-    layer = BasedLinearAttention(64, 0, n_layers=2, head_dim=16)
+    layer = BasedLinearAttention(64, 0, n_layers=2, head_dim=16, **conf())
     assert (layer.num_heads, layer.head_v, layer.feature_dim, layer.expanded_dim) == (4, 16, 16, 153)
     with torch.no_grad():
         _, cache = layer(torch.randn(3, 5, 64), layer.init_cache())
@@ -132,11 +138,11 @@ def test_state_bytes_and_defaults():
 
 def test_config_errors_name_the_option():
     with pytest.raises(ConfigError, match="num_heads must divide d_model"):
-        BasedLinearAttention(64, 3, n_layers=4, head_dim=16, num_heads=5)
+        BasedLinearAttention(64, 3, n_layers=4, head_dim=16, **conf(num_heads=5))
     with pytest.raises(ConfigError, match="head_dim must divide d_model"):
-        BasedLinearAttention(64, 3, n_layers=4, head_dim=24)
+        BasedLinearAttention(64, 3, n_layers=4, head_dim=24, **conf())
     with pytest.raises(ConfigError, match="feature_dim"):
-        BasedLinearAttention(64, 3, n_layers=4, head_dim=16, feature_dim=0)
+        BasedLinearAttention(64, 3, n_layers=4, head_dim=16, **conf(feature_dim=0))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="triton has wheels only for Linux")
@@ -147,8 +153,8 @@ def test_triton_backend_takes_non_power_of_two_feature_dim(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    ref = BasedLinearAttention(32, 0, n_layers=1, head_dim=16, chunk_size=16, backend="torch").to(device)
-    tri = BasedLinearAttention(32, 0, n_layers=1, head_dim=16, chunk_size=16, backend="triton").to(device)
+    ref = BasedLinearAttention(32, 0, n_layers=1, head_dim=16, **conf(chunk_size=16, backend="torch")).to(device)
+    tri = BasedLinearAttention(32, 0, n_layers=1, head_dim=16, **conf(chunk_size=16, backend="triton")).to(device)
     tri.load_state_dict(ref.state_dict())
     assert tri.expanded_dim == 153
     x = torch.randn(1, 20, 32, device=device)

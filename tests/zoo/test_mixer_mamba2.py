@@ -14,15 +14,21 @@ import zoo
 from tests.helpers import assert_close
 from zoo.config import compose
 from zoo.errors import ConfigError
+from zoo.model.config import mixer_defaults
 from zoo.model.mixers.mamba2 import Mamba2
 
 D_MODEL, HEAD_DIM = 32, 8  # d_inner 64 -> 8 heads of 8 channels
 
 
+def conf(**overrides) -> dict:
+    """conf/mixer/mamba2.yaml's options (the constructor has no defaults), `overrides` replacing some."""
+    return {**mixer_defaults("mamba2"), **overrides}
+
+
 def make_layer(ngroups: int = 1, seed: int = 0, **options) -> Mamba2:
     torch.manual_seed(seed)
-    layer = Mamba2(D_MODEL, 0, n_layers=1, head_dim=HEAD_DIM, d_state=6, ngroups=ngroups, chunk_size=4, **options)
-    layer = layer.double()
+    options = conf(d_state=6, ngroups=ngroups, chunk_size=4, **options)
+    layer = Mamba2(D_MODEL, 0, n_layers=1, head_dim=HEAD_DIM, **options).double()
     with torch.no_grad():  # exercise every term: non-trivial conv bias, D and norm weight
         for p in layer.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -89,8 +95,8 @@ def test_cached_continuation_matches_reference(ngroups):
     assert cache.state.shape == (2, layer.nheads, layer.d_state, layer.headdim)
     assert cache.conv.shape == (2, layer.d_conv - 1, layer.conv_dim)
     assert cache.conv.untyped_storage().nbytes() == cache.conv.numel() * cache.conv.element_size()  # no big view
-    real = sum(t.numel() * t.element_size() for t in (cache.state.float(), cache.conv.float()))
-    assert layer.float().state_bytes(11, batch_size=2) == real
+    real = sum(t.numel() * t.element_size() for t in (cache.state, cache.conv))  # fp64 state and tail here
+    assert layer.state_bytes(11, batch_size=2) == real
 
 
 def test_every_parameter_gets_a_gradient():
@@ -106,8 +112,8 @@ def test_inits_survive_the_model_init():
     """A_log = log U(1, 16), softplus(dt_bias) ~ logU(dt_min, dt_max), D = 1: nn.Parameters that
     HybridLM._init_weights (which re-initializes Linear layers) leaves alone."""
     torch.manual_seed(0)
-    cfg = compose(["model=mamba2", "model.d_model=512", "model.head_dim=1", "model.n_layers=1",
-                   "model.mixers.mamba2.d_state=1"])  # fmt: skip
+    sizes = ["model.d_model=512", "model.head_dim=1", "model.n_layers=1", "model.mixers.mamba2.d_state=1"]
+    cfg = compose(["model=mamba2", *sizes])
     layer = zoo.build_model(cfg.model).blocks[0].mixer  # 1024 heads
     A = -torch.exp(layer.A_log.detach())
     assert A.numel() == 1024 and bool(((A <= -1) & (A >= -16)).all())
@@ -120,10 +126,10 @@ def test_inits_survive_the_model_init():
 
 def test_config_errors_name_the_option():
     with pytest.raises(ConfigError, match="headdim"):
-        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, headdim=7)
+        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(headdim=7))
     with pytest.raises(ConfigError, match="ngroups"):
-        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, ngroups=3)
+        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(ngroups=3))
     with pytest.raises(ConfigError, match="expand"):
-        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, expand=1.01)
+        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(expand=1.01))
     with pytest.raises(ConfigError, match="A_init_range"):
-        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, A_init_range=[0, 16])
+        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(A_init_range=[0, 16]))

@@ -12,14 +12,21 @@ import zoo
 from tests.helpers import assert_close
 from zoo.config import compose
 from zoo.errors import ConfigError
+from zoo.model.config import mixer_defaults
 from zoo.model.mixers.rwkv6 import RWKV6TimeMix, RWKVChannelMix
 
 D, HEAD = 32, 8  # 4 heads
 
 
+def conf(**overrides) -> dict:
+    """conf/mixer/rwkv6.yaml's options (the constructor has no defaults), `overrides` replacing some."""
+    return {**mixer_defaults("rwkv6"), **overrides}
+
+
 def make_layer(version: int, seed: int = 0, layer_idx: int = 1, n_layers: int = 3) -> RWKV6TimeMix:
     torch.manual_seed(seed)
-    layer = RWKV6TimeMix(D, layer_idx, n_layers=n_layers, head_dim=HEAD, version=version, chunk_size=8).double()
+    options = conf(version=version, chunk_size=8)
+    layer = RWKV6TimeMix(D, layer_idx, n_layers=n_layers, head_dim=HEAD, **options).double()
     with torch.no_grad():  # wake the zero-initialized LoRA matrices, so every term is exercised
         for p in layer.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -53,8 +60,8 @@ def reference_time_mix(layer: RWKV6TimeMix, x, prev=None, state=None):
             xw, xk, xv, xr, xg = (xt + xx * (mu + mi) for mu, mi in zip(mus, m, strict=True))
             w = -torch.exp(layer.time_decay + torch.tanh(xw @ layer.time_decay_w1) @ layer.time_decay_w2)
         else:
-            xk, xv, xr, xg = (xt + xx * mu for mu in (layer.time_maa_k, layer.time_maa_v, layer.time_maa_r,
-                                                       layer.time_maa_g))  # fmt: skip
+            mus = [layer.time_maa_k, layer.time_maa_v, layer.time_maa_r, layer.time_maa_g]
+            xk, xv, xr, xg = (xt + xx * mu for mu in mus)
             w = -torch.exp(layer.time_decay).expand(B, C)
         r, k, v = (f(z).view(B, H, K) for f, z in ((layer.receptance, xr), (layer.key, xk), (layer.value, xv)))
         kv = k[..., :, None] * v[..., None, :]  # (B, H, K, V)
@@ -203,4 +210,4 @@ def test_rwkv5_architecture_is_version_5():
 )
 def test_config_errors(options, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        RWKV6TimeMix(D, 0, n_layers=2, head_dim=HEAD, **options)
+        RWKV6TimeMix(D, 0, n_layers=2, head_dim=HEAD, **conf(**options))

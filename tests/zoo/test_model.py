@@ -9,6 +9,8 @@ import torch
 import zoo
 from tests.helpers import assert_close
 from zoo.config import compose, conf_dir
+from zoo.model.config import mixer_defaults
+from zoo.model.lm import build_mixer
 
 MODEL_NAMES = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 SMALL = ["model.d_model=64", "model.head_dim=16", "data.vocab_size=97"]
@@ -48,7 +50,7 @@ def test_hybrid_layout_follows_attn_layers():
             "model.layers has 1 entries but model.n_layers=2",
         ),
         (["+model.mixers.gla.bogus=1"], "got unknown option(s) ['bogus']"),
-        (["+model.typo=1"], "unknown model config keys ['typo']"),
+        (["+model.typo=1"], "unknown config key 'model.typo'; valid keys under 'model': attn, d_model,"),
     ],
     ids=[
         "unknown-mixer",
@@ -58,15 +60,23 @@ def test_hybrid_layout_follows_attn_layers():
         "layers-length",
         "unknown-mixer-option",
         "unknown-key",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_model_configs_say_what_is_wrong(overrides, message):
-    cfg = compose(["model=hybrid_gla", "model.d_model=64", "model.head_dim=16", "model.n_layers=4",
-                   "model.attn.layers=[1]", *overrides])  # fmt: skip
-    with pytest.raises(zoo.ConfigError) as err:
-        zoo.build_model(cfg.model)
+    sizes = ["model.d_model=64", "model.head_dim=16", "model.n_layers=4", "model.attn.layers=[1]"]
+    with pytest.raises(zoo.ConfigError) as err:  # from the config's schema (compose) or from building the model
+        zoo.build_model(compose(["model=hybrid_gla", *sizes, *overrides]).model)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_mixer_option_missing_from_its_kwargs_is_named():
+    """Constructors have no defaults (conf/mixer sets every option): a missing one is a ConfigError, not a
+    TypeError from deep inside the constructor."""
+    kwargs = mixer_defaults("gla")
+    del kwargs["gate_low_rank_dim"]
+    with pytest.raises(zoo.ConfigError, match=r"layer 3: mixer 'gla' is missing option\(s\) \['gate_low_rank_dim'\]"):
+        build_mixer("gla", 64, 3, 4, 16, kwargs)
 
 
 LAYOUTS = {
@@ -129,10 +139,10 @@ def test_state_bytes_counts_the_real_cache(layout):
 
 def test_state_bytes_flat_for_linear_and_growing_for_attention():
     gla, attn = small_model("gla", "model.n_layers=2"), small_model("transformer", "model.n_layers=2")
-    assert gla.state_bytes(1024) == gla.state_bytes(1_000_000)
-    assert attn.state_bytes(2048) == 2 * attn.state_bytes(1024)
+    assert gla.state_bytes(1024) == gla.state_bytes(1_000_000) and not gla.state_grows
+    assert attn.state_bytes(2048) == 2 * attn.state_bytes(1024) and attn.state_grows
     swa = small_model("transformer", "model.n_layers=2", "model.attn.window_size=64")
-    assert swa.state_bytes(64) == swa.state_bytes(10_000)
+    assert swa.state_bytes(64) == swa.state_bytes(10_000) and not swa.state_grows  # a window does not grow
 
 
 def test_greedy_generate_follows_parallel_argmax():

@@ -76,6 +76,9 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ConfigError(f"layer {layer_idx}: mixer {name!r} got unknown option(s) {unknown}; valid: {valid}")
+    missing = sorted(set(valid) - set(kwargs))
+    if missing:  # constructors have no defaults: conf/mixer/<name>.yaml sets every option
+        raise ConfigError(f"layer {layer_idx}: mixer {name!r} is missing option(s) {missing} (conf/mixer/{name}.yaml)")
     return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
 
 
@@ -171,8 +174,8 @@ class HybridLM(nn.Module):
         T = input_ids.shape[1]
         step = T if prefill_chunk is None else prefill_chunk
         cache = self.init_cache()
-        for layer in cache.layers:
-            if hasattr(layer.mixer, "reserve"):  # a cache that preallocates (KVCache)
+        for block, layer in zip(self.blocks, cache.layers, strict=True):
+            if block.mixer.preallocates:
                 layer.mixer.reserve = reserve
         for start in range(0, T, step):
             out = self(input_ids[:, start : start + step], cache=cache, logits_to_keep=1)
@@ -241,6 +244,11 @@ class HybridLM(nn.Module):
         """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""
         return sum(block.state_bytes(seq_len, batch_size) for block in self.blocks)
 
+    @property
+    def state_grows(self) -> bool:
+        """Whether the inference cache grows with the sequence: some layer is full attention (`Mixer.state_grows`)."""
+        return any(block.mixer.state_grows for block in self.blocks)
+
     # -- checkpoints -----------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
         from zoo.io.checkpoint import save_pretrained
@@ -271,8 +279,9 @@ def left_padded_lengths(attention_mask: torch.Tensor | None, input_ids: torch.Te
     if attention_mask is None:
         return None
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
-                         f"{tuple(input_ids.shape)}")  # fmt: skip
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+        )
     if not ((attention_mask == 0) | (attention_mask == 1)).all():
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
     real = attention_mask.bool()

@@ -3,37 +3,26 @@
 Every MLP follows one contract: `MLP(d_model, layer_idx, *, n_layers, mlp_ratio)`,
 `forward(x, cache=None) -> (y, cache)`, `init_cache()` and `state_bytes(batch_size=1)`. Most are
 stateless (`init_cache()` is None); RWKV's channel mix shifts tokens and so keeps the previous one.
+An MLP's only option, `mlp_ratio`, is a model field (`conf/model/*.yaml`) that every MLP takes: there is no
+`conf/mlp/` group, and so no per-MLP defaults to keep in one place.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from zoo.errors import ConfigError
+from zoo.io.safety import Registry
 from zoo.model.layers import SwiGLU, swiglu_hidden
 
-MLPS: dict[str, type[nn.Module]] = {}
+MLPS: Registry = Registry("mlp")
+register_mlp = MLPS.register  # class decorator: `@register_mlp("<name>")`
 
 
-def register_mlp(name: str):
-    def wrap(cls):
-        if name in MLPS:
-            raise ValueError(f"mlp {name!r} registered twice ({MLPS[name].__name__} and {cls.__name__})")
-        MLPS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
-
-
-def get_mlp(name: str) -> type[nn.Module]:
+def get_mlp(name: str) -> type:
+    """The MLP class registered as `name`; a ConfigError naming the valid choices otherwise."""
     import zoo.model.mixers  # noqa: F401  (mixer modules register the MLPs that belong to them)
 
-    try:
-        return MLPS[name]
-    except KeyError:
-        raise ConfigError(f"unknown mlp {name!r}; valid mlps: {', '.join(sorted(MLPS))}") from None
+    return MLPS.lookup(name)
 
 
 @register_mlp("swiglu")

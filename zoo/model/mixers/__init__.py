@@ -5,37 +5,29 @@ A new mixer is one file in this folder (imported automatically), one `conf/mixer
 make us import or instantiate arbitrary code.
 
 Every mixer follows one contract (see `base.Mixer`):
-`Mixer(d_model, layer_idx, *, n_layers, head_dim, **kwargs)`, `forward(x, cache=None) -> (y, cache)`,
-`init_cache()` and `state_bytes(seq_len, batch_size=1)`.
+
+- `Mixer(d_model, layer_idx, *, n_layers, head_dim, **options)`: the model passes the first four; the options are
+  keyword-only WITHOUT Python defaults, every one set by `conf/mixer/<name>.yaml` (tests/zoo/test_defaults.py
+  checks that the signature and the yaml list the same options), so a default lives in one place;
+- `forward(x, cache=None) -> (y, cache)`, `init_cache()`, and `cache_tensors(seq_len)` (shape and dtype of each
+  cache tensor), from which the base computes `state_bytes(seq_len, batch_size=1)`;
+- the declared `state_grows` (the cache grows with the sequence: full attention) and `preallocates` (the cache
+  takes a `reserve`, the KV cache).
+
+The base `Mixer.__init__(layer_idx)` keeps `layer_idx`. A linear / recurrent mixer subclasses `base.LinearMixer`:
+it names its `kernel_family`, passes `backend` and `chunk_size` to `LinearMixer.__init__`, runs its recurrence with
+`self.recurrence(...)`, and its cache is a `base.StateCache` (or a subclass of it, `cache_class`) whose `state` has
+`state_shape` in fp32; `init_heads` / `project_qkv` are the q/k/v head set-up most of them share.
 """
 
 from __future__ import annotations
 
-from zoo.errors import ConfigError
+from zoo.io.safety import Registry
 from zoo.model.mixers.base import Mixer
 
-MIXERS: dict[str, type[Mixer]] = {}
-
-
-def register(name: str):
-    """Class decorator adding a mixer to `MIXERS` under `name`."""
-
-    def wrap(cls: type[Mixer]) -> type[Mixer]:
-        if name in MIXERS:
-            raise ValueError(f"mixer {name!r} registered twice ({MIXERS[name].__name__} and {cls.__name__})")
-        MIXERS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
-
-
-def get_mixer(name: str) -> type[Mixer]:
-    """The class registered as `name`; a clear error names the valid choices."""
-    try:
-        return MIXERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown mixer {name!r}; valid mixers: {', '.join(sorted(MIXERS))}") from None
+MIXERS: Registry = Registry("mixer")
+register = MIXERS.register  # class decorator: `@register("<name>")` adds the class and sets its `name`
+get_mixer = MIXERS.lookup  # the class registered under a name; a ConfigError naming the valid choices otherwise
 
 
 def _import_all() -> None:
@@ -51,4 +43,4 @@ def _import_all() -> None:
 
 _import_all()
 
-__all__ = ["MIXERS", "ConfigError", "Mixer", "get_mixer", "register"]
+__all__ = ["MIXERS", "Mixer", "get_mixer", "register"]

@@ -215,7 +215,11 @@ def _one_query_attention(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -
 
 @register("attn")
 class Attention(Mixer):
-    """Multi-head causal attention with RoPE and grouped-query heads (`num_kv_heads` < heads)."""
+    """Multi-head causal attention with RoPE and grouped-query heads (`num_kv_heads` < heads). Its cache (`KVCache`)
+    keeps keys and values in the activations' dtype: all of them (the state grows with the sequence), or the last
+    `window_size` with a window (it does not)."""
+
+    preallocates = True  # KVCache.reserve: `HybridLM.prefill(max_length=...)` allocates the keys once
 
     def __init__(
         self,
@@ -224,13 +228,12 @@ class Attention(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        num_kv_heads: int | None = None,
-        window_size: int | None = None,
-        rope_theta: float = 10000.0,
-        qkv_bias: bool = False,
+        num_kv_heads: int | None,
+        window_size: int | None,
+        rope_theta: float,
+        qkv_bias: bool,
     ):
-        super().__init__()
-        self.layer_idx = layer_idx
+        super().__init__(layer_idx)
         self.head_dim = head_dim
         self.num_heads = check_divides("head_dim must divide d_model", d_model, head_dim, layer_idx)
         self.num_kv_heads = num_kv_heads or self.num_heads
@@ -268,10 +271,14 @@ class Attention(Mixer):
         flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
         return {"attention": "flash_attn (fp16/bf16), sdpa (fp32)" if flash else "sdpa"}
 
+    @property
+    def state_grows(self) -> bool:
+        return self.window_size is None  # a sliding window keeps only its last window_size keys
+
     def init_cache(self) -> KVCache:
         return KVCache()
 
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
+    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         kept = seq_len if self.window_size is None else min(seq_len, self.window_size)
-        elem = torch.empty((), dtype=self.param_dtype).element_size()
-        return 2 * batch_size * kept * self.num_kv_heads * self.head_dim * elem
+        keys = ((self.num_kv_heads, kept, self.head_dim), self.param_dtype)
+        return [keys, keys]  # k and v

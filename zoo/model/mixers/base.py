@@ -1,9 +1,12 @@
-"""The mixer contract shared by every token mixer, and the config error type."""
+"""The mixer contract shared by every token mixer (`Mixer`), what linear / recurrent mixers share on top of it
+(`LinearMixer`, `StateCache`), and the helpers their constructors and caches use."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,37 +18,120 @@ from zoo.errors import ConfigError
 class Mixer(nn.Module, abc.ABC):
     """Base class of token mixers.
 
+    - `Mixer(d_model, layer_idx, *, n_layers, head_dim, **options)`: the model passes the first four; every
+      option comes from `conf/mixer/<name>.yaml` (merged with `model.mixers.<name>`), so a constructor lists its
+      options keyword-only and without Python defaults: the yaml is the one place a default lives.
     - `forward(x, cache=None) -> (y, cache)`: `x` is `[B, T, d_model]`. Without a cache the layer runs
       its parallel (training / prefill) form and returns `None` as cache; with a cache (from
       `init_cache()` or an earlier call) it continues the sequence from it and returns the updated cache.
     - `init_cache()`: an empty cache for a new sequence.
-    - `state_bytes(seq_len, batch_size=1)`: bytes the cache holds after `seq_len` tokens.
+    - `cache_tensors(seq_len)`: shape and dtype of every tensor the cache holds after `seq_len` tokens, from
+      which `state_bytes(seq_len, batch_size=1)` counts the cache's bytes.
+    - `state_grows`: whether the cache grows with the sequence (full attention's keys and values) or keeps a
+      fixed size (a recurrent state, a sliding window); `preallocates`: whether the cache takes a `reserve`.
 
     A cache is a dataclass whose tensors are batch-first, so that `stack_caches` can batch the caches of
     sequences prefilled one by one; a cache that cannot be batched by concatenation has a `stack` classmethod.
     """
 
-    name: str = ""
-    kernel_family: str | None = None
-    """The `kernels` op family a linear mixer runs on (`chunk_<family>` / `fused_recurrent_<family>`); such a
-    mixer also has `backend` and `chunk_size` attributes and a cache with a `state` field."""
+    name: str = ""  # the registry name, set by `register`
+    state_grows: bool = False
+    """True when the cache grows with the sequence: what memory budgets (`zoo.evals.recall`), streaming evaluation
+    and model cards read, instead of guessing from the class or from `state_bytes` at two lengths."""
+    preallocates: bool = False
+    """True when `init_cache()` returns a cache with a `reserve` field: the tokens to make room for at its first
+    allocation (`HybridLM.prefill(max_length=...)`)."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
 
     @abc.abstractmethod
     def init_cache(self):
         """An empty cache for a new sequence."""
 
     @abc.abstractmethod
+    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """`(shape, dtype)` of every tensor the cache of ONE sequence holds after `seq_len` tokens (shapes without
+        the batch dim): the dtypes the forward really stores, so that `state_bytes` is the real cache size."""
+
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Bytes of cache after `seq_len` tokens."""
+        return batch_size * sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.cache_tensors(seq_len))
 
     def kernel_backends(self) -> dict[str, str]:
         """Which implementation this layer runs on its parameters' device (recorded in results.json)."""
-        if self.kernel_family is None:
-            return {}
+        return {}
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The parameters' dtype, which is also the activations' (and so the caches' conv tails, KV, ...)."""
+        return next(self.parameters()).dtype
+
+
+@dataclass
+class StateCache:
+    """The cache of a `LinearMixer`: the recurrent state after the tokens seen (None = a new sequence). Mixers
+    that carry more between calls (conv tails, the previous token, a RoPE offset) subclass it."""
+
+    state: torch.Tensor | None = None  # (B, *state_shape) in state_dtype: (B, H, K, V) for most
+
+
+class LinearMixer(Mixer):
+    """A linear / recurrent mixer: its recurrence runs on a `kernels` op family (`kernel_family`:
+    `chunk_<family>` for the parallel form and prefill, `fused_recurrent_<family>` for one-token decode) with the
+    options `backend` and `chunk_size`, and its cache (`cache_class`, a `StateCache`) holds a fixed-size state
+    `state_shape` per sequence in `state_dtype`. The state does not grow with the sequence."""
+
+    kernel_family: str
+    cache_class: type[StateCache] = StateCache
+
+    def __init__(self, layer_idx: int, *, backend: str, chunk_size: int):
+        super().__init__(layer_idx)
+        self.backend = backend
+        self.chunk_size = chunk_size
+
+    def init_cache(self) -> StateCache:
+        return self.cache_class()
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The recurrent state of one sequence; `(H, K, V)` unless the mixer says otherwise."""
+        return (self.num_heads, self.head_k, self.head_v)
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        # the kernels accumulate and return the state in fp32 whatever the activations (fp64 for fp64 inputs)
+        return torch.promote_types(self.param_dtype, torch.float32)
+
+    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        return [(self.state_shape, self.state_dtype)]
+
+    def kernel_backends(self) -> dict[str, str]:
         probe = torch.empty(0, device=next(self.parameters()).device)
         return {self.kernel_family: kernels.resolve_backend(self.backend, probe, family=self.kernel_family)}
 
-    def recurrence(self, *args: torch.Tensor | None, cache, **kwargs) -> torch.Tensor:
+    def init_heads(
+        self, d_model: int, key_dim: int, value_dim: int, num_heads: int | None, head_dim: int, by: str = "key"
+    ) -> None:
+        """Heads of a mixer with total `key_dim` / `value_dim` (`num_heads`, `head_k`, `head_v`, see `split_heads`;
+        kept as `key_dim`, `value_dim`) and its bias-free input projections `q_proj`, `k_proj` (d_model -> key dim)
+        and `v_proj` (d_model -> value dim), the set-up that every q/k/v mixer starts with."""
+        self.key_dim, self.value_dim = key_dim, value_dim
+        self.num_heads, self.head_k, self.head_v = split_heads(
+            self.name, self.layer_idx, key_dim, value_dim, num_heads, head_dim, by
+        )
+        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`q, k` `[B, T, H, K]` and `v` `[B, T, H, V]`: the projections of `init_heads`, split into heads."""
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_k, self.head_v
+        return self.q_proj(x).view(B, T, H, K), self.k_proj(x).view(B, T, H, K), self.v_proj(x).view(B, T, H, V)
+
+    def recurrence(self, *args: torch.Tensor | None, cache: StateCache | None, **kwargs) -> torch.Tensor:
         """Run the layer's recurrence (`kernel_family`) on `args` (the op's tensors, in its order) and return
         `o`. Without a cache: the chunked parallel form. With one: continue from `cache.state` (None = a new
         sequence) and store the new state; one new token takes the step-by-step decode op, more the chunked op."""
@@ -59,9 +145,22 @@ class Mixer(nn.Module, abc.ABC):
             o, cache.state = chunk(*args, chunk_size=self.chunk_size, **carry)
         return o
 
-    @property
-    def param_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """`x` in fp32, or kept in fp64 (so that fp64 checks stay exact): the precision of gates, decays and norms."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def inverse_softplus_dt(
+    mixer: str, layer_idx: int, num_heads: int, dt_min: float, dt_max: float, dt_init_floor: float
+) -> torch.Tensor:
+    """Mamba's `dt_bias` init `[H]`: `dt ~ logU(dt_min, dt_max)` floored at `dt_init_floor`, returned as
+    `softplus^-1(dt) = dt + log(1 - exp(-dt))`, so that `softplus(dt_bias) = dt` (Mamba-2, Gated DeltaNet)."""
+    if not 0 < dt_min <= dt_max:
+        raise ConfigError(f"layer {layer_idx}: {mixer} needs 0 < dt_min <= dt_max, got {dt_min=}, {dt_max=}")
+    dt = torch.exp(torch.rand(num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 def check_divides(what: str, total: int, part: int, layer_idx: int) -> int:

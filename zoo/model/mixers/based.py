@@ -29,19 +29,12 @@ convolutions): see `conf/model/based.yaml`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, check_divides
-
-
-@dataclass
-class BasedCache:
-    state: torch.Tensor | None = None  # (B, H, E, d_v + 1), fp32: [S | z]
+from zoo.model.mixers.base import LinearMixer, StateCache, check_divides
 
 
 class TaylorFeatureMap(nn.Module):
@@ -73,7 +66,9 @@ class TaylorFeatureMap(nn.Module):
 
 
 @register("based")
-class BasedLinearAttention(Mixer):
+class BasedLinearAttention(LinearMixer):
+    """Cache: a `StateCache` with `state` `[B, H, E, d_v + 1]` fp32, `[S | z]`."""
+
     kernel_family = "simple_gla"
 
     def __init__(
@@ -83,25 +78,22 @@ class BasedLinearAttention(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        num_heads: int | None = None,
-        feature_dim: int = 16,
-        upper_triangular: bool = True,
-        eps: float = 1e-12,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        num_heads: int | None,
+        feature_dim: int,
+        upper_triangular: bool,
+        eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
-        self.layer_idx = layer_idx
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         if feature_dim < 1:
             raise ConfigError(f"layer {layer_idx}: based feature_dim must be >= 1, got {feature_dim}")
         # num_heads null: follow the model's head_dim on the value side, as attention does.
         self.num_heads = num_heads or check_divides("head_dim must divide d_model", d_model, head_dim, layer_idx)
-        self.head_v = check_divides("num_heads must divide d_model (the Based value dim)", d_model, self.num_heads,
-                                    layer_idx)  # fmt: skip
+        what = "num_heads must divide d_model (the Based value dim)"
+        self.head_v = check_divides(what, d_model, self.num_heads, layer_idx)
         self.feature_dim = feature_dim
         self.eps = eps
-        self.chunk_size = chunk_size
-        self.backend = backend
         self.feature_map = TaylorFeatureMap(feature_dim, upper_triangular)
         self.q_proj = nn.Linear(d_model, self.num_heads * feature_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.num_heads * feature_dim, bias=False)
@@ -113,7 +105,11 @@ class BasedLinearAttention(Mixer):
         """E: features per head after the Taylor map."""
         return self.feature_map.expanded_dim
 
-    def forward(self, x: torch.Tensor, cache: BasedCache | None = None):
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.num_heads, self.expanded_dim, self.head_v + 1)  # [S | z]: H * (d_v * E + E) elements
+
+    def forward(self, x: torch.Tensor, cache: StateCache | None = None):
         B, T, _ = x.shape
         H, F, V = self.num_heads, self.feature_dim, self.head_v
         q = self.feature_map(self.q_proj(x).view(B, T, H, F))  # (B, T, H, E)
@@ -123,10 +119,3 @@ class BasedLinearAttention(Mixer):
         o = self.recurrence(q, k, v, cache=cache, scale=1.0)
         o = o[..., :V] / (o[..., V:] + self.eps)  # phi(q)^T S / (phi(q)^T z + eps)
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def init_cache(self) -> BasedCache:
-        return BasedCache()
-
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        # fp32 [S | z]: H * (d_v * E + E) elements, flat in seq_len
-        return 4 * batch_size * self.num_heads * self.expanded_dim * (self.head_v + 1)

@@ -14,7 +14,7 @@ Without short convolutions (`use_short_conv: false`) q, k, v are `SiLU(W x)`, as
 chunked prefill run `kernels.chunk_delta_rule`; one-token decode runs `kernels.fused_recurrent_delta_rule`. The
 cache keeps the fp32 state `[B, H, K, V]` and the last `conv_size - 1` inputs of each of the three convs.
 
-`DeltaNet` is also the base of Gated DeltaNet (`zoo/mixers/gated_deltanet.py`), which only adds a decay
+`DeltaNet` is also the base of Gated DeltaNet (`zoo/model/mixers/gated_deltanet.py`), which only adds a decay
 (`log_decay`) and always gates the output. Defaults live in `conf/mixer/deltanet.yaml`.
 """
 
@@ -28,20 +28,15 @@ from torch import nn
 
 from zoo.model.layers import RMSNorm, ShortConvolution
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, split_heads
+from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32
 
 
 @dataclass
-class DeltaNetCache:
-    state: torch.Tensor | None = None  # (B, H, K, V), fp32
+class DeltaNetCache(StateCache):
+    # state: (B, H, K, V), fp32
     q_tail: torch.Tensor | None = None  # (B, conv_size - 1, key_dim), None without short convs
     k_tail: torch.Tensor | None = None  # (B, conv_size - 1, key_dim)
     v_tail: torch.Tensor | None = None  # (B, conv_size - 1, value_dim)
-
-
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """`x` in fp32, or kept in fp64 (so that fp64 checks stay exact)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -51,8 +46,9 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 @register("deltanet")
-class DeltaNet(Mixer):
+class DeltaNet(LinearMixer):
     kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
+    cache_class = DeltaNetCache
 
     def __init__(
         self,
@@ -61,31 +57,22 @@ class DeltaNet(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        num_heads: int | None = None,
-        expand_k: float = 1.0,
-        expand_v: float = 1.0,
-        use_short_conv: bool = True,
-        conv_size: int = 4,
-        conv_bias: bool = False,
-        use_gate: bool = False,
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        num_heads: int | None,
+        expand_k: float,
+        expand_v: float,
+        use_short_conv: bool,
+        conv_size: int,
+        conv_bias: bool,
+        use_gate: bool,
+        norm_eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
-        self.num_heads, self.head_k, self.head_v = split_heads(
-            self.name, layer_idx, self.key_dim, self.value_dim, num_heads, head_dim
-        )
+        self.init_heads(d_model, int(d_model * expand_k), int(d_model * expand_v), num_heads, head_dim)
         self.use_short_conv = use_short_conv
         self.use_gate = use_gate
-        self.chunk_size = chunk_size
-        self.backend = backend
-        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.b_proj = nn.Linear(d_model, self.num_heads, bias=False)  # beta
         if use_short_conv:
             self.conv_size = conv_size
@@ -125,12 +112,8 @@ class DeltaNet(Mixer):
             o = o * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
 
-    def init_cache(self) -> DeltaNetCache:
-        return DeltaNetCache()
-
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        state = 4 * batch_size * self.num_heads * self.head_k * self.head_v  # fp32 state, flat in seq_len
+    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         if not self.use_short_conv:
-            return state
-        tails = batch_size * (self.conv_size - 1) * (2 * self.key_dim + self.value_dim)  # in the activations' dtype
-        return state + tails * self.param_dtype.itemsize
+            return super().cache_tensors(seq_len)
+        tails = [(self.conv_size - 1, dim) for dim in (self.key_dim, self.key_dim, self.value_dim)]
+        return [*super().cache_tensors(seq_len), *((shape, self.param_dtype) for shape in tails)]  # activations

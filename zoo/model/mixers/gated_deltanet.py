@@ -1,8 +1,9 @@
 """Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
 arXiv:2412.06464).
 
-DeltaNet (`zoo/mixers/deltanet.py`: short convs + SiLU on q, k, v, L2-normalized q and k, `beta = sigmoid(W_beta x)`)
-with a Mamba-2 style data-dependent scalar decay per head, and an output gate that is always on:
+DeltaNet (`zoo/model/mixers/deltanet.py`: short convs + SiLU on q, k, v, L2-normalized q and k,
+`beta = sigmoid(W_beta x)`) with a Mamba-2 style data-dependent scalar decay per head, and an output gate that is
+always on:
 
     g_t = -exp(A_log) * softplus(W_a x_t + dt_bias)             (log-space decay per head, <= 0)
     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,    o_t = S_t^T (K^-1/2 q_t)
@@ -17,15 +18,14 @@ Linear layers) keeps them. Value heads are `expand_v` (default 2) times wider th
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.mixers import register
-from zoo.model.mixers.deltanet import DeltaNet, at_least_fp32
+from zoo.model.mixers.base import at_least_fp32, inverse_softplus_dt
+from zoo.model.mixers.deltanet import DeltaNet
 
 
 @register("gated_deltanet")
@@ -39,37 +39,35 @@ class GatedDeltaNet(DeltaNet):
         *,
         n_layers: int,
         head_dim: int,
-        num_heads: int | None = None,
-        expand_k: float = 1.0,
-        expand_v: float = 2.0,
-        use_short_conv: bool = True,
-        conv_size: int = 4,
-        conv_bias: bool = False,
-        A_init_range: tuple[float, float] = (0.0, 16.0),
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        dt_init_floor: float = 1e-4,
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        num_heads: int | None,
+        expand_k: float,
+        expand_v: float,
+        use_short_conv: bool,
+        conv_size: int,
+        conv_bias: bool,
+        A_init_range: tuple[float, float],
+        dt_min: float,
+        dt_max: float,
+        dt_init_floor: float,
+        norm_eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__(
-            d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_heads=num_heads, expand_k=expand_k,
-            expand_v=expand_v, use_short_conv=use_short_conv, conv_size=conv_size, conv_bias=conv_bias,
-            use_gate=True, norm_eps=norm_eps, chunk_size=chunk_size, backend=backend,
-        )  # fmt: skip
         lo, hi = A_init_range
         if not 0 <= lo < hi:
             raise ConfigError(f"layer {layer_idx}: A_init_range must satisfy 0 <= low < high, got {list(A_init_range)}")
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"layer {layer_idx}: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        heads = {"num_heads": num_heads, "expand_k": expand_k, "expand_v": expand_v}
+        convs = {"use_short_conv": use_short_conv, "conv_size": conv_size, "conv_bias": conv_bias}
+        options = {"norm_eps": norm_eps, "chunk_size": chunk_size, "backend": backend}
+        # DeltaNet with its output gate always on
+        super().__init__(
+            d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, use_gate=True, **heads, **convs, **options
+        )
         H = self.num_heads
         self.a_proj = nn.Linear(d_model, H, bias=False)  # dt = softplus(W_a x + dt_bias)
-        A = torch.empty(H).uniform_(lo, hi)
-        self.A_log = nn.Parameter(torch.log(A))  # (H,)
-        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt, (H,)
+        self.A_log = nn.Parameter(torch.empty(H).uniform_(lo, hi).log())  # (H,)
+        # softplus(dt_bias) = dt, (H,)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(self.name, layer_idx, H, dt_min, dt_max, dt_init_floor))
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
         """`g = -exp(A_log) * softplus(W_a x + dt_bias)`, `[B, T, H]` fp32 (fp64 for fp64 inputs), <= 0."""

@@ -10,24 +10,17 @@ the recurrent form `kernels.fused_recurrent_gla` from the cached `[B, H, K, V]` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.model.layers import RMSNorm
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, split_heads
-
-
-@dataclass
-class RecurrentCache:
-    state: torch.Tensor | None = None  # (B, H, K, V), fp32
+from zoo.model.mixers.base import LinearMixer, StateCache
 
 
 @register("gla")
-class GatedLinearAttention(Mixer):
+class GatedLinearAttention(LinearMixer):
     kernel_family = "gla"
 
     def __init__(
@@ -37,48 +30,31 @@ class GatedLinearAttention(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        num_heads: int | None = 4,
-        expand_k: float = 0.5,
-        expand_v: float = 1.0,
-        gate_low_rank_dim: int = 16,
-        gate_logit_normalizer: float = 16.0,
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        num_heads: int | None,
+        expand_k: float,
+        expand_v: float,
+        gate_low_rank_dim: int,
+        gate_logit_normalizer: float,
+        norm_eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
-        self.layer_idx = layer_idx
-        key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         # num_heads null: follow the model's head_dim on the value side, as attention does.
-        self.num_heads, self.head_k, self.head_v = split_heads(
-            "GLA", layer_idx, key_dim, value_dim, num_heads, head_dim, by="value"
-        )
+        self.init_heads(d_model, int(d_model * expand_k), int(d_model * expand_v), num_heads, head_dim, by="value")
         self.gate_logit_normalizer = gate_logit_normalizer
-        self.chunk_size = chunk_size
-        self.backend = backend
-        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
-        self.g_proj = nn.Linear(d_model, value_dim, bias=False)  # output gate
+        self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # output gate
         self.gk_proj = nn.Sequential(
-            nn.Linear(d_model, gate_low_rank_dim, bias=False), nn.Linear(gate_low_rank_dim, key_dim, bias=True)
+            nn.Linear(d_model, gate_low_rank_dim, bias=False), nn.Linear(gate_low_rank_dim, self.key_dim, bias=True)
         )
         self.o_norm = RMSNorm(self.head_v, eps=norm_eps)
-        self.o_proj = nn.Linear(value_dim, d_model, bias=False)
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: RecurrentCache | None = None):
+    def forward(self, x: torch.Tensor, cache: StateCache | None = None):
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_k, self.head_v
-        q = self.q_proj(x).view(B, T, H, K)
-        k = self.k_proj(x).view(B, T, H, K)
-        v = self.v_proj(x).view(B, T, H, V)
+        q, k, v = self.project_qkv(x)
         g = F.logsigmoid(self.gk_proj(x).float()).view(B, T, H, K) / self.gate_logit_normalizer
         o = self.recurrence(q, k, v, g, cache=cache)
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def init_cache(self) -> RecurrentCache:
-        return RecurrentCache()
-
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        return 4 * batch_size * self.num_heads * self.head_k * self.head_v  # fp32 state, flat in seq_len

@@ -25,8 +25,6 @@ expand_v` (default 1: per-head dims equal head_dim, the attention layer's shapes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,7 +32,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.model.layers import RMSNorm
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, split_heads
+from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -48,13 +46,11 @@ def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
 FEATURE_MAPS = {"identity": _identity, "elu": _elu_plus_one, "relu": F.relu}
 
 
-@dataclass
-class LinearAttentionCache:
-    state: torch.Tensor | None = None  # (B, H, K, V) fp32; (B, H, K, V + 1) with normalize: last column = sum k
-
-
 @register("linear_attn")
-class LinearAttention(Mixer):
+class LinearAttention(LinearMixer):
+    """Cache: a `StateCache` with `state` `[B, H, K, V]` fp32, `[B, H, K, V + 1]` with `normalize` (last column:
+    the running key sum)."""
+
     kernel_family = "simple_gla"
 
     def __init__(
@@ -64,18 +60,18 @@ class LinearAttention(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        num_heads: int | None = None,
-        expand_k: float = 1.0,
-        expand_v: float = 1.0,
-        feature_map: str = "elu",
-        normalize: bool = False,
-        norm_output: bool = True,
-        eps: float = 1e-6,
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        num_heads: int | None,
+        expand_k: float,
+        expand_v: float,
+        feature_map: str,
+        normalize: bool,
+        norm_output: bool,
+        eps: float,
+        norm_eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         if feature_map not in FEATURE_MAPS:
             raise ConfigError(
                 f"layer {layer_idx}: unknown linear_attn feature_map {feature_map!r}; valid: {', '.join(FEATURE_MAPS)}"
@@ -85,42 +81,28 @@ class LinearAttention(Mixer):
                 f"layer {layer_idx}: linear_attn normalize needs a non-negative feature_map (elu, relu), "
                 "not identity: its denominator can cross zero"
             )
-        self.layer_idx = layer_idx
-        key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        self.num_heads, self.head_k, self.head_v = split_heads(
-            "linear_attn", layer_idx, key_dim, value_dim, num_heads, head_dim
-        )
+        self.init_heads(d_model, int(d_model * expand_k), int(d_model * expand_v), num_heads, head_dim)
         self.feature_map = feature_map
         self.phi = FEATURE_MAPS[feature_map]
         self.normalize = normalize
         self.eps = eps
-        self.chunk_size = chunk_size
-        self.backend = backend
-        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
         self.o_norm = RMSNorm(self.head_v, eps=norm_eps) if norm_output else None
-        self.o_proj = nn.Linear(value_dim, d_model, bias=False)
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: LinearAttentionCache | None = None):
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.num_heads, self.head_k, self.head_v + int(self.normalize))  # + the running key sum
+
+    def forward(self, x: torch.Tensor, cache: StateCache | None = None):
         B, T, _ = x.shape
-        H, K, V = self.num_heads, self.head_k, self.head_v
-        q = self.phi(self.q_proj(x).view(B, T, H, K))
-        k = self.phi(self.k_proj(x).view(B, T, H, K))
-        v = self.v_proj(x).view(B, T, H, V)
+        H, V = self.num_heads, self.head_v
+        q, k, v = self.project_qkv(x)
+        q, k = self.phi(q), self.phi(k)
         if self.normalize:  # state column V accumulates sum_i k_i, so o[..., V] = scale q_t . z_t
             v = torch.cat([v, v.new_ones(B, T, H, 1)], dim=-1)  # (B, T, H, V + 1)
         o = self.recurrence(q, k, v, cache=cache)
         if self.normalize:
-            acc = torch.promote_types(o.dtype, torch.float32)
-            o = (o[..., :V].to(acc) / (o[..., V:].to(acc) + self.eps)).to(o.dtype)  # (B, T, H, V)
+            o = (at_least_fp32(o[..., :V]) / (at_least_fp32(o[..., V:]) + self.eps)).to(o.dtype)  # (B, T, H, V)
         if self.o_norm is not None:
             o = self.o_norm(o)
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def init_cache(self) -> LinearAttentionCache:
-        return LinearAttentionCache()
-
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        columns = self.head_v + int(self.normalize)  # + the running key sum
-        return 4 * batch_size * self.num_heads * self.head_k * columns  # fp32 state, flat in seq_len

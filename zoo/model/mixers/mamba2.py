@@ -19,7 +19,6 @@ reference `mamba_ssm` module: `A_log = log U(A_init_range)`, `softplus(dt_bias) 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,18 +28,19 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.model.layers import ShortConvolution
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, check_divides
+from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32, check_divides, inverse_softplus_dt
 
 
 @dataclass
-class Mamba2Cache:
-    state: torch.Tensor | None = None  # (B, H, N, P) fp32 SSM state
+class Mamba2Cache(StateCache):
+    # state: (B, H, N, P) fp32 SSM state
     conv: torch.Tensor | None = None  # (B, d_conv - 1, conv_dim) last inputs of the short conv over [x, B, C]
 
 
 @register("mamba2")
-class Mamba2(Mixer):
+class Mamba2(LinearMixer):
     kernel_family = "simple_gla"
+    cache_class = Mamba2Cache
 
     def __init__(
         self,
@@ -49,53 +49,50 @@ class Mamba2(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        d_state: int = 128,
-        ngroups: int = 1,
-        d_conv: int = 4,
-        expand: float = 2,
-        headdim: int | None = None,
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        dt_init_floor: float = 1e-4,
-        A_init_range: tuple[float, float] = (1.0, 16.0),
-        conv_bias: bool = True,
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        d_state: int,
+        ngroups: int,
+        d_conv: int,
+        expand: float,
+        headdim: int | None,
+        dt_min: float,
+        dt_max: float,
+        dt_init_floor: float,
+        A_init_range: tuple[float, float],
+        conv_bias: bool,
+        norm_eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
-        self.layer_idx = layer_idx
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         d_inner = expand * d_model
         if d_inner != int(d_inner) or d_inner < 1:
             raise ConfigError(f"layer {layer_idx}: mamba2 expand={expand} times d_model={d_model} is not a whole width")
         lo, hi = A_init_range
         if not 0 < lo <= hi:
             raise ConfigError(f"layer {layer_idx}: mamba2 A_init_range={list(A_init_range)} must satisfy 0 < lo <= hi")
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"layer {layer_idx}: mamba2 needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         if d_conv < 1 or d_state < 1:
             raise ConfigError(f"layer {layer_idx}: mamba2 d_conv={d_conv} and d_state={d_state} must be >= 1")
         self.d_inner = d_inner = int(d_inner)
         self.headdim = headdim or head_dim
-        self.nheads = check_divides("mamba2 headdim must divide d_inner = expand * d_model", d_inner, self.headdim,
-                                    layer_idx)  # fmt: skip
+        what = "mamba2 headdim must divide d_inner = expand * d_model"
+        self.nheads = check_divides(what, d_inner, self.headdim, layer_idx)
         check_divides("mamba2 ngroups must divide the number of heads", self.nheads, ngroups, layer_idx)
         self.ngroups, self.d_state, self.d_conv = ngroups, d_state, d_conv
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.norm_eps = norm_eps
-        self.chunk_size = chunk_size
-        self.backend = backend
         H = self.nheads
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + H, bias=False)  # z, x, B, C, dt
         self.conv = ShortConvolution(self.conv_dim, d_conv, activation=True, bias=conv_bias)
-        # softplus(dt_bias) ~ logU(dt_min, dt_max), floored; dt_bias = softplus^-1(dt) = dt + log(1 - exp(-dt)).
-        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        # softplus(dt_bias) ~ logU(dt_min, dt_max), floored
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(self.name, layer_idx, H, dt_min, dt_max, dt_init_floor))
         self.A_log = nn.Parameter(torch.empty(H).uniform_(lo, hi).log())  # A = -exp(A_log) in -[lo, hi]
         self.D = nn.Parameter(torch.ones(H))
         self.norm_weight = nn.Parameter(torch.ones(d_inner))  # gated RMSNorm, one scale per channel
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.nheads, self.d_state, self.headdim)
 
     def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None):
         Bsz, T, _ = x.shape
@@ -106,9 +103,8 @@ class Mamba2(Mixer):
         xs = xs.view(Bsz, T, H, P)
         b = b.view(Bsz, T, G, N).repeat_interleave(H // G, dim=2)  # (B, T, H, N); head h reads group h // (H/G)
         c = c.view(Bsz, T, G, N).repeat_interleave(H // G, dim=2)
-        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math (fp64 in fp64 tests)
-        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, T, H)
-        g = -torch.exp(self.A_log.to(acc)) * dt  # log decay dt * A <= 0
+        dt = F.softplus(at_least_fp32(dt) + at_least_fp32(self.dt_bias))  # (B, T, H), fp32 math (fp64 in fp64 tests)
+        g = -torch.exp(at_least_fp32(self.A_log)) * dt  # log decay dt * A <= 0
         v = (xs * dt[..., None]).to(xs.dtype)
         if cache is not None:
             cache.conv = tail
@@ -120,15 +116,10 @@ class Mamba2(Mixer):
     def gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """`RMSNorm(y * silu(z)) * weight`, the RMS taken per group of d_inner / ngroups channels (fp32 math)."""
         Bsz, T, _ = y.shape
-        acc = torch.promote_types(y.dtype, torch.float32)
-        u = (y.to(acc) * F.silu(z.to(acc))).view(Bsz, T, self.ngroups, -1)
+        u = (at_least_fp32(y) * F.silu(at_least_fp32(z))).view(Bsz, T, self.ngroups, -1)
         u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        return (u.view(Bsz, T, self.d_inner) * self.norm_weight.to(acc)).to(y.dtype)
+        return (u.view(Bsz, T, self.d_inner) * at_least_fp32(self.norm_weight)).to(y.dtype)
 
-    def init_cache(self) -> Mamba2Cache:
-        return Mamba2Cache()
-
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        ssm = 4 * self.nheads * self.d_state * self.headdim  # fp32 state
-        conv = (self.d_conv - 1) * self.conv_dim * self.param_dtype.itemsize  # conv tail, activation dtype
-        return batch_size * (ssm + conv)  # flat in seq_len
+    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        conv_tail = ((self.d_conv - 1, self.conv_dim), self.param_dtype)  # in the activations' dtype
+        return [*super().cache_tensors(seq_len), conv_tail]

@@ -32,7 +32,7 @@ from torch import nn
 
 from zoo.model.layers import RMSNorm, positions_after, rotary
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, check_divides, split_heads
+from zoo.model.mixers.base import LinearMixer, StateCache, check_divides
 
 
 def retention_decay(num_heads: int) -> torch.Tensor:
@@ -42,15 +42,16 @@ def retention_decay(num_heads: int) -> torch.Tensor:
 
 
 @dataclass
-class RetentionCache:
-    state: torch.Tensor | None = None  # (B, H, K, V), fp32
-    # tokens seen so far = absolute RoPE position of the next token: an int, or LongTensor [B] once stacked
+class RetentionCache(StateCache):
+    # state: (B, H, K, V), fp32. Tokens seen so far = absolute RoPE position of the next token: an int, or
+    # LongTensor [B] once stacked
     offset: int | torch.Tensor = 0
 
 
 @register("retnet")
-class MultiScaleRetention(Mixer):
+class MultiScaleRetention(LinearMixer):
     kernel_family = "simple_gla"
+    cache_class = RetentionCache
 
     def __init__(
         self,
@@ -59,51 +60,34 @@ class MultiScaleRetention(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        num_heads: int | None = None,
-        expand_k: float = 1.0,
-        expand_v: float = 2.0,
-        rope_theta: float = 10000.0,
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        num_heads: int | None,
+        expand_k: float,
+        expand_v: float,
+        rope_theta: float,
+        norm_eps: float,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
-        self.layer_idx = layer_idx
-        key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         # num_heads null: follow the model's head_dim on the key side
-        self.num_heads, self.head_k, self.head_v = split_heads(
-            "RetNet", layer_idx, key_dim, value_dim, num_heads, head_dim
-        )
-        check_divides("RoPE needs an even RetNet key size per head", self.head_k, 2, layer_idx)
+        self.init_heads(d_model, int(d_model * expand_k), int(d_model * expand_v), num_heads, head_dim)
+        check_divides("RoPE needs an even retnet key size per head", self.head_k, 2, layer_idx)
         self.rope_theta = rope_theta
-        self.chunk_size = chunk_size
-        self.backend = backend
-        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
-        self.g_proj = nn.Linear(d_model, value_dim, bias=False)  # swish output gate
+        self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # swish output gate
         self.o_norm = RMSNorm(self.head_v, eps=norm_eps)  # group norm: one RMSNorm per head
-        self.o_proj = nn.Linear(value_dim, d_model, bias=False)
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
         # fixed, derived from the config: not trained and not saved in checkpoints
         self.register_buffer("g_gamma", retention_decay(self.num_heads), persistent=False)  # (H,)
 
     def forward(self, x: torch.Tensor, cache: RetentionCache | None = None):
         B, T, _ = x.shape
-        H, K, V = self.num_heads, self.head_k, self.head_v
+        H, V = self.num_heads, self.head_v
         start = 0 if cache is None else cache.offset
         positions = positions_after(start, T, x.device)  # (T,) or (B, T)
-        q = rotary(self.q_proj(x).view(B, T, H, K), positions, self.rope_theta)
-        k = rotary(self.k_proj(x).view(B, T, H, K), positions, self.rope_theta)
-        v = self.v_proj(x).view(B, T, H, V)
-        g_gamma = self.g_gamma.float()
-        o = self.recurrence(q, k, v, cache=cache, g_gamma=g_gamma)
+        q, k, v = self.project_qkv(x)
+        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        o = self.recurrence(q, k, v, cache=cache, g_gamma=self.g_gamma.float())
         if cache is not None:
             cache.offset = start + T
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def init_cache(self) -> RetentionCache:
-        return RetentionCache()
-
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        return 4 * batch_size * self.num_heads * self.head_k * self.head_v  # fp32 state, flat in seq_len

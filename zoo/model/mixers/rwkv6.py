@@ -36,7 +36,7 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, check_divides
+from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32, check_divides
 from zoo.model.mlps import register_mlp
 
 # RWKV-LM: GroupNorm(eps = 1e-5 * head_size_divisor**2) with head_size_divisor = 8. v6 normalizes o, v5
@@ -45,8 +45,8 @@ NORM_EPS = {6: 64e-5, 5: 64e-5 * 64}
 
 
 @dataclass
-class RWKVCache:
-    state: torch.Tensor | None = None  # (B, H, K, V), fp32
+class RWKVCache(StateCache):
+    # state: (B, H, K, V), fp32
     shift: torch.Tensor | None = None  # (B, d_model): the previous token, for the token shift
 
 
@@ -61,18 +61,15 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([first, x[:, :-1]], dim=1) - x
 
 
-def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
 def _ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
     """RWKV-LM's `ratio_0_to_1 = l / (L - 1)` and `ratio_1_to_almost0 = 1 - l / L`."""
     return layer_idx / max(n_layers - 1, 1), 1.0 - layer_idx / n_layers
 
 
 @register("rwkv6")
-class RWKV6TimeMix(Mixer):
+class RWKV6TimeMix(LinearMixer):
     kernel_family = "rwkv6"
+    cache_class = RWKVCache
 
     def __init__(
         self,
@@ -81,26 +78,23 @@ class RWKV6TimeMix(Mixer):
         *,
         n_layers: int,
         head_dim: int,
-        version: int = 6,
-        head_size: int | None = None,
-        mix_lora_rank: int = 32,
-        decay_lora_rank: int = 64,
-        norm_eps: float | None = None,
-        chunk_size: int = 64,
-        backend: str = "auto",
+        version: int,
+        head_size: int | None,
+        mix_lora_rank: int,
+        decay_lora_rank: int,
+        norm_eps: float | None,
+        chunk_size: int,
+        backend: str,
     ):
-        super().__init__()
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         if version not in (5, 6):
             raise ConfigError(f"layer {layer_idx}: rwkv6 version must be 5 (Eagle) or 6 (Finch), got {version!r}")
-        self.layer_idx = layer_idx
         self.version = version
         self.head_size = head_size or head_dim
         self.num_heads = check_divides("head_size must divide d_model", d_model, self.head_size, layer_idx)
         self.d_model = d_model
         self.mix_lora_rank = mix_lora_rank
         self.norm_eps = NORM_EPS[version] if norm_eps is None else norm_eps
-        self.chunk_size = chunk_size
-        self.backend = backend
         D = d_model  # RWKV's dim_att = n_embd
         ratio_0_to_1, ratio_1_to_almost0 = _ratios(layer_idx, n_layers)
         c = torch.arange(d_model, dtype=torch.float32) / d_model
@@ -143,9 +137,9 @@ class RWKV6TimeMix(Mixer):
         """`w = -exp(time_decay (+ tanh(x_w A_d) B_d))` `[B, T, H, K]`, in fp32 (or fp64)."""
         H, K = self.num_heads, self.head_size
         if self.version == 5:
-            return -torch.exp(_fp32_or_wider(self.time_decay)).view(1, 1, H, K).expand(B, T, H, K)
+            return -torch.exp(at_least_fp32(self.time_decay)).view(1, 1, H, K).expand(B, T, H, K)
         dd = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
-        return -torch.exp(_fp32_or_wider(self.time_decay + dd)).view(B, T, H, K)
+        return -torch.exp(at_least_fp32(self.time_decay + dd)).view(B, T, H, K)
 
     def forward(self, x: torch.Tensor, cache: RWKVCache | None = None):
         B, T, C = x.shape
@@ -160,18 +154,17 @@ class RWKV6TimeMix(Mixer):
         o = self.recurrence(r, k, v, w, u, cache=cache, scale=1.0)
         if cache is not None:
             cache.shift = x[:, -1].clone()  # a copy: a view would keep the whole prefill input alive
-        o = _fp32_or_wider(o.reshape(B * T, C))  # per-head LayerNorm in fp32
+        o = at_least_fp32(o.reshape(B * T, C))  # per-head LayerNorm in fp32
         o = F.group_norm(o, H, self.ln_x.weight.to(o.dtype), self.ln_x.bias.to(o.dtype), self.norm_eps)
         o = o.to(x.dtype).view(B, T, C) * F.silu(self.gate(xg))
         return self.output(o), cache
 
-    def init_cache(self) -> RWKVCache:
-        return RWKVCache()
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.num_heads, self.head_size, self.head_size)
 
-    def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        state_itemsize = 8 if self.param_dtype == torch.float64 else 4  # the kernels keep fp32 (fp64) states
-        state = state_itemsize * self.num_heads * self.head_size * self.head_size  # flat in seq_len
-        return batch_size * (state + self.d_model * self.param_dtype.itemsize)  # + the previous token
+    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        return [*super().cache_tensors(seq_len), ((self.d_model,), self.param_dtype)]  # + the previous token
 
 
 @register_mlp("rwkv_cmix")

@@ -21,13 +21,11 @@ class SlidingWindowAttention(Attention):
         n_layers: int,
         head_dim: int,
         window_size: int,
-        num_kv_heads: int | None = None,
-        rope_theta: float = 10000.0,
-        qkv_bias: bool = False,
+        num_kv_heads: int | None,
+        rope_theta: float,
+        qkv_bias: bool,
     ):
         if window_size is None:
             raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (mixer 'attn' is full attention)")
-        super().__init__(
-            d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_kv_heads=num_kv_heads,
-            window_size=window_size, rope_theta=rope_theta, qkv_bias=qkv_bias,
-        )  # fmt: skip
+        options = {"num_kv_heads": num_kv_heads, "rope_theta": rope_theta, "qkv_bias": qkv_bias}
+        super().__init__(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, window_size=window_size, **options)
