@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -125,7 +126,9 @@ def test_fsdp_without_torchrun_is_a_config_error(tmp_path):
         run_training(compose([*TINY, "train.fsdp=true"]), tmp_path)
 
 
-def test_submitit_slurm_launcher_composes(tmp_path):
+def test_slurm_launcher_composes_on_the_plugin_schema_without_a_deprecation_warning(tmp_path):
+    """`hydra/launcher=slurm` extends the plugin's `submitit_slurm` schema through its defaults list. A config
+    file named like the schema would be matched against it implicitly, which Hydra 1.1+ warns is deprecated."""
     pytest.importorskip(
         "hydra_plugins.hydra_submitit_launcher",
         reason="hydra-submitit-launcher is not installed (pip install 'hybrid-zoo[slurm]')",
@@ -135,18 +138,26 @@ def test_submitit_slurm_launcher_composes(tmp_path):
 
     from zoo.config import conf_dir
 
-    overrides = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.tasks_per_node=4"]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.tasks_per_node=4"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a warning already shown once in this process would be hidden
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    hydra_warnings = [str(w.message) for w in caught if "deprecated" in str(w.message) or "schema" in str(w.message)]
+    assert not hydra_warnings, hydra_warnings
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4
-    assert launcher.timeout_min == 1440
+    assert launcher.timeout_min == 1440 and launcher.nodes == 1 and launcher.cpus_per_task == 8
+    assert launcher.mem_gb is None
     assert "qos" in launcher and "account" in launcher  # the plugin's own fields are still there
 
     # The real command line composes it too (as `zoo-train -m ...` would); --cfg prints it and submits nothing.
+    # HYDRA_DEPRECATION_WARNINGS_AS_ERRORS turns any Hydra deprecation warning into a failed command.
+    env = {**os.environ, "HYDRA_DEPRECATION_WARNINGS_AS_ERRORS": "1"}
     proc = subprocess.run([sys.executable, "-m", "zoo.train", *overrides, "--cfg", "hydra"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "deprecated" not in proc.stderr, proc.stderr[-2000:]
     assert "SlurmLauncher" in proc.stdout and "tasks_per_node: 4" in proc.stdout
     assert not (tmp_path / "runs").exists()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import zoo
@@ -136,8 +137,9 @@ def sweep_jobs(experiment: str) -> tuple[list[list[str]], dict]:
     """The override lists of every job of `+experiment=NAME`'s sweep, expanded as Hydra's basic sweeper does."""
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = hydra_compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
-    params = dict(cfg.hydra.sweeper.params)
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        params = dict(cfg.hydra.sweeper.params)
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())  # glob lists a group
+        parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
     jobs = [[]]
     for override in parsed:
         values = list(override.sweep_string_iterator())
@@ -145,7 +147,7 @@ def sweep_jobs(experiment: str) -> tuple[list[list[str]], dict]:
     return jobs, params
 
 
-@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 10), ("tradeoff", 16)])
+@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 10), ("tradeoff", 22)])
 def test_sweep_experiments_compose_and_every_job_builds(experiment, n_jobs):
     jobs, _ = sweep_jobs(experiment)
     assert len(jobs) == n_jobs
