@@ -77,5 +77,5 @@ def test_disabled_loggers_write_only_metrics_jsonl(tmp_path):
     silent = RunLogger(tmp_path / "other", {"tensorboard": False}, {}, enabled=False)
     silent.log({"step": 1, "train/loss": 1.0})  # ranks other than 0 write nothing
     assert not (tmp_path / "other").exists()
-    with pytest.raises(ConfigError, match="unknown train.log keys"):
+    with pytest.raises(ConfigError, match="unknown config key 'train.log.tensorbord'; valid keys under 'train.log'"):
         RunLogger(tmp_path, {"tensorbord": True}, {})

@@ -27,40 +27,58 @@ from __future__ import annotations
 import importlib.util
 import sys
 import traceback
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 import zoo
+from zoo import schemas
 from zoo.bench.measure import ZooRunner, machine_limits, time_cell
 from zoo.bench.peers import peer_runner
 from zoo.bench.report import markdown, plot, results_metrics, targets, with_efficiency, write_csv
-from zoo.config import DTYPES, compose, conf_dir
+from zoo.config import DTYPES, check_command_line, compose, conf_dir, from_mapping, typed
+from zoo.errors import ZooError
 from zoo.evals.recall import Budget
 from zoo.io.results import update_results
 from zoo.io.runs import locate
+from zoo.schemas import BenchConfig, BenchRoot, BenchSize
 
 
-def zoo_runner(arch: str, size: dict, cfg: dict, device, dtype, attn_layers=None) -> ZooRunner:
+@dataclass
+class Job:
+    """One architecture at one size, measured in a process of its own: plain data, pickled to that process."""
+
+    name: str  # a conf/model name, `path:<checkpoint folder>`, or an HF peer (`hf_...`)
+    label: str  # the row's `arch`
+    attn_layers: list[int] | None  # None: as the architecture is configured
+    size: BenchSize | None  # None: a checkpoint's own size
+    cfg: BenchConfig
+    device: str
+    dtype: str
+
+
+def zoo_runner(arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtype, attn_layers=None) -> ZooRunner:
     note = ""
     if arch.startswith("path:"):
         model = zoo.from_pretrained(arch[5:], device=device)
     else:
-        overrides = [f"model={arch}", f"model.d_model={size['d_model']}", f"model.n_layers={size['n_layers']}",
-                     f"data.vocab_size={cfg['vocab_size']}"]  # fmt: skip
-        overrides += [f"model.head_dim={size['head_dim']}"] if "head_dim" in size else []
+        overrides = [f"model={arch}", f"model.d_model={size.d_model}", f"model.n_layers={size.n_layers}",
+                     f"data.vocab_size={cfg.vocab_size}"]  # fmt: skip
+        overrides += [f"model.head_dim={size.head_dim}"] if size.head_dim is not None else []
         if attn_layers is None:  # a hybrid config's attention layers, moved to the same depth fractions
-            attn_layers, note = scaled_attn_layers(arch, size["n_layers"])
+            attn_layers, note = scaled_attn_layers(arch, size.n_layers)
         if attn_layers is not None:
             overrides.append(f"model.attn.layers={list(attn_layers)}")
         model = zoo.build_model(compose(overrides).model).to(device)
-    return ZooRunner(model.to(dtype).eval().optimize_for_decode(), cfg["prefill_chunk"], note)
+    return ZooRunner(model.to(dtype).eval().optimize_for_decode(), cfg.prefill_chunk, note)
 
 def scaled_attn_layers(arch: str, n_layers: int) -> tuple[list[int] | None, str]:
     """`conf/model/<arch>`'s attention layers at `n_layers` depth: the same fractions of the depth as in the
@@ -72,7 +90,7 @@ def scaled_attn_layers(arch: str, n_layers: int) -> tuple[list[int] | None, str]
     scaled = sorted({i * n_layers // native.n_layers for i in layers})
     return scaled, f"attention at layers {scaled} (the config's {layers} of {native.n_layers} layers, same depths)"
 
-def measure(job: dict) -> list[dict]:
+def measure(job: Job) -> list[dict]:
     """Every cell of one architecture at one size (runs in a fresh process). Errors come back as one failed row
     (as text: not every library's exception survives pickling back to the parent)."""
     try:
@@ -81,38 +99,37 @@ def measure(job: dict) -> list[dict]:
         traceback.print_exc()
         return [failed_row(job, f"{type(e).__name__}: {e}")]
 
-def measure_cells(job: dict) -> list[dict]:
-    cfg, size, name = job["cfg"], job["size"], job["name"]
-    torch.manual_seed(cfg["seed"])
-    device, dtype = torch.device(job["device"]), DTYPES[job["dtype"]]
+def measure_cells(job: Job) -> list[dict]:
+    cfg, name = job.cfg, job.name
+    torch.manual_seed(cfg.seed)
+    device, dtype = torch.device(job.device), DTYPES[job.dtype]
     make = peer_runner if name.startswith("hf_") else zoo_runner
-    runner = make(name, size, cfg, device, dtype, job["attn_layers"])
+    runner = make(name, job.size, cfg, device, dtype, job.attn_layers)
+    d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
     if isinstance(runner, ZooRunner):  # a checkpoint's size is its own
-        size = {"d_model": runner.model.config.d_model, "n_layers": runner.model.config.n_layers}
-    base = {"arch": job["label"], "d_model": size["d_model"], "n_layers": size["n_layers"],
+        d_model, n_layers = runner.model.config.d_model, runner.model.config.n_layers
+    base = {"arch": job.label, "d_model": d_model, "n_layers": n_layers,
             "params": runner.params, "weight_bytes": runner.weight_bytes, "flop_params": runner.flop_params,
-            "device": str(device), "dtype": job["dtype"], "note": runner.note}  # fmt: skip
-    gen = cfg["gen_tokens"]
-    vocab = cfg["vocab_size"] if name.startswith("hf_") else runner.model.config.vocab_size
+            "device": str(device), "dtype": job.dtype, "note": runner.note}  # fmt: skip
+    gen = cfg.gen_tokens
+    vocab = cfg.vocab_size if name.startswith("hf_") else runner.model.config.vocab_size
     # Warm-up, so that one-time costs stay out of the rows: two prompt pieces (the second continues a state, a
     # kernel variant of its own) and a few decode steps, at every batch size. On a GPU the Triton kernels
     # compile for each of these on first use, which took up to a second and made the X=512 rows meaningless.
-    warm = min(cfg["prefill_chunk"] + 64, max(cfg["prompt_lens"]))
-    for batch in cfg["batch_sizes"]:
-        time_cell(
-            runner, vocab, batch, warm if batch == 1 else min(warm, cfg["batch_max_prompt"]), 2, device, cfg["seed"]
-        )
+    warm = min(cfg.prefill_chunk + 64, max(cfg.prompt_lens))
+    for batch in cfg.batch_sizes:
+        time_cell(runner, vocab, batch, warm if batch == 1 else min(warm, cfg.batch_max_prompt), 2, device, cfg.seed)
     rows = []
-    for batch in cfg["batch_sizes"]:
+    for batch in cfg.batch_sizes:
         # batch > 1 prefills that many prompts, so it is measured only up to batch_max_prompt tokens
-        lengths = sorted(x for x in cfg["prompt_lens"] if batch == 1 or x <= cfg["batch_max_prompt"])
-        budget = Budget(runner, batch, cfg["memory_budget_gb"], cfg["time_budget_s"])
+        lengths = sorted(x for x in cfg.prompt_lens if batch == 1 or x <= cfg.batch_max_prompt)
+        budget = Budget(runner, batch, cfg.memory_budget_gb, cfg.time_budget_s)
         for length in lengths:
             row = base | {"batch": batch, "prompt_len": length, "gen_len": gen}
             reason = budget.refuse(length)
             if reason is None:
                 try:
-                    row |= time_cell(runner, vocab, batch, length, gen, device, cfg["seed"])
+                    row |= time_cell(runner, vocab, batch, length, gen, device, cfg.seed)
                     budget.record(length, row["prefill_s"])
                 except torch.OutOfMemoryError as e:
                     reason = f"out of memory: {str(e).splitlines()[0]}"
@@ -129,7 +146,7 @@ def format_cell(row: dict) -> str:
     return (f"{head}  prefill {row['prefill_tok_s']:9.1f} tok/s  ttft {row['ttft_s']:7.2f} s  "
             f"decode {row['decode_tok_s']:7.1f} tok/s  peak {row['peak_mib']:7.0f} MiB")  # fmt: skip
 
-def run_jobs(jobs: list[dict], isolate: bool = True) -> list[dict]:
+def run_jobs(jobs: list[Job], isolate: bool) -> list[dict]:
     """Each job in its own spawned process (`isolate`; else in this one, e.g. for a debugger); a failure
     (exception, crash, OOM kill) becomes one failed row."""
     rows = []
@@ -147,51 +164,52 @@ def run_jobs(jobs: list[dict], isolate: bool = True) -> list[dict]:
             rows.append(failed_row(job, f"{type(e).__name__}: {e}"))
     return rows
 
-def failed_row(job: dict, error: str) -> dict:
-    return {"arch": job["label"], "d_model": job["size"]["d_model"],
-            "n_layers": job["size"]["n_layers"], "note": f"failed: {error}"}  # fmt: skip
+def failed_row(job: Job, error: str) -> dict:
+    d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
+    return {"arch": job.label, "d_model": d_model, "n_layers": n_layers, "note": f"failed: {error}"}
 
-def plan(cfg: dict, path: str | None) -> list[dict]:
+def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
     """One job per (size, architecture): our architectures, then the HF peers."""
-    device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else cfg["device"]
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     device = "cpu" if device == "auto" else device
-    dtype = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if path is not None:
-        names, sizes = [(f"path:{locate(path)[0]}", None)], [{"d_model": None, "n_layers": None}]  # its own size
+        names, sizes = [(f"path:{locate(path)[0]}", None)], [None]  # a checkpoint's own size
     else:
-        archs = cfg["archs"]
+        archs = cfg.archs
         if archs is None:
             archs = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
-        peers = list(cfg["peers"] or [])
+        peers = list(cfg.peers or [])
         if peers and importlib.util.find_spec("transformers") is None:
             print("zoo-bench: transformers is not installed, so the peer rows are left out "
                   "(pip install 'hybrid-zoo[bench]' to measure them)", file=sys.stderr)  # fmt: skip
             peers = []
-        names = [(a, cfg["attn_layers"]) for a in archs] + [(p, None) for p in peers]
+        names = [(a, cfg.attn_layers) for a in archs] + [(p, None) for p in peers]
         if "hf_olmo_hybrid" in peers:
             names.append(("gated_deltanet", [1]))  # our model in the OLMo-hybrid peer's layout
-        sizes = cfg["sizes"]
+        sizes = cfg.sizes
     jobs = []
     for size in sizes:
         for name, attn in names:
             label = name.removeprefix("path:") + ("" if attn is None else f"+attn{list(attn)}")
-            jobs.append({"name": name, "label": label, "attn_layers": attn, "size": dict(size), "cfg": cfg,
-                         "device": device, "dtype": dtype})  # fmt: skip
+            jobs.append(Job(name, label, None if attn is None else list(attn), size, cfg, device, dtype))
     return jobs
 
-def run(cfg: dict, out: Path, path: str | None = None) -> tuple[list[dict], list[str]]:
+def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple[list[dict], list[str]]:
+    """zoo-bench with the settings `cfg` (`bench`; a plain dict must give every one) into the folder `out`."""
+    if not isinstance(cfg, BenchConfig):
+        cfg = from_mapping(BenchConfig, cfg, "bench")
     jobs = plan(cfg, path)
-    device, dtype = torch.device(jobs[0]["device"]), DTYPES[jobs[0]["dtype"]]
+    device, dtype = torch.device(jobs[0].device), DTYPES[jobs[0].dtype]
     limits = machine_limits(device, dtype)
     print(f"machine: matrix-vector {limits['matvec_gb_s']:.1f} GB/s, matmul {limits['matmul_gflop_s']:.0f} GFLOP/s "
           f"({device}, {dtype}, {torch.get_num_threads()} threads)", flush=True)  # fmt: skip
-    rows = with_efficiency(run_jobs(jobs, cfg.get("isolate", True)), limits)
+    rows = with_efficiency(run_jobs(jobs, cfg.isolate), limits)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "bench.csv")
-    settings = (f"{jobs[0]['device']}, {jobs[0]['dtype']}, {torch.get_num_threads()} threads, "
-                f"vocab {cfg['vocab_size']}, "
-                f"prefill chunk {cfg['prefill_chunk']}, {cfg['gen_tokens']} generated tokens, "
-                f"memory budget {cfg['memory_budget_gb']} GiB, time budget {cfg['time_budget_s']} s")  # fmt: skip
+    settings = (f"{jobs[0].device}, {jobs[0].dtype}, {torch.get_num_threads()} threads, vocab {cfg.vocab_size}, "
+                f"prefill chunk {cfg.prefill_chunk}, {cfg.gen_tokens} generated tokens, "
+                f"memory budget {cfg.memory_budget_gb} GiB, time budget {cfg.time_budget_s} s")  # fmt: skip
     checks = targets(rows) if path is None else []
     (out / "bench.md").write_text(markdown(rows, limits, settings) + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     if any(r.get("prefill_tok_s") for r in rows):
@@ -200,17 +218,25 @@ def run(cfg: dict, out: Path, path: str | None = None) -> tuple[list[dict], list
         update_results(locate(path)[1], results_metrics(rows))
     return rows, checks
 
+schemas.register()  # before @hydra.main composes: the yamls' defaults lists name the schemas
+
+
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="zoo_bench")
 def _hydra_main(cfg: DictConfig) -> None:
-    settings = OmegaConf.to_container(cfg.bench, resolve=True)
-    out = Path(cfg.out)
-    rows, checks = run(settings, out, cfg.path)
+    try:
+        root: BenchRoot = typed(cfg)
+        out = Path(root.out)
+        rows, checks = run(root.bench, out, root.path)
+    except ZooError as e:  # a failing architecture is a row; this is bad input of the whole run
+        print(f"zoo-bench: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print("\n" + "\n".join(checks))
     print(f"\nwrote {out / 'bench.csv'}, {out / 'bench.md'} and {out / 'bench.png'}")
     if any(str(r.get("note", "")).startswith("failed") for r in rows):
         sys.exit(1)
 
 def main() -> None:
+    check_command_line("zoo-bench", "zoo_bench")  # an unknown key or option: one line and exit code 2, before Hydra
     _hydra_main()
 
 

@@ -7,6 +7,9 @@ import math
 
 import torch
 
+from zoo.config import compose
+from zoo.schemas import BenchConfig, BenchSize
+
 
 class HFRunner:
     """A Hugging Face causal LM at the same shapes (random init), timed through the same three calls."""
@@ -47,16 +50,17 @@ class HFRunner:
         out = self.model(ids, past_key_values=cache, use_cache=True, cache_position=pos)
         return out.past_key_values, out.logits[:, -1]
 
-def peer_runner(peer: str, size: dict, cfg: dict, device, dtype, attn_layers=None) -> HFRunner:
-    """HF models shaped like ours: width, depth, heads (head_dim 64 unless the size says), vocab, tied
-    embeddings; MLP width of our transformer (SwiGLU hidden 2/3 * 4 * d)."""
+def peer_runner(peer: str, size: BenchSize, cfg: BenchConfig, device, dtype, attn_layers=None) -> HFRunner:
+    """HF models shaped like ours: width, depth, heads (the size's head_dim, else conf/model/transformer.yaml's),
+    vocab, tied embeddings; MLP width of our transformer (SwiGLU hidden 2/3 * 4 * d)."""
     import transformers as tf
 
-    d, n, vocab, hd = size["d_model"], size["n_layers"], cfg["vocab_size"], size.get("head_dim", 64)
+    hd = size.head_dim if size.head_dim is not None else compose(["model=transformer"]).model.head_dim
+    d, n, vocab = size.d_model, size.n_layers, cfg.vocab_size
     heads, hidden = d // hd, 8 * math.ceil(2 / 3 * 4 * d / 8)
     common = {"vocab_size": vocab, "hidden_size": d, "num_hidden_layers": n, "tie_word_embeddings": True}
     if peer == "hf_llama_static":
-        longest = max(cfg["prompt_lens"]) + cfg["gen_tokens"]
+        longest = max(cfg.prompt_lens) + cfg.gen_tokens
         config = tf.LlamaConfig(**common, intermediate_size=hidden, num_attention_heads=heads,
                                 num_key_value_heads=heads, max_position_embeddings=longest)  # fmt: skip
         model, kind, kv = tf.LlamaForCausalLM(config), "static", (n, 2 * d)
@@ -78,4 +82,4 @@ def peer_runner(peer: str, size: dict, cfg: dict, device, dtype, attn_layers=Non
         model, kind, kv = tf.OlmoHybridForCausalLM(config), "dynamic", (1, 2 * d)
     else:
         raise ValueError(f"unknown peer {peer!r}; valid: hf_llama_static, hf_mamba2, hf_olmo_hybrid")
-    return HFRunner(model.to(device=device, dtype=dtype).eval(), kind, cfg["prefill_chunk"], *kv)
+    return HFRunner(model.to(device=device, dtype=dtype).eval(), kind, cfg.prefill_chunk, *kv)

@@ -1,27 +1,29 @@
-"""Datasets by config name: `build_data("mqar", **cfg)` -> a `DataBundle` (train/eval tensors, tokenizer,
-vocabulary size, metric, and for text the bytes behind the eval tokens); `iterate_batches` for seeded,
-resumable batches.
+"""Datasets by config name: `build_dataset(typed data config)` or `build_data("mqar", **settings)` -> a
+`DataBundle` (train/eval tensors, tokenizer, vocabulary size, metric, and for text the bytes behind the eval
+tokens); `iterate_batches` for seeded, resumable batches.
 
-`DATASETS` maps each `conf/data/<name>.yaml` name to a `DatasetSpec`: which config keys it takes and how it
-builds its bundle (splits, tokenizer, metric). The MQAR generator itself is
+`DATASETS` maps each `conf/data/<name>.yaml` name to a `DatasetSpec`: the builder of its bundle (splits,
+tokenizer, metric), whose keyword-only arguments are the yaml's settings; their values live in the yaml only
+(schema: `zoo.schemas.DATA_SCHEMAS`). Invalid settings are `ConfigError`s. The MQAR generator itself is
 `zoo.data.mqar.mqar` (not re-exported here, so that `zoo.data.mqar` stays the module).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from zoo.config import load_option
 from zoo.data.batching import iterate_batches
 from zoo.data.copy import build_copy_splits
 from zoo.data.hf import hf_documents, load_hf_documents
 from zoo.data.mqar import IGNORE_INDEX, build_mqar_splits
 from zoo.data.passkey import build_passkey_splits
 from zoo.data.text import (
-    DEFAULT_MAX_BYTES,
     build_lm_splits,
     build_text_splits,
     build_text_tokenizer,
@@ -33,6 +35,8 @@ from zoo.data.text import (
     take_documents,
 )
 from zoo.data.tokenizer import ByteTokenizer, IntTokenizer, Tokenizer
+from zoo.errors import ConfigError
+from zoo.schemas import DataConfig
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels), both LongTensor [N, seq_len]
 
@@ -57,173 +61,116 @@ class DataBundle:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One registry entry. `build(cfg)` gets the complete config (defaults filled in) and returns the bundle."""
+    """One registry entry: `build(**settings)` takes every setting of `conf/data/<name>.yaml` (all its keys but
+    `name` and the `_`-prefixed interpolation helpers) as a keyword-only argument without a default, and returns
+    the bundle. The yaml is the only place the values are written down (tests/zoo/test_data_defaults.py)."""
 
-    build: Callable[[dict[str, Any]], DataBundle]
-    required: tuple[str, ...]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    build: Callable[..., DataBundle]
 
-
-def _generated(build_splits, build_tokenizer, eval_split: str, metric: str) -> Callable[[dict], DataBundle]:
-    """`build` for a synthetic task, whose tokenizer is fixed by config alone."""
-
-    def build(cfg: dict[str, Any]) -> DataBundle:
-        tokenizer = build_tokenizer(cfg)  # first: it validates cheaply before the splits are built
-        splits = build_splits(cfg)
-        return DataBundle(splits["train"], splits[eval_split], tokenizer, tokenizer.vocab_size, metric)
-
-    return build
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The settings `build` takes, from its signature."""
+        return tuple(inspect.signature(self.build).parameters)
 
 
-def _mqar_splits(cfg: dict[str, Any]) -> dict[str, Split]:
-    return build_mqar_splits(
-        vocab_size=int(cfg["vocab_size"]),
-        seq_len=int(cfg["seq_len"]),
-        num_kv_pairs=int(cfg["num_kv_pairs"]),
-        train_size=int(cfg["train_size"]),
-        test_size=int(cfg["test_size"]),
-        seed=int(cfg["seed"]),
-        power_a=float(cfg["power_a"]),
-        random_non_queries=bool(cfg["random_non_queries"]),
-    )
+def _mqar(
+    *, vocab_size: int, seq_len: int, num_kv_pairs: int, train_size: int, test_size: int, seed: int, power_a: float,
+    random_non_queries: bool,
+) -> DataBundle:  # fmt: skip
+    tokenizer = IntTokenizer(vocab_size)
+    splits = build_mqar_splits(
+        vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs, train_size=train_size,
+        test_size=test_size, seed=seed, power_a=power_a, random_non_queries=random_non_queries,
+    )  # fmt: skip
+    return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
 
 
-def _lm_bundle(cfg: dict[str, Any], train_docs: list[str], val_docs: list[str]) -> DataBundle:
+def _passkey(*, vocab_size: int, seq_len: int, train_size: int, test_size: int, seed: int) -> DataBundle:
+    tokenizer = ByteTokenizer()
+    if vocab_size != tokenizer.vocab_size:  # the key is informational (configs state it); it cannot differ
+        raise ConfigError(f"passkey data is byte-level: vocab_size must be {tokenizer.vocab_size}, got {vocab_size}")
+    splits = build_passkey_splits(seq_len=seq_len, train_size=train_size, test_size=test_size, seed=seed)
+    return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
+
+
+def _copy(*, vocab_size: int, seq_len: int, min_len: int, train_size: int, test_size: int, seed: int) -> DataBundle:
+    tokenizer = IntTokenizer(vocab_size)
+    splits = build_copy_splits(vocab_size=vocab_size, seq_len=seq_len, min_len=min_len, train_size=train_size,
+                               test_size=test_size, seed=seed)  # fmt: skip
+    return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
+
+
+def _lm_bundle(train_docs, val_docs, *, tokenizer: str, vocab_size, bpe_vocab_size: int, seq_len: int) -> DataBundle:
     """Tokenize (the tokenizer learns from training documents only) and pack; per-token and per-byte ppl."""
-    tokenizer = build_text_tokenizer(cfg["tokenizer"], cfg["vocab_size"], cfg["bpe_vocab_size"], train_docs)
-    splits = build_lm_splits(train_docs, val_docs, tokenizer, int(cfg["seq_len"]))
-    return DataBundle(splits["train"], splits["val"], tokenizer, tokenizer.vocab_size, "ppl", splits["val_bytes"])
+    tok = build_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size, train_docs)
+    splits = build_lm_splits(train_docs, val_docs, tok, seq_len)
+    return DataBundle(splits["train"], splits["val"], tok, tok.vocab_size, "ppl", splits["val_bytes"])
 
 
-def _check_tokenizer_choice(cfg: dict[str, Any]) -> None:
-    """Fail on a bad tokenizer setting before any text is read (reading a dataset can take a while)."""
-    check_text_tokenizer(cfg["tokenizer"], cfg["vocab_size"], cfg["bpe_vocab_size"])
+def _text(
+    *, tokenizer: str, bpe_vocab_size: int, vocab_size: int | None, seq_len: int, val_fraction: float, seed: int,
+    paths, glob: str | None, max_bytes: int | None,
+) -> DataBundle:  # fmt: skip
+    check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before any text is read
+    docs = load_text_corpus(paths, glob=glob, max_bytes=max_bytes)
+    train_docs, val_docs = split_documents(docs, val_fraction, seed)
+    return _lm_bundle(train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size,
+                      bpe_vocab_size=bpe_vocab_size, seq_len=seq_len)  # fmt: skip
 
 
-def _text_bundle(cfg: dict[str, Any]) -> DataBundle:
-    _check_tokenizer_choice(cfg)
-    paths = cfg["paths"]
-    if paths is not None and not isinstance(paths, str):
-        paths = [str(p) for p in paths]  # also turns an OmegaConf ListConfig into a list
-    docs = load_text_corpus(paths, glob=cfg["glob"], max_bytes=cfg["max_bytes"])
-    return _lm_bundle(cfg, *split_documents(docs, float(cfg["val_fraction"]), int(cfg["seed"])))
-
-
-def _hf_bundle(cfg: dict[str, Any]) -> DataBundle:
-    _check_tokenizer_choice(cfg)
-    if cfg["data_files"] is not None and not isinstance(cfg["data_files"], (str, dict)):
-        cfg = {**cfg, "data_files": [str(f) for f in cfg["data_files"]]}  # an OmegaConf ListConfig
-    return _lm_bundle(cfg, *hf_documents(cfg))
-
-
-def _passkey_splits(cfg: dict[str, Any]) -> dict[str, Split]:
-    return build_passkey_splits(
-        seq_len=int(cfg["seq_len"]), train_size=int(cfg["train_size"]), test_size=int(cfg["test_size"]),
-        seed=int(cfg["seed"]),
+def _hf(
+    *, path: str, config_name: str | None, data_files, split: str, val_split: str | None, text_field: str,
+    streaming: bool, max_bytes: int | None, max_docs: int | None, cache_dir: str | None, tokenizer: str,
+    bpe_vocab_size: int, vocab_size: int | None, seq_len: int, val_fraction: float, seed: int,
+) -> DataBundle:  # fmt: skip
+    check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before the dataset is read (or downloaded)
+    train_docs, val_docs = hf_documents(
+        path=path, config_name=config_name, data_files=data_files, split=split, val_split=val_split,
+        text_field=text_field, streaming=streaming, max_bytes=max_bytes, max_docs=max_docs, cache_dir=cache_dir,
+        val_fraction=val_fraction, seed=seed,
     )  # fmt: skip
-
-
-def _copy_splits(cfg: dict[str, Any]) -> dict[str, Split]:
-    return build_copy_splits(
-        vocab_size=int(cfg["vocab_size"]), seq_len=int(cfg["seq_len"]), min_len=int(cfg["min_len"]),
-        train_size=int(cfg["train_size"]), test_size=int(cfg["test_size"]), seed=int(cfg["seed"]),
-    )  # fmt: skip
-
-
-def _byte_tokenizer(cfg: dict[str, Any]) -> Tokenizer:  # passkey
-    tok = ByteTokenizer()
-    if cfg["vocab_size"] != tok.vocab_size:  # the key is informational (configs state it); it cannot differ
-        raise ValueError(f"passkey data is byte-level: vocab_size must be {tok.vocab_size}, got {cfg['vocab_size']}")
-    return tok
+    return _lm_bundle(train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size,
+                      bpe_vocab_size=bpe_vocab_size, seq_len=seq_len)  # fmt: skip
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mqar": DatasetSpec(
-        build=_generated(_mqar_splits, lambda cfg: IntTokenizer(int(cfg["vocab_size"])), "test", "accuracy"),
-        required=("vocab_size", "seq_len", "num_kv_pairs", "train_size", "test_size", "seed"),
-        defaults={"power_a": 0.01, "random_non_queries": True},
-    ),
-    "text": DatasetSpec(
-        build=_text_bundle,
-        required=("seq_len",),
-        defaults={
-            "tokenizer": "byte",
-            "bpe_vocab_size": 4096,
-            "vocab_size": None,  # derived from the tokenizer; a stated value must agree with it
-            "val_fraction": 0.05,
-            "seed": 0,
-            "paths": None,
-            "glob": None,
-            "max_bytes": DEFAULT_MAX_BYTES,
-        },
-    ),
-    "hf": DatasetSpec(
-        build=_hf_bundle,
-        required=("path", "seq_len"),
-        defaults={
-            "split": "train",
-            "val_split": None,
-            "text_field": "text",
-            "data_files": None,
-            "config_name": None,
-            "streaming": False,
-            "max_bytes": DEFAULT_MAX_BYTES,
-            "max_docs": None,
-            "cache_dir": None,
-            "tokenizer": "byte",
-            "bpe_vocab_size": 4096,
-            "vocab_size": None,
-            "val_fraction": 0.05,
-            "seed": 0,
-        },
-    ),
-    "passkey": DatasetSpec(
-        build=_generated(_passkey_splits, _byte_tokenizer, "test", "accuracy"),
-        required=("seq_len", "train_size", "test_size", "seed"),
-        defaults={"vocab_size": 257},
-    ),
-    "copy": DatasetSpec(
-        build=_generated(_copy_splits, lambda cfg: IntTokenizer(int(cfg["vocab_size"])), "test", "accuracy"),
-        required=("vocab_size", "seq_len", "min_len", "train_size", "test_size", "seed"),
-    ),
+    "mqar": DatasetSpec(_mqar),
+    "text": DatasetSpec(_text),
+    "hf": DatasetSpec(_hf),
+    "passkey": DatasetSpec(_passkey),
+    "copy": DatasetSpec(_copy),
 }
 
 
-def build_data(name: str, **cfg: Any) -> DataBundle:
-    """Build the dataset registered as `name` from its config keys (see `DATASETS[name]`).
+def build_dataset(cfg: DataConfig) -> DataBundle:
+    """The bundle of a typed data config (`zoo.config.typed(cfg.data)` of a composed config): `cfg.name` picks the
+    builder, which gets every other setting."""
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"unknown dataset {cfg.name!r}; choose one of {sorted(DATASETS)}")
+    spec = DATASETS[cfg.name]
+    return spec.build(**{key: getattr(cfg, key) for key in spec.keys})
 
-    mqar: vocab_size, seq_len, num_kv_pairs, train_size, test_size, seed, [power_a=0.01,
-    random_non_queries=True]; IntTokenizer(vocab_size); metric "accuracy" on the test split.
-    text: seq_len (block size), [tokenizer="byte" | "bpe", bpe_vocab_size=4096, vocab_size=None (derived: 257 for
-    bytes, bpe_vocab_size for BPE; a stated value must agree), val_fraction=0.05, seed=0, paths=None (stdlib
-    sources), glob=None, max_bytes=8 MiB]; metric "ppl" on the validation split, with `eval_bytes`.
-    hf: path (Hub id, builder name or local file/folder), seq_len, [split="train", val_split=None (hold out
-    val_fraction instead), text_field="text", data_files=None, config_name=None, streaming=False, max_bytes=8 MiB,
-    max_docs=None, cache_dir=None, and the tokenizer keys of text]; packed and scored like text.
-    passkey: seq_len, train_size, test_size, seed, [vocab_size=257]; ByteTokenizer; accuracy on the 5 digits.
-    copy: vocab_size, seq_len (= 2 * longest copy), min_len, train_size, test_size, seed; IntTokenizer;
-    accuracy on the copied tokens.
-    """
+
+def build_data(name: str, **settings: Any) -> DataBundle:
+    """The dataset `conf/data/<name>.yaml` describes, with `settings` over that file's values (a key the file does
+    not have is a ConfigError naming the valid ones).
+
+    mqar: IntTokenizer(vocab_size); accuracy on the test split. passkey: ByteTokenizer; accuracy on the 5 digits.
+    copy: IntTokenizer; accuracy on the copied tokens. text (the offline corpus) and hf (Hugging Face datasets):
+    byte or BPE tokens (vocab_size is derived from the tokenizer; a stated value must agree); "ppl" on the
+    validation split, with `eval_bytes`. Each setting is documented in its yaml."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    spec = DATASETS[name]
-    # Keys starting with "_" are interpolation helpers of conf/data (e.g. text.yaml's `_vocab` table), not settings.
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    unknown = sorted(set(cfg) - set(spec.required) - set(spec.defaults))
-    missing = sorted(set(spec.required) - set(cfg))
-    if unknown or missing:
-        allowed = sorted([*spec.required, *spec.defaults])
-        raise ValueError(f"data config {name!r}: unknown keys {unknown}, missing keys {missing}; it takes {allowed}")
-    return spec.build({**spec.defaults, **cfg})
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return build_dataset(load_option("data", name, settings))
 
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_MAX_BYTES",
     "IGNORE_INDEX",
     "DataBundle",
     "DatasetSpec",
     "build_data",
+    "build_dataset",
     "build_lm_splits",
     "build_mqar_splits",
     "build_text_splits",

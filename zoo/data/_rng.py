@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zoo.errors import ConfigError
+
 
 def make_rng(seed: int, *stream: int) -> np.random.Generator:
     """A numpy Generator for `seed`, optionally on an independent sub-stream.
@@ -12,5 +14,5 @@ def make_rng(seed: int, *stream: int) -> np.random.Generator:
     spawn keys, so it never coincides with `make_rng(t)` for any integer `t`.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(int(s) for s in stream)))

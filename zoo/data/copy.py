@@ -17,15 +17,16 @@ import torch
 
 from zoo.data._rng import make_rng
 from zoo.data.mqar import IGNORE_INDEX
+from zoo.errors import ConfigError
 
 PAD, SEP, FIRST_CONTENT = 0, 1, 2
 
 
 def _check(vocab_size: int, length: int) -> None:
     if vocab_size < FIRST_CONTENT + 2:
-        raise ValueError(f"copy needs vocab_size >= {FIRST_CONTENT + 2} (pad, separator, >= 2 content tokens)")
+        raise ConfigError(f"copy needs vocab_size >= {FIRST_CONTENT + 2} (pad, separator, >= 2 content tokens)")
     if length < 1:
-        raise ValueError(f"copy length must be >= 1, got {length}")
+        raise ConfigError(f"copy length must be >= 1, got {length}")
 
 
 def copy_batch(num_examples: int, lengths, max_len: int, vocab_size: int, rng: np.random.Generator):
@@ -51,15 +52,15 @@ def copy_examples(num_examples: int, length: int, vocab_size: int, seed: int):
 
 
 def build_copy_splits(
-    vocab_size: int, seq_len: int, min_len: int, train_size: int, test_size: int, seed: int
+    *, vocab_size: int, seq_len: int, min_len: int, train_size: int, test_size: int, seed: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """`data=copy`: copy lengths uniform in `[min_len, seq_len // 2]`, padded to `seq_len` tokens."""
     max_len = seq_len // 2
     _check(vocab_size, max_len)
     if seq_len % 2:
-        raise ValueError(f"copy seq_len must be even (reading L tokens, then writing them back), got {seq_len}")
+        raise ConfigError(f"copy seq_len must be even (reading L tokens, then writing them back), got {seq_len}")
     if not 1 <= min_len <= max_len:
-        raise ValueError(f"copy min_len must be in [1, seq_len // 2 = {max_len}], got {min_len}")
+        raise ConfigError(f"copy min_len must be in [1, seq_len // 2 = {max_len}], got {min_len}")
     splits = {}
     for name, size, stream in (("train", train_size, 0), ("test", test_size, 1)):
         rng = make_rng(seed, 4, stream)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.data.text import split_documents, take_documents
+from zoo.errors import ConfigError
 
 # File suffix -> the `datasets` builder that reads it, for `path` given as a local file.
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text"}
@@ -33,7 +34,7 @@ def load_hf_documents(
 
     `path`: a Hub dataset id (e.g. `roneneldan/TinyStories`), a packaged builder (`json`, `parquet`, `csv`,
     `text`) with `data_files`, a local data file (its builder follows the suffix) or a local folder.
-    A Hub dataset that cannot be reached (no network, or no such dataset) is a one-line ValueError that
+    A Hub dataset that cannot be reached (no network, or no such dataset) is a one-line ConfigError that
     points at the offline alternatives.
     """
     import datasets  # imported here: only data=hf pays for it
@@ -42,7 +43,7 @@ def load_hf_documents(
     local = Path(os.path.expanduser(path))
     if local.is_file():
         if local.suffix not in _BUILDERS:
-            raise ValueError(f"data.path={path!r}: unknown file type; use one of {sorted(_BUILDERS)}")
+            raise ConfigError(f"data.path={path!r}: unknown file type; use one of {sorted(_BUILDERS)}")
         builder, kwargs["data_files"] = _BUILDERS[local.suffix], str(local)
     else:
         builder = str(local) if local.is_dir() else path
@@ -55,8 +56,8 @@ def load_hf_documents(
         ds = datasets.load_dataset(builder, **kwargs)
     except Exception as e:  # the Hub's many failure types (connection, offline mode, not found, auth)
         if not is_hub:
-            raise ValueError(f"data.path={path!r}: could not read it with `datasets`: {_first_line(e)}") from e
-        raise ValueError(
+            raise ConfigError(f"data.path={path!r}: could not read it with `datasets`: {_first_line(e)}") from e
+        raise ConfigError(
             f"data.path={path!r}: could not load this dataset from the Hugging Face Hub (no network, or no such "
             f"dataset: {_first_line(e)}); offline, use data=text (the offline corpus) or local files, e.g. "
             "data.path=/path/to/train.jsonl or data.path=parquet data.data_files=/path/to/*.parquet"
@@ -64,35 +65,36 @@ def load_hf_documents(
     return take_documents(_texts(ds, text_field, path), max_bytes=max_bytes, max_docs=max_docs)
 
 
-def hf_documents(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """`(train_docs, val_docs)` for `data=hf`: the validation documents are `val_split` when it is set,
-    else a `val_fraction` of the loaded documents held out by `split_documents` (seeded, by document)."""
-    common = dict(
-        path=str(cfg["path"]), text_field=cfg["text_field"], data_files=cfg["data_files"], name=cfg["config_name"],
-        streaming=cfg["streaming"], cache_dir=cfg["cache_dir"],
-    )  # fmt: skip
-    fraction = float(cfg["val_fraction"])
-    docs = load_hf_documents(split=cfg["split"], max_bytes=cfg["max_bytes"], max_docs=cfg["max_docs"], **common)
-    if cfg["val_split"] is None:
-        return split_documents(docs, fraction, int(cfg["seed"]))
+def hf_documents(
+    *, path: str, config_name: str | None, data_files, split: str, val_split: str | None, text_field: str,
+    streaming: bool, max_bytes: int | None, max_docs: int | None, cache_dir: str | None, val_fraction: float,
+    seed: int,
+) -> tuple[list[str], list[str]]:  # fmt: skip
+    """`(train_docs, val_docs)` for `data=hf` (settings: conf/data/hf.yaml): the validation documents are
+    `val_split` when it is set, else a `val_fraction` of the loaded documents held out by `split_documents`
+    (seeded, by document)."""
+    common = dict(path=str(path), text_field=text_field, data_files=data_files, name=config_name,
+                  streaming=streaming, cache_dir=cache_dir)  # fmt: skip
+    docs = load_hf_documents(split=split, max_bytes=max_bytes, max_docs=max_docs, **common)
+    if val_split is None:
+        return split_documents(docs, val_fraction, seed)
 
     # A named validation split gets the caps scaled by val_fraction: it is a sample, not a second corpus.
     def scaled(cap):
-        return None if cap is None else max(1, int(cap * fraction))
+        return None if cap is None else max(1, int(cap * val_fraction))
 
-    val = load_hf_documents(split=cfg["val_split"], max_bytes=scaled(cfg["max_bytes"]),
-                            max_docs=scaled(cfg["max_docs"]), **common)  # fmt: skip
+    val = load_hf_documents(split=val_split, max_bytes=scaled(max_bytes), max_docs=scaled(max_docs), **common)
     return docs, val
 
 
 def _texts(ds, text_field: str, path: str) -> Iterator[str]:
     columns = getattr(ds, "column_names", None)  # None for some streamed datasets until the first row
     if columns is not None and text_field not in columns:
-        raise ValueError(f"data.path={path!r} has no column {text_field!r} (data.text_field); columns: {columns}")
+        raise ConfigError(f"data.path={path!r} has no column {text_field!r} (data.text_field); columns: {columns}")
     for row in ds:
         value = row[text_field]
         if not isinstance(value, str):
-            raise ValueError(f"data.path={path!r}: column {text_field!r} holds {type(value).__name__}, not text")
+            raise ConfigError(f"data.path={path!r}: column {text_field!r} holds {type(value).__name__}, not text")
         yield value
 
 

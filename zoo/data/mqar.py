@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from zoo.data._rng import make_rng
+from zoo.errors import ConfigError
 
 IGNORE_INDEX = -100  # label of every position that is not scored (PyTorch cross-entropy's default)
 
@@ -72,14 +73,15 @@ def mqar(
 
 
 def build_mqar_splits(
+    *,
     vocab_size: int,
     seq_len: int,
     num_kv_pairs: int,
     train_size: int,
     test_size: int,
     seed: int,
-    power_a: float = 0.01,
-    random_non_queries: bool = True,
+    power_a: float,
+    random_non_queries: bool,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Train and test MQAR sets: `{"train": (x, y), "test": (x, y)}`, each `[size, seq_len]`.
 
@@ -99,21 +101,21 @@ def _check_mqar_args(
     vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int, power_a: float, what: str = "num_examples"
 ) -> None:
     if num_kv_pairs < 1:
-        raise ValueError(f"MQAR needs num_kv_pairs >= 1, got num_kv_pairs={num_kv_pairs}")
+        raise ConfigError(f"MQAR needs num_kv_pairs >= 1, got num_kv_pairs={num_kv_pairs}")
     if 4 * num_kv_pairs > seq_len:
-        raise ValueError(
+        raise ConfigError(
             f"MQAR needs 4 * num_kv_pairs <= seq_len (2n prefix tokens + n distinct query gaps of 2), "
             f"got 4 * {num_kv_pairs} > {seq_len}"
         )
     if num_kv_pairs > vocab_size // 2 - 1:
-        raise ValueError(
+        raise ConfigError(
             f"MQAR needs num_kv_pairs <= vocab_size // 2 - 1 distinct keys in [1, vocab_size // 2), "
             f"got num_kv_pairs={num_kv_pairs} > {vocab_size // 2 - 1} (vocab_size={vocab_size})"
         )
     if not (power_a > 0 and math.isfinite(power_a)):
-        raise ValueError(f"MQAR needs a finite power_a > 0, got power_a={power_a}")
+        raise ConfigError(f"MQAR needs a finite power_a > 0, got power_a={power_a}")
     if num_examples < 0:
-        raise ValueError(f"MQAR needs {what} >= 0, got {what}={num_examples}")
+        raise ConfigError(f"MQAR needs {what} >= 0, got {what}={num_examples}")
 
 
 def _mqar(

@@ -20,6 +20,7 @@ import torch
 
 from zoo.data._rng import make_rng
 from zoo.data.mqar import IGNORE_INDEX
+from zoo.errors import ConfigError
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 PASSKEY_DIGITS = 5
@@ -126,7 +127,7 @@ def sentence_boundary(n_filler: int, depth: float) -> int:
 
 def _check_depth(depth: float) -> None:
     if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"needle depth must be in [0, 1] (fraction of the filler before the needle), got {depth}")
+        raise ConfigError(f"needle depth must be in [0, 1] (fraction of the filler before the needle), got {depth}")
 
 
 def passkey_prompt(length: int, depth: float, key: str) -> np.ndarray:
@@ -135,7 +136,7 @@ def passkey_prompt(length: int, depth: float, key: str) -> np.ndarray:
     needle, question = _bytes(passkey_needle(key)), _bytes(PASSKEY_QUESTION)
     n_filler = length - len(needle) - len(question)
     if n_filler < 0:
-        raise ValueError(
+        raise ConfigError(
             f"passkey prompt length {length} is shorter than the needle and question alone "
             f"({len(needle) + len(question)} tokens)"
         )
@@ -170,7 +171,7 @@ def niah_prompt(length: int, words: list[str], numbers: list[str], depths: list[
     question = _bytes(niah_question(words[asked]))
     n_filler = length - sum(len(n) for n in needles) - len(question)
     if n_filler < 0:
-        raise ValueError(
+        raise ConfigError(
             f"niah prompt length {length} is shorter than its {len(needles)} needles and question "
             f"({length - n_filler} tokens)"
         )
@@ -189,7 +190,7 @@ def niah_prompt(length: int, words: list[str], numbers: list[str], depths: list[
 def niah_examples(num_examples: int, length: int, num_keys: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """`num_examples` multi-key needle prompts (`[N, length]`) and the asked numbers (7 digits)."""
     if not 1 <= num_keys <= len(NIAH_WORDS):
-        raise ValueError(f"niah num_keys must be in [1, {len(NIAH_WORDS)}], got {num_keys}")
+        raise ConfigError(f"niah num_keys must be in [1, {len(NIAH_WORDS)}], got {num_keys}")
     rng = make_rng(seed)
     prompts, answers = [], []
     for _ in range(num_examples):
@@ -213,7 +214,7 @@ def with_answers(prompts: torch.Tensor, answers: list[str]) -> tuple[torch.Tenso
     return inputs, labels
 
 
-def build_passkey_splits(seq_len: int, train_size: int, test_size: int, seed: int) -> dict:
+def build_passkey_splits(*, seq_len: int, train_size: int, test_size: int, seed: int) -> dict:
     """`data=passkey`: prompts of `seq_len - 5` tokens plus the 5 answer digits, depth uniform in [0, 1]."""
     length = seq_len + 1 - PASSKEY_DIGITS  # inputs hold the prompt and the first 4 answer digits
     splits = {}

@@ -18,8 +18,8 @@ import torch
 
 from zoo.data._rng import make_rng
 from zoo.data.tokenizer import BPETokenizer, ByteTokenizer
+from zoo.errors import ConfigError
 
-DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # keeps the default corpus quick to read and pack (a few hundred ms)
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")  # what a directory contributes when no glob is given
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}  # not the standard library proper
 
@@ -49,13 +49,10 @@ def load_text_corpus(
     matching `glob` (e.g. `"**/*.md"`; default: every file below it with a suffix in `TEXT_SUFFIXES`), sorted.
     A `.jsonl` file contributes one document per line (its `"text"` field); any other file is one document,
     decoded as UTF-8 with invalid bytes replaced. Empty documents are dropped. Reading stops once `max_bytes`
-    (None: `DEFAULT_MAX_BYTES`) is reached; the last document is cut to fit.
+    (None: no cap; `data=text` caps it in conf/data/text.yaml) is reached; the last document is cut to fit.
     """
-    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
-    if max_bytes < 1:
-        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
     if paths is None and glob is not None:
-        raise ValueError("glob applies to directories given in paths; it cannot be used with the default corpus")
+        raise ConfigError("glob applies to directories given in paths; it cannot be used with the default corpus")
     files = default_corpus_files() if paths is None else _expand(paths, glob)
     return take_documents((doc for f in files for doc in _read_documents(f)), max_bytes=max_bytes)
 
@@ -65,7 +62,7 @@ def take_documents(docs: Iterable[str], max_bytes: int | None = None, max_docs: 
     `max_docs` documents in all (None: no cap). Empty documents are dropped and not counted; the document
     that reaches `max_bytes` is cut to fit, never inside a character. Stops reading as soon as a cap is hit."""
     if max_bytes is not None and max_bytes < 1 or max_docs is not None and max_docs < 1:
-        raise ValueError(f"max_bytes and max_docs must be >= 1 (or None), got {max_bytes} and {max_docs}")
+        raise ConfigError(f"max_bytes and max_docs must be >= 1 (or None), got {max_bytes} and {max_docs}")
     out: list[str] = []
     budget = max_bytes
     for doc in docs:
@@ -88,9 +85,9 @@ def split_documents(docs: Sequence[str], val_fraction: float, seed: int) -> tupl
     least one left for training) chosen by a permutation seeded with `seed` go to validation. Both lists keep
     the corpus order. Returns `(train_docs, val_docs)`."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(docs) < 2:
-        raise ValueError(f"need at least 2 documents to split into train and validation, got {len(docs)}")
+        raise ConfigError(f"need at least 2 documents to split into train and validation, got {len(docs)}")
     n_val = min(max(1, round(len(docs) * val_fraction)), len(docs) - 1)
     is_val = np.zeros(len(docs), dtype=bool)
     is_val[make_rng(seed).permutation(len(docs))[:n_val]] = True
@@ -107,7 +104,7 @@ def pack_documents(docs: Sequence[str], tokenizer, block_size: int) -> torch.Ten
     that does not fill a block is dropped. Inputs are `blocks[:, :-1]`, labels `blocks[:, 1:]`.
     """
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise ConfigError(f"block_size must be >= 1 (data.seq_len), got {block_size}")
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     # BPE encodes a batch in parallel (Rust threads); the result is the same as one document at a time.
     encoded = tokenizer.encode_batch(docs) if hasattr(tokenizer, "encode_batch") else map(tokenizer.encode, docs)
@@ -120,18 +117,19 @@ def pack_documents(docs: Sequence[str], tokenizer, block_size: int) -> torch.Ten
 
 def build_text_splits(
     tokenizer,
+    *,
     block_size: int,
-    val_fraction: float = 0.05,
-    seed: int = 0,
-    paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    glob: str | None = None,
-    max_bytes: int | None = None,
+    val_fraction: float,
+    seed: int,
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    glob: str | None,
+    max_bytes: int | None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """`{"train": (x, y), "val": (x, y)}`, each LongTensor `[N, block_size]`, from `load_text_corpus`
     (plus `"val_bytes"`, see `build_lm_splits`).
 
     The split is by document (`split_documents`), so no validation text leaks into training blocks.
-    Raises ValueError when either side has too little text for one block.
+    Raises a ConfigError when either side has too little text for one block.
     """
     docs = load_text_corpus(paths, glob=glob, max_bytes=max_bytes)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
@@ -145,20 +143,20 @@ def check_text_tokenizer(kind: str, vocab_size: int | None, bpe_vocab_size: int)
     follows it); None means "derive". A stated value that disagrees is a config error naming the right one."""
     if kind == "byte":
         if vocab_size is not None and vocab_size != ByteTokenizer.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer=byte: vocab_size must be {ByteTokenizer.vocab_size}, got {vocab_size} "
                 "(for another vocabulary size use tokenizer=bpe with bpe_vocab_size)"
             )
     elif kind == "bpe":
         if isinstance(bpe_vocab_size, bool) or not isinstance(bpe_vocab_size, int) or bpe_vocab_size <= 257:
-            raise ValueError(f"tokenizer=bpe: bpe_vocab_size must be an integer above 257, got {bpe_vocab_size!r}")
+            raise ConfigError(f"tokenizer=bpe: bpe_vocab_size must be an integer above 257, got {bpe_vocab_size!r}")
         if vocab_size is not None and vocab_size != bpe_vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer=bpe: vocab_size must be {bpe_vocab_size} (bpe_vocab_size), got {vocab_size}; "
                 "set bpe_vocab_size to change it (conf/data derives vocab_size from it)"
             )
     else:
-        raise ValueError(f"unknown tokenizer {kind!r}; choose one of ['bpe', 'byte']")
+        raise ConfigError(f"unknown tokenizer {kind!r}; choose one of ['bpe', 'byte']")
 
 
 def build_text_tokenizer(kind: str, vocab_size: int | None, bpe_vocab_size: int, train_docs: Sequence[str]):
@@ -174,14 +172,14 @@ def build_lm_splits(train_docs: Sequence[str], val_docs: Sequence[str], tokenize
     `x`, `y` are LongTensor `[N, block_size]` (`y` is `x` shifted by one token, see `pack_documents`).
     `val_bytes` is LongTensor `[N_val]`: how many UTF-8 bytes of text each validation block's labels encode
     (an eos counts 1), so the validation loss can be reported per byte as well as per token, which compares
-    byte- and BPE-tokenized models. Raises ValueError when either side has too little text for one block.
+    byte- and BPE-tokenized models. Raises a ConfigError when either side has too little text for one block.
     """
     out: dict = {}
     for name, part in (("train", train_docs), ("val", val_docs)):
         blocks = pack_documents(part, tokenizer, block_size)
         if len(blocks) == 0:
             n_bytes = sum(len(d.encode("utf-8")) for d in part)
-            raise ValueError(
+            raise ConfigError(
                 f"text corpus too small: the {name} split has {len(part)} documents, {n_bytes} bytes, not enough "
                 f"for one block of {block_size + 1} tokens; add text (paths=..., max_bytes=...) or lower seq_len"
             )
@@ -204,7 +202,7 @@ def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike], glob: str | 
         else:
             raise FileNotFoundError(f"text corpus path {str(p)!r} does not exist")
     if not files:
-        raise ValueError(f"no text files found in {[str(p) for p in paths]} (glob={glob!r})")
+        raise ConfigError(f"no text files found in {[str(p) for p in paths]} (glob={glob!r})")
     return files
 
 
@@ -219,7 +217,7 @@ def _read_documents(path: Path) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+                raise ConfigError(f"{path}:{n}: not valid JSON ({e})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{n}: each .jsonl line needs a string field 'text'")
+                raise ConfigError(f"{path}:{n}: each .jsonl line needs a string field 'text'")
             yield record["text"]

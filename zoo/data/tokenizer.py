@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from zoo.errors import ConfigError
 from zoo.io.runs import write_text_atomically
 from zoo.io.safety import reject_code_keys
 
@@ -97,7 +98,7 @@ class IntTokenizer:
 
     def __post_init__(self):
         if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 1:
-            raise ValueError(f"IntTokenizer needs an integer vocab_size >= 1, got {self.vocab_size!r}")
+            raise ConfigError(f"IntTokenizer needs an integer vocab_size >= 1, got {self.vocab_size!r}")
 
     def encode(self, text: str) -> list[int]:
         ids = []

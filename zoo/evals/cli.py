@@ -7,33 +7,44 @@
 
 The metrics are merged into `results.json` of the run folder (or of the checkpoint folder), the per-cell
 recall rows are written to `recall.csv`, and a table is printed. lm-eval metrics are named
-`lm_eval/<task>/<metric>` (see `zoo.evals.lm_eval.run.flat_metrics`); settings in `conf/eval/default.yaml` `lm_eval`.
+`lm_eval/<task>/<metric>` (see `zoo.evals.lm_eval.run.flat_metrics`). Settings: conf/eval/recall/default.yaml
+(`eval.recall`) and conf/eval/lm_eval/default.yaml (`eval.lm_eval`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sys
+from collections.abc import Mapping
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from zoo.config import conf_dir, pick_device
-from zoo.errors import CheckpointError, ConfigError
+from zoo import schemas
+from zoo.config import check_command_line, conf_dir, from_mapping, pick_device, typed
+from zoo.errors import ZooError
 from zoo.evals.recall import run_suite
 from zoo.io.checkpoint import from_pretrained
 from zoo.io.results import update_results
 from zoo.io.runs import locate
+from zoo.schemas import EvalRoot, LMEvalConfig, RecallConfig
 
 
 def evaluate_folder(
-    path, tasks: list[str], recall_cfg: dict, lm_eval_cfg: dict | None = None
+    path, tasks: list[str], recall_cfg: RecallConfig | Mapping, lm_eval_cfg: LMEvalConfig | None = None
 ) -> tuple[dict, list[dict], list[str]]:
-    """Recall `tasks` (none when empty), then the lm-eval tasks of `lm_eval_cfg["tasks"]` (if any), on the
-    checkpoint of `path`; each part's metrics are merged into results.json as soon as it is done."""
+    """Recall `tasks` (none when empty) with the settings `recall_cfg` (`eval.recall`; a plain dict needs every
+    section but `tasks`), then the lm-eval tasks of `lm_eval_cfg.tasks` (if any), on the checkpoint of `path`;
+    each part's metrics are merged into results.json as soon as it is done."""
+    if not isinstance(recall_cfg, RecallConfig):
+        recall_cfg = from_mapping(RecallConfig, {"tasks": list(tasks), **recall_cfg}, "eval.recall")
     checkpoint, results_dir = locate(path)
-    lm_tasks = list((lm_eval_cfg or {}).get("tasks") or [])
-    device = pick_device(recall_cfg.get("device", "auto") if tasks or not lm_tasks else lm_eval_cfg["device"])
+    lm_tasks = list(lm_eval_cfg.tasks) if lm_eval_cfg is not None else []
+    if tasks or not lm_tasks:
+        device = pick_device(recall_cfg.device, "eval.recall.device")
+    else:
+        device = pick_device(lm_eval_cfg.device, "eval.lm_eval.device")
     model = from_pretrained(checkpoint, device=device)
     metrics, rows, notes = {}, [], []
     if tasks:
@@ -65,11 +76,13 @@ def format_table(metrics: dict, notes: list[str]) -> str:
 
 def run(cfg: DictConfig) -> tuple[dict, list[str]]:
     """zoo-eval on a composed `conf/zoo_eval.yaml` config; returns (metrics, notes)."""
-    recall_cfg = OmegaConf.to_container(cfg.eval.recall, resolve=True)
-    lm_eval_cfg = OmegaConf.to_container(cfg.eval.lm_eval, resolve=True)
-    lm_eval_cfg["tasks"] = list(cfg.lm_tasks)
-    metrics, _, notes = evaluate_folder(cfg.path, list(cfg.tasks), recall_cfg, lm_eval_cfg)
+    root: EvalRoot = typed(cfg)
+    lm_eval_cfg = dataclasses.replace(root.eval.lm_eval, tasks=list(root.lm_tasks))
+    metrics, _, notes = evaluate_folder(root.path, list(root.tasks), root.eval.recall, lm_eval_cfg)
     return metrics, notes
+
+
+schemas.register()  # before @hydra.main composes: the yamls' defaults lists name the schemas
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="zoo_eval")
@@ -78,7 +91,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         metrics, notes = run(cfg)
     except Exception as e:
         reason = _download_failure(e) if cfg.lm_tasks else None
-        if reason is None and not isinstance(e, (ConfigError, CheckpointError, ValueError)):
+        if reason is None and not isinstance(e, ZooError):
             raise
         print(f"zoo-eval: error: {reason or e}", file=sys.stderr)
         sys.exit(2)
@@ -93,6 +106,7 @@ def _download_failure(e: Exception) -> str | None:
 
 
 def main() -> None:
+    check_command_line("zoo-eval", "zoo_eval")  # an unknown key or option: one line and exit code 2, before Hydra
     _hydra_main()
 
 

@@ -1,6 +1,7 @@
 """The recall suite: what a fixed-size state forgets, measured on any model.
 
-Tasks (registry `TASKS`, each `task(model, tokenizer, cfg, device) -> TaskResult`):
+Tasks (registry `TASKS`, each `task(model, tokenizer, settings, device) -> TaskResult`, with its section of
+`eval.recall` as settings: conf/eval/recall/default.yaml, typed by `zoo.schemas.RecallConfig`):
 - `mqar`: Zoology's MQAR accuracy at label positions over a grid of `seq_lens` x `num_kv_pairs`
   (`mqar/accuracy@<seq_len>x<num_kv_pairs>`); needs an integer-token model.
 - `copy`: copy `L` random tokens after reading them (`copy/accuracy@L`, `copy/exact@L`, and
@@ -19,17 +20,21 @@ reported as skipped with the reason (it is not silently dropped).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from zoo.config import from_mapping
 from zoo.data.copy import copy_examples
 from zoo.data.mqar import mqar
 from zoo.data.passkey import PASSKEY_DIGITS, niah_examples, passkey_examples
 from zoo.data.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.errors import ConfigError
 from zoo.model.lm import HybridLM
+from zoo.schemas import CopyRecall, MqarRecall, NiahRecall, PasskeyRecall, RecallConfig
 
 
 class TaskSkipped(Exception):
@@ -88,7 +93,9 @@ def label_accuracy(model: HybridLM, inputs, labels, batch_size: int, device) -> 
 
 
 def _grows(model: HybridLM) -> bool:
-    return model.state_bytes(2048) > model.state_bytes(1024)
+    # a HybridLM declares it (`state_grows`); a zoo-bench runner or a test oracle only reports its bytes
+    declared = getattr(model, "state_grows", None)
+    return model.state_bytes(2048) > model.state_bytes(1024) if declared is None else declared
 
 
 class Budget:
@@ -116,12 +123,12 @@ class Budget:
         self.last = (length, seconds)
 
 
-def _needle_task(name, make, answer_len, model, tokenizer, cfg, device) -> TaskResult:
+def _needle_task(name, make, answer_len, model, tokenizer, cfg: PasskeyRecall | NiahRecall, device) -> TaskResult:
     """Shared loop of passkey and niah: for each length, prompts -> streamed prefill -> greedy answer."""
     _need(tokenizer, ByteTokenizer, name)
     result = TaskResult()
-    budget = Budget(model, cfg["batch_size"], cfg["memory_budget_gb"], cfg["time_budget_s"])
-    for length in tqdm(cfg["lengths"], desc=name, leave=False):
+    budget = Budget(model, cfg.batch_size, cfg.memory_budget_gb, cfg.time_budget_s)
+    for length in tqdm(cfg.lengths, desc=name, leave=False):
         reason = budget.refuse(length)
         if reason:
             result.notes.append(f"{name}@{length}: skipped: {reason}")
@@ -129,8 +136,8 @@ def _needle_task(name, make, answer_len, model, tokenizer, cfg, device) -> TaskR
             continue
         prompts, answers, depths = make(length)
         start, hits = time.perf_counter(), []
-        for i in range(0, len(prompts), cfg["batch_size"]):
-            out = stream_prefill(model, prompts[i : i + cfg["batch_size"]].to(device), cfg["prefill_chunk"])
+        for i in range(0, len(prompts), cfg.batch_size):
+            out = stream_prefill(model, prompts[i : i + cfg.batch_size].to(device), cfg.prefill_chunk)
             got = greedy_continue(model, out, answer_len).cpu()
             hits += [tokenizer.decode(g) == a for g, a in zip(got.tolist(), answers[i : i + len(got)], strict=True)]
         seconds = time.perf_counter() - start
@@ -145,48 +152,48 @@ def _needle_task(name, make, answer_len, model, tokenizer, cfg, device) -> TaskR
     return result
 
 
-def passkey_task(model, tokenizer, cfg, device) -> TaskResult:
-    depths = [float(d) for d in cfg["depths"] for _ in range(cfg["trials"])]
+def passkey_task(model, tokenizer, cfg: PasskeyRecall, device) -> TaskResult:
+    depths = [float(d) for d in cfg.depths for _ in range(cfg.trials)]
 
     def make(length):
-        prompts, keys = passkey_examples(len(depths), length, seed=cfg["seed"] + length, depths=depths)
+        prompts, keys = passkey_examples(len(depths), length, seed=cfg.seed + length, depths=depths)
         return prompts, keys, depths
 
     return _needle_task("passkey", make, PASSKEY_DIGITS, model, tokenizer, cfg, device)
 
 
-def niah_task(model, tokenizer, cfg, device) -> TaskResult:
+def niah_task(model, tokenizer, cfg: NiahRecall, device) -> TaskResult:
     def make(length):
-        prompts, numbers = niah_examples(cfg["num_examples"], length, cfg["num_keys"], seed=cfg["seed"] + length)
+        prompts, numbers = niah_examples(cfg.num_examples, length, cfg.num_keys, seed=cfg.seed + length)
         return prompts, numbers, None
 
     return _needle_task("niah", make, len("1234567"), model, tokenizer, cfg, device)
 
 
-def mqar_task(model, tokenizer, cfg, device) -> TaskResult:
+def mqar_task(model, tokenizer, cfg: MqarRecall, device) -> TaskResult:
     _need(tokenizer, IntTokenizer, "mqar")
     result = TaskResult()
-    for seq_len in cfg["seq_lens"]:
-        for n in cfg["num_kv_pairs"]:
+    for seq_len in cfg.seq_lens:
+        for n in cfg.num_kv_pairs:
             if 4 * n > seq_len:
                 result.notes.append(f"mqar@{seq_len}x{n}: skipped: 4 * num_kv_pairs > seq_len")
                 continue
-            x, y = mqar(tokenizer.vocab_size, seq_len, n, cfg["num_examples"], seed=cfg["seed"])
-            acc, _ = label_accuracy(model, x, y, cfg["batch_size"], device)
+            x, y = mqar(tokenizer.vocab_size, seq_len, n, cfg.num_examples, seed=cfg.seed)
+            acc, _ = label_accuracy(model, x, y, cfg.batch_size, device)
             result.metrics[f"mqar/accuracy@{seq_len}x{n}"] = acc
             result.rows.append({"task": "mqar", "seq_len": seq_len, "num_kv_pairs": n, "accuracy": acc})
     return result
 
 
-def copy_task(model, tokenizer, cfg, device) -> TaskResult:
+def copy_task(model, tokenizer, cfg: CopyRecall, device) -> TaskResult:
     _need(tokenizer, IntTokenizer, "copy")
     result, max_exact, unbroken = TaskResult(), 0, True
-    for length in sorted(cfg["lengths"]):
-        x, y = copy_examples(cfg["num_examples"], length, tokenizer.vocab_size, seed=cfg["seed"] + length)
-        acc, exact = label_accuracy(model, x, y, cfg["batch_size"], device)
+    for length in sorted(cfg.lengths):
+        x, y = copy_examples(cfg.num_examples, length, tokenizer.vocab_size, seed=cfg.seed + length)
+        acc, exact = label_accuracy(model, x, y, cfg.batch_size, device)
         result.metrics[f"copy/accuracy@{length}"] = acc
         result.metrics[f"copy/exact@{length}"] = exact
-        unbroken = unbroken and exact >= cfg["exact_threshold"]
+        unbroken = unbroken and exact >= cfg.exact_threshold
         max_exact = length if unbroken else max_exact
         result.rows.append({"task": "copy", "length": length, "accuracy": acc, "exact": exact})
     result.metrics["copy/max_exact_len"] = max_exact
@@ -201,17 +208,25 @@ TASKS: dict[str, Callable[..., TaskResult]] = {
 }
 
 
-def run_suite(model: HybridLM, tokenizer, tasks: list[str], cfg: dict, device) -> tuple[dict, list[dict], list[str]]:
-    """Run `tasks` (names in `TASKS`) with their settings `cfg[name]`; returns (metrics, rows, notes).
+def run_suite(
+    model: HybridLM, tokenizer, tasks: list[str], cfg: RecallConfig | Mapping, device
+) -> tuple[dict, list[dict], list[str]]:
+    """Run `tasks` (names in `TASKS`) with their settings, the sections of `cfg` (`eval.recall`; a plain dict
+    `{task: settings}` needs only the sections of `tasks`); returns (metrics, rows, notes).
     A task that does not fit the model is noted as skipped, not raised."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
-        raise ValueError(f"unknown recall task(s) {unknown}; valid: {sorted(TASKS)}")
+        raise ConfigError(f"unknown recall task(s) {unknown}; valid: {sorted(TASKS)}")
+    if isinstance(cfg, RecallConfig):
+        sections = {name: getattr(cfg, name) for name in tasks}
+    else:
+        schemas = typing.get_type_hints(RecallConfig)
+        sections = {name: from_mapping(schemas[name], cfg[name], f"eval.recall.{name}") for name in tasks}
     metrics, rows, notes = {}, [], []
     model.eval()
     for name in tasks:
         try:
-            res = TASKS[name](model, tokenizer, dict(cfg[name]), device)
+            res = TASKS[name](model, tokenizer, sections[name], device)
         except TaskSkipped as e:
             notes.append(f"{name}: skipped: {e}")
             continue

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from zoo.errors import ConfigError
 from zoo.rank import is_main
+from zoo.schemas import DistributedConfig
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -214,12 +215,12 @@ class _OptimizerView:
         self.loaded = state
 
 
-def setup(dist_cfg: dict, fsdp: bool, device: torch.device) -> Dist:
+def setup(dist_cfg: DistributedConfig, fsdp: bool, device: torch.device) -> Dist:
     """Join torchrun's process group (once per process) and pick this rank's device.
 
     `dist_cfg` is `train.distributed`: `backend` auto (nccl on CUDA, gloo on CPU) | gloo | nccl."""
     _export_submitit_env()
-    backend = dist_cfg.get("backend", "auto")
+    backend = dist_cfg.backend
     if backend not in BACKENDS:
         raise ConfigError(f"train.distributed.backend={backend!r}; valid: {', '.join(BACKENDS)}")
     if not launched_by_torchrun():
@@ -239,10 +240,10 @@ def setup(dist_cfg: dict, fsdp: bool, device: torch.device) -> Dist:
 
 
 def _export_submitit_env() -> None:
-    """Under Hydra's submitit launcher with several SLURM tasks (`hydra.launcher.tasks_per_node` / `nodes`),
-    every task runs the Hydra job itself, without torchrun: submitit turns SLURM's variables into torchrun's
-    (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). CUDA_VISIBLE_DEVICES is left alone, since the
-    device is picked by LOCAL_RANK below."""
+    """Under Hydra's submitit launcher (`hydra/launcher=slurm`, conf/hydra/launcher/slurm.yaml) with several
+    SLURM tasks (`hydra.launcher.tasks_per_node` / `nodes`), every task runs the Hydra job itself, without
+    torchrun: submitit turns SLURM's variables into torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    MASTER_PORT). CUDA_VISIBLE_DEVICES is left alone, since the device is picked by LOCAL_RANK below."""
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
         return
     from submitit.helpers import TorchDistributedEnvironment

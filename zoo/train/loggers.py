@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import numbers
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
+from zoo.config import from_mapping
 from zoo.errors import ConfigError
 from zoo.io.results import log_metrics
+from zoo.schemas import LogConfig
 
 TENSORBOARD_DIR = "tensorboard"
 WANDB_ID_FILE = "wandb_id.txt"
@@ -28,29 +31,27 @@ class RunLogger:
     `record` is a flat dict with a `step` key (as written to `metrics.jsonl`). `enabled=False` (ranks other
     than 0) makes every call a no-op, so the training loop needs no rank checks of its own.
     `start_step` is where this (possibly resumed) run starts: TensorBoard drops events logged past it by an
-    interrupted earlier run, as `metrics.jsonl` does (`results.truncate_metrics`)."""
+    interrupted earlier run, as `metrics.jsonl` does (`results.truncate_metrics`).
+    `log_cfg` is `train.log`; a plain dict may leave a sink out, which leaves that sink off."""
 
-    def __init__(self, run_dir, log_cfg: dict | None, run_config: dict, start_step: int = 0, enabled: bool = True):
+    def __init__(
+        self, run_dir, log_cfg: LogConfig | Mapping, run_config: dict, start_step: int = 0, enabled: bool = True
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = self._wandb = None
-        log_cfg = log_cfg or {}
-        unknown = set(log_cfg) - {"tensorboard", "wandb"}
-        if unknown:
-            raise ConfigError(f"unknown train.log keys {sorted(unknown)}; valid keys: ['tensorboard', 'wandb']")
+        if not isinstance(log_cfg, LogConfig):
+            log_cfg = from_mapping(LogConfig, {"tensorboard": False, "wandb": None, **log_cfg}, "train.log")
         # The imports are checked on every rank, so a missing package fails everywhere, not only on rank 0.
-        if log_cfg.get("tensorboard"):
+        if log_cfg.tensorboard:
             summary_writer = _import_tensorboard()
             if enabled:
                 log_dir = str(self.run_dir / TENSORBOARD_DIR)
                 self._tb = summary_writer(log_dir=log_dir, purge_step=start_step or None)
-        if log_cfg.get("wandb"):
-            wandb_cfg = log_cfg["wandb"]
-            if not isinstance(wandb_cfg, dict):
-                raise ConfigError("train.log.wandb takes wandb.init arguments, e.g. {project: zoo, mode: offline}")
+        if log_cfg.wandb:
             wandb = _import_wandb()
             if enabled:
-                self._wandb = self._open_wandb(wandb, wandb_cfg, run_config)
+                self._wandb = self._open_wandb(wandb, log_cfg.wandb, run_config)
 
     def _open_wandb(self, wandb, wandb_cfg: dict, run_config: dict):
         # A stable id stored in the run folder: a resumed run continues the same W&B run instead of a new one.

@@ -4,7 +4,7 @@
     zoo-train model=gla data=text train.max_steps=500
     zoo-train hydra.run.dir=runs/mine train.resume=true      # continue runs/mine from its checkpoint
 
-Writes the run folder of DESIGN.md: `.hydra/config.yaml`, `metrics.jsonl`, `checkpoint/`
+Writes the run folder of docs/architecture.md: `.hydra/config.yaml`, `metrics.jsonl`, `checkpoint/`
 (weights, config.json, tokenizer, optimizer state), `results.json`.
 """
 
@@ -15,7 +15,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -24,55 +23,22 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from zoo.config import conf_dir, pick_device
-from zoo.data import build_data, iterate_batches
-from zoo.errors import CheckpointError, ConfigError
+from zoo import schemas
+from zoo.config import check_command_line, conf_dir, pick_device, typed
+from zoo.data import build_dataset, iterate_batches
+from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.evals import final as final_eval
 from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
 from zoo.rank import is_main
+from zoo.schemas import EvalConfig, TrainConfig, TrainRoot
 from zoo.train import distributed
 from zoo.train.loggers import RunLogger
 from zoo.train.state import load_trainer_state, save_trainer_state
 
 log = logging.getLogger("zoo.train.loop")
-
-
-@dataclass
-class TrainConfig:
-    """`conf/train/*.yaml`, typed so that a misspelt key fails before training."""
-
-    max_steps: int
-    batch_size: int
-    lr: float
-    min_lr_ratio: float
-    warmup_steps: int
-    weight_decay: float
-    betas: list
-    grad_clip: float
-    seed: int
-    resume: bool | str
-    log_every: int
-    eval_every: int
-    save_every: int
-    device: str
-    num_threads: int | None
-    distributed: dict
-    fsdp: bool
-    log: dict
-
-
-def typed(cls, node, what: str):
-    """`cls(**node)` with a one-line error naming unknown or missing keys."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    fields = set(cls.__dataclass_fields__)
-    if set(data) - fields:
-        raise ConfigError(f"unknown {what} keys {sorted(set(data) - fields)}; valid keys: {sorted(fields)}")
-    if fields - set(data):
-        raise ConfigError(f"{what} config is missing {sorted(fields - set(data))}")
-    return cls(**data)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -97,7 +63,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean")
 
 
 @torch.no_grad()
-def evaluate(model: HybridLM, data, name: str, eval_cfg, device, autocast) -> dict[str, float]:
+def evaluate(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, autocast) -> dict[str, float]:
     """Held-out metrics: MQAR accuracy at label positions only, or validation loss / perplexity per token and,
     for text, bits per byte and perplexity per byte (total NLL over the UTF-8 bytes the tokens encode)."""
     model.eval()
@@ -153,7 +119,8 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     called after every optimizer step (tests use it to interrupt a run)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tcfg = typed(TrainConfig, cfg.train, "train")
+    root: TrainRoot = typed(cfg)  # checked against zoo.schemas once; the model is built from the node, cfg.model
+    tcfg, eval_cfg = root.train, root.eval
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     device = pick_device(tcfg.device)
@@ -161,14 +128,9 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     device = dctx.device
     distributed.check_batch(tcfg.batch_size, dctx)
     run_dir = dctx.agree_on_run_dir(run_dir)  # Hydra's ${now:...} may differ between the ranks
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_name = data_cfg.pop("name")
-    try:
-        data = build_data(data_name, **data_cfg)
-    except ValueError as e:  # impossible data settings are config errors: one line, before training
-        raise ConfigError(f"data: {e}") from e
-    if cfg.model.vocab_size < data.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < data vocab size {data.vocab_size}")
+    data = build_dataset(root.data)  # impossible data settings are ConfigErrors (one line, before training)
+    if root.model.vocab_size < data.vocab_size:
+        raise ConfigError(f"model.vocab_size={root.model.vocab_size} < data vocab size {data.vocab_size}")
 
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg.model).to(device)
@@ -193,7 +155,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     logger = RunLogger(run_dir, tcfg.log, OmegaConf.to_container(cfg, resolve=True), start_step, dctx.is_main)
 
     n_params = model.num_params()
-    log.info("model %s: %s params, layers %s, device %s", cfg.model.get("name", "?"), f"{n_params:,}",
+    log.info("model %s: %s params, layers %s, device %s", root.model.name, f"{n_params:,}",
              model.layer_mixers, device)  # fmt: skip
     run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
     if dctx.is_main:
@@ -230,7 +192,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             logger.log(record | {"lr": lr, "grad_norm": grad_norm.item(),
                                  "time_s": elapsed_before + time.perf_counter() - t0})  # fmt: skip
         if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
-            evals = evaluate(model, data, data_name, cfg.eval, device, autocast)
+            evals = evaluate(model, data, root.data.name, eval_cfg, device, autocast)
             logger.log({"step": done, **evals})
             bar.set_postfix({"loss": f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
         if done % tcfg.save_every == 0 or done == tcfg.max_steps:
@@ -250,22 +212,25 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     step = max(step, start_step)
     train_time = elapsed_before + time.perf_counter() - t0
     metrics = {"params": n_params, "train/steps": min(tcfg.max_steps, step), "train/time_s": train_time, **evals}
-    for length in cfg.eval.state_bytes_at:
+    for length in eval_cfg.state_bytes_at:
         metrics[f"state/bytes@{length}"] = model.state_bytes(length)
-    if final_eval.wanted(cfg.eval):  # eval.final: recall / throughput / lm-eval on the trained model
+    if final_eval.wanted(eval_cfg):  # eval.final: recall / throughput / lm-eval on the trained model
         update_results(run_dir, metrics, status="evaluating", **run_info)
-        metrics.update(final_eval.run_final_eval(model, cfg, run_dir, device))
+        metrics.update(final_eval.run_final_eval(model, eval_cfg, root.data.seq_len, run_dir, device))
     update_results(run_dir, metrics, status="completed", **run_info)
     return metrics
 
 
 def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
-    name = cfg.model.get("name", "model")
+    name = cfg.model.name
     parts = [f"{name}: {metrics['params'] / 1e6:.2f}M params", f"{metrics['train/steps']} steps",
              f"{metrics['train/time_s']:.0f} s"]  # fmt: skip
     parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("/accuracy") or k.startswith("val/")]
     parts += [f"state {v / 1024:.1f} KiB @{k.split('@')[1]}" for k, v in metrics.items() if k.startswith("state/")]
     return " | ".join(parts) + f"\nrun folder: {run_dir}"
+
+
+schemas.register()  # before @hydra.main composes: the yamls' defaults lists name the schemas
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
@@ -284,7 +249,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         message = record_failure(run_dir, e)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"zoo-train: error: {message}", file=sys.stderr)
-            sys.exit(2 if isinstance(e, (ConfigError, CheckpointError)) else 1)
+            sys.exit(2 if isinstance(e, ZooError) else 1)
         log.error("job %s failed, the sweep goes on: %s", hydra_cfg.job.num, message)
         metrics = None
     if metrics is None:
@@ -296,6 +261,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     sys.argv += distributed.hydra_overrides_for_rank()  # under torchrun, only rank 0 writes .hydra/ and the log
+    check_command_line("zoo-train", "config")  # an unknown key or option: one line and exit code 2, before Hydra
     _hydra_main()
 
 

@@ -18,21 +18,19 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm.auto import tqdm
 
-from zoo.config import DTYPES, pick_device
-from zoo.errors import CheckpointError
+from zoo.config import DTYPES, load_option, pick_device
+from zoo.errors import CheckpointError, ConfigError
 from zoo.io.runs import locate
+from zoo.schemas import LMEvalConfig
 
 log = logging.getLogger(__name__)
 
 GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}  # what generate_until honours
 
-def lm_eval_defaults() -> dict:
-    """The `lm_eval` section of `conf/eval/default.yaml`: the defaults of `ZooLM` and of zoo-eval's lm-eval run."""
-    from omegaconf import OmegaConf
-
-    from zoo.config import conf_dir
-
-    return OmegaConf.to_container(OmegaConf.load(conf_dir() / "eval" / "default.yaml").lm_eval, resolve=True)
+def lm_eval_defaults() -> LMEvalConfig:
+    """`conf/eval/lm_eval/default.yaml` (read through its schema): the defaults of `ZooLM` and of zoo-eval's
+    lm-eval run."""
+    return load_option("eval/lm_eval", "default")
 
 def training_seq_len(path) -> int | None:
     """`data.seq_len` of the run that wrote a checkpoint: read from `.hydra/config.yaml` of the run folder (`path`
@@ -62,9 +60,9 @@ def _positive_int(name: str, value) -> int:
     try:
         out = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"zoo model: {name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"zoo model: {name} must be an integer, got {value!r}") from None
     if out < 1:
-        raise ValueError(f"zoo model: {name} must be >= 1, got {out}")
+        raise ConfigError(f"zoo model: {name} must be >= 1, got {out}")
     return out
 
 @torch.inference_mode()
@@ -74,7 +72,7 @@ def _forward(model, ids: torch.Tensor, cache=None, use_cache: bool = False, logi
 class ZooLM(LM):
     """lm-eval's view of a hybrid-zoo checkpoint (registered as the model type `zoo`).
 
-    model_args (defaults from `conf/eval/default.yaml`, section `lm_eval`):
+    model_args (defaults from `conf/eval/lm_eval/default.yaml`):
     - `pretrained`: a checkpoint folder, a run folder (its `checkpoint/` is loaded) or a Hugging Face Hub id;
       `ZooLM.from_model(model)` wraps an already-loaded `HybridLM` instead;
     - `device`: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`; a CUDA device without CUDA is an error.
@@ -94,7 +92,7 @@ class ZooLM(LM):
       `max_length` (the continuation itself must fit). Requests run longest first, right-padded, one forward per
       batch.
     - `loglikelihood_rolling`: each document after an eos token. A model whose cache does not grow with length
-      (`state_bytes(2 * max_length) == state_bytes(max_length)`: linear or windowed attention) reads the document
+      (`not model.state_grows`: linear mixers or windowed attention only) reads the document
       `max_length` tokens at a time through its cache, so every token is scored given the whole document before
       it; a model with full-attention layers scores lm-eval's disjoint rolling windows of `max_length` tokens.
     - `generate_until`: `model.generate` on left-padded batches, greedy unless the request samples (`do_sample`,
@@ -118,11 +116,11 @@ class ZooLM(LM):
         from zoo.model.lm import HybridLM
 
         if pretrained is None:
-            raise ValueError("zoo model: model_args needs pretrained=<checkpoint folder, run folder or hub id>")
+            raise ConfigError("zoo model: model_args needs pretrained=<checkpoint folder, run folder or hub id>")
         defaults = lm_eval_defaults()
-        dtype = defaults["dtype"] if dtype is None else str(dtype)
+        dtype = defaults.dtype if dtype is None else str(dtype)
         if dtype != "auto" and dtype not in DTYPES:
-            raise ValueError(f"zoo model: dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+            raise ConfigError(f"zoo model: dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
         if isinstance(pretrained, HybridLM):
             # the caller's model: converted (device, dtype) on a copy, so the caller's own model is left as it was
             model, source = pretrained, None
@@ -133,29 +131,29 @@ class ZooLM(LM):
                 model = copy.deepcopy(model).to(device=target, dtype=dtype_to)
         else:
             source = _checkpoint_path(str(pretrained))
-            model = from_pretrained(source, device=pick_device(str(device or defaults["device"]), "device"))
+            model = from_pretrained(source, device=pick_device(str(device or defaults.device), "device"))
             if dtype != "auto":
                 model = model.to(DTYPES[dtype])
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         if self.tokenizer is None:
-            raise ValueError("zoo model: the checkpoint has no tokenizer (tokenizer.json); lm-eval tasks need text")
+            raise CheckpointError("zoo model: the checkpoint has no tokenizer (tokenizer.json); lm-eval needs text")
         self._device = next(model.parameters()).device
         if str(batch_size).startswith("auto"):
-            raise ValueError("zoo model: batch_size=auto is not supported; give an integer batch size")
-        self.batch_size = _positive_int("batch_size", defaults["batch_size"] if batch_size is None else batch_size)
+            raise ConfigError("zoo model: batch_size=auto is not supported; give an integer batch size")
+        self.batch_size = _positive_int("batch_size", defaults.batch_size if batch_size is None else batch_size)
         if max_length is None:
             seq_len = None if source is None else training_seq_len(pretrained)
-            max_length = defaults["fallback_max_length"] if seq_len is None else seq_len
+            max_length = defaults.fallback_max_length if seq_len is None else seq_len
         self.max_length = _positive_int("max_length", max_length)
         self.max_gen_toks = _positive_int(
-            "max_gen_toks", defaults["max_gen_toks"] if max_gen_toks is None else max_gen_toks
+            "max_gen_toks", defaults.max_gen_toks if max_gen_toks is None else max_gen_toks
         )
         self.prefill_chunk = _positive_int(
-            "prefill_chunk", defaults["prefill_chunk"] if prefill_chunk is None else prefill_chunk
+            "prefill_chunk", defaults.prefill_chunk if prefill_chunk is None else prefill_chunk
         )
         # a cache that does not grow with the length can carry a whole document from window to window
-        self.streams = model.state_bytes(2 * self.max_length) == model.state_bytes(self.max_length)
+        self.streams = not model.state_grows
 
     @classmethod
     def from_model(cls, model, **kwargs) -> ZooLM:
@@ -182,7 +180,7 @@ class ZooLM(LM):
         try:
             return list(self.tokenizer.encode(text))
         except ValueError as e:
-            raise ValueError(
+            raise ConfigError(
                 f"zoo model: this checkpoint's {type(self.tokenizer).__name__} cannot encode the task's text ({e}); "
                 "integer-token checkpoints read whitespace-separated integers (zoo_mqar), byte-level ones any text"
             ) from None
@@ -190,7 +188,7 @@ class ZooLM(LM):
     def _prefix_id(self, what: str) -> int:
         """The eos token, which conditions a first token that has no context."""
         if self.eot_token_id is None:
-            raise ValueError(
+            raise ConfigError(
                 f"zoo model: {what} needs an eos token to condition the first token on, and this checkpoint's "
                 f"{type(self.tokenizer).__name__} has none; give every request a non-empty context"
             )
@@ -220,7 +218,7 @@ class ZooLM(LM):
         seqs, truncated = [], 0
         for ctx, cont in pairs:
             if len(cont) > self.max_length:
-                raise ValueError(
+                raise ConfigError(
                     f"zoo model: a continuation of {len(cont)} tokens does not fit max_length="
                     f"{self.max_length}; raise max_length"
                 )
@@ -307,7 +305,7 @@ class ZooLM(LM):
         kwargs = dict(normalize_gen_kwargs(dict(gen_kwargs or {}), self.max_gen_toks))
         unknown = sorted(set(kwargs) - GEN_KEYS)
         if unknown:
-            raise ValueError(f"zoo model: generation kwargs {unknown} are not supported; supported: {sorted(GEN_KEYS)}")
+            raise ConfigError(f"zoo model: generation kwargs {unknown} are not supported; valid: {sorted(GEN_KEYS)}")
         until = kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         if self.eot_token_id is not None:  # a tokenizer whose eos has a text form also stops on that text
@@ -316,7 +314,7 @@ class ZooLM(LM):
                 until.append(eos_text)
         max_new = _positive_int("max_gen_toks", kwargs["max_gen_toks"])
         if max_new >= self.max_length:
-            raise ValueError(
+            raise ConfigError(
                 f"zoo model: max_gen_toks={max_new} leaves no room for a context in max_length={self.max_length}"
             )
         # greedy unless the request samples; do_sample without a temperature samples at temperature 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from zoo.evals.lm_eval.adapter import ZooLM, register
 from zoo.evals.lm_eval.tasks import offline_task_names, tasks_dir
+from zoo.schemas import LMEvalConfig
 
 # exception types (by name, anywhere in the cause chain) that mean "the Hub could not be reached"
 _OFFLINE_ERRORS = {
@@ -63,9 +64,9 @@ def include_paths(user: str | Sequence[str] | None) -> list[str]:
             out.append(p)
     return out
 
-def evaluate_model(model, cfg: dict, max_length: int | None = None) -> dict:
-    """Run lm-eval on a loaded `HybridLM` with the settings of `conf/eval/default.yaml` `lm_eval` (`cfg`); returns
-    lm-eval's results dict. `max_length` is used when `cfg["max_length"]` is null (zoo-eval passes the run's
+def evaluate_model(model, cfg: LMEvalConfig, max_length: int | None = None) -> dict:
+    """Run lm-eval on a loaded `HybridLM` with the settings `eval.lm_eval` (`cfg`, conf/eval/lm_eval/default.yaml);
+    returns lm-eval's results dict. `max_length` is used when `cfg.max_length` is null (zoo-eval passes the run's
     training `data.seq_len`); the offline task folder is always on the include path."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -73,23 +74,23 @@ def evaluate_model(model, cfg: dict, max_length: int | None = None) -> dict:
     register()
     lm = ZooLM.from_model(
         model,
-        device=cfg["device"],
-        dtype=cfg["dtype"],
-        batch_size=cfg["batch_size"],
-        max_length=cfg["max_length"] or max_length,
-        max_gen_toks=cfg["max_gen_toks"],
-        prefill_chunk=cfg["prefill_chunk"],
+        device=cfg.device,
+        dtype=cfg.dtype,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length or max_length,
+        max_gen_toks=cfg.max_gen_toks,
+        prefill_chunk=cfg.prefill_chunk,
     )
-    paths, metadata, tasks = include_paths(cfg["include_path"]), dict(cfg["metadata"] or {}), list(cfg["tasks"])
+    paths, metadata, tasks = include_paths(cfg.include_path), dict(cfg.metadata or {}), list(cfg.tasks)
     # indexing lm-eval's thousands of task yamls takes seconds: only when a task is not in the include paths
     manager = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
     if not all(manager.match_tasks([t]) for t in tasks):
         manager = TaskManager(include_path=paths, metadata=metadata)
     results = lm_eval.simple_evaluate(
         model=lm,
-        tasks=list(cfg["tasks"]),
-        num_fewshot=cfg["num_fewshot"],
-        limit=cfg["limit"],
+        tasks=tasks,
+        num_fewshot=cfg.num_fewshot,
+        limit=cfg.limit,
         task_manager=manager,
         log_samples=False,
     )
@@ -115,9 +116,9 @@ def flat_metrics(results: dict) -> dict[str, float]:
     return flat
 
 
-def lm_eval_record(results: dict, lm_eval_cfg: dict) -> dict:
+def lm_eval_record(results: dict, cfg: LMEvalConfig) -> dict:
     """What results.json keeps about the lm-eval run besides the metrics: settings, task versions, sample counts."""
-    keys = ("tasks", "limit", "num_fewshot", "metadata", "max_length")
-    config = {k: lm_eval_cfg.get(k) for k in keys}
+    config = {"tasks": list(cfg.tasks), "limit": cfg.limit, "num_fewshot": cfg.num_fewshot,
+              "metadata": dict(cfg.metadata), "max_length": cfg.max_length}  # fmt: skip
     config["max_length"] = results.get("config", {}).get("max_length", config["max_length"])
     return {"config": config, "versions": results.get("versions", {}), "n-samples": results.get("n-samples", {})}

@@ -14,7 +14,8 @@ Parameters (`--metadata key=value` overrides them for every task that reads that
 - `zoo_passkey_*`: `passkey_length`, `passkey_depths`, `passkey_trials`, `passkey_seed`: the prompts of the
   recall suite's `passkey/accuracy@<length>` (same seed rule), answered by generation.
 - `zoo_ppl`: `text_paths`, `text_max_bytes`, `text_val_fraction`, `text_seed`: the validation documents of
-  `data=text` (`zoo.data.text`), scored with `loglikelihood_rolling`.
+  `data=text` (`zoo.data.text`), scored with `loglikelihood_rolling`. Each one left out takes the value of
+  `paths`, `max_bytes`, `val_fraction`, `seed` in conf/data/text.yaml, so the task reads what training reads.
 """
 
 from __future__ import annotations
@@ -149,13 +150,16 @@ def _passkey_params(meta):
 
 
 def _text_params(meta):
-    p = _need(meta, ("text_paths", "text_max_bytes", "text_val_fraction", "text_seed"), "zoo_ppl")
+    from zoo.config import load_option
+
+    text = load_option("data", "text")  # data=text's corpus, unless --metadata says otherwise
+    p = {f"text_{k}": meta.get(f"text_{k}", getattr(text, k)) for k in ("paths", "max_bytes", "val_fraction", "seed")}
     paths = p["text_paths"]
     if paths is not None:
         paths = [str(Path(q).expanduser().resolve()) for q in ([paths] if isinstance(paths, str) else paths)]
     params = {
         "text_paths": paths,
-        "text_max_bytes": int(p["text_max_bytes"]),
+        "text_max_bytes": None if p["text_max_bytes"] is None else int(p["text_max_bytes"]),
         "text_val_fraction": float(p["text_val_fraction"]),
         "text_seed": int(p["text_seed"]),
     }
