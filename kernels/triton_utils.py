@@ -144,9 +144,19 @@ def check_dtypes(*tensors: torch.Tensor | None) -> None:
 
 @triton.jit
 def bwd_dA(
-    do, v, dA, cu, chunk_indices, scale,
-    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    do,
+    v,
+    dA,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     """dA = scale * tril(do v^T) per chunk: the gradient of the intra-chunk scores (shared by gla and rwkv6)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)

@@ -46,13 +46,19 @@ def main() -> None:
     bound = machine_limits(torch.device("cpu"), torch.float32)["matvec_gb_s"]
     print(f"bound: 8192 x 8192 row-major matrix-vector product {bound:.1f} GB/s")
     for name in args.models:
-        overrides = [f"model={name}", f"model.d_model={args.d_model}", f"model.n_layers={args.n_layers}",
-                     f"data.vocab_size={args.vocab_size}"]  # fmt: skip
+        overrides = [
+            f"model={name}",
+            f"model.d_model={args.d_model}",
+            f"model.n_layers={args.n_layers}",
+            f"data.vocab_size={args.vocab_size}",
+        ]
         model = zoo.build_model(compose(overrides).model).eval()
         row, nbytes, calls = linear_bandwidth(model, args.repeats)
         col, _, _ = linear_bandwidth(model.optimize_for_decode(), args.repeats)
-        print(f"{name}: {calls} weights, {nbytes / 1e6:.0f} MB; row-major {row:.1f} GB/s ({row / bound:.0%} of the "
-              f"bound), column-major {col:.1f} GB/s ({col / bound:.0%}), column/row {col / row:.2f}x")  # fmt: skip
+        print(
+            f"{name}: {calls} weights, {nbytes / 1e6:.0f} MB; row-major {row:.1f} GB/s ({row / bound:.0%} of the "
+            f"bound), column-major {col:.1f} GB/s ({col / bound:.0%}), column/row {col / row:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,13 @@ def rss_mib() -> float:
 def build(args) -> zoo.HybridLM:
     if args.checkpoint:
         return zoo.from_pretrained(args.checkpoint)
-    overrides = [f"model={args.model}", f"model.d_model={args.d_model}", f"model.n_layers={args.n_layers}",
-                 "data.vocab_size=257", *args.overrides]  # fmt: skip
+    overrides = [
+        f"model={args.model}",
+        f"model.d_model={args.d_model}",
+        f"model.n_layers={args.n_layers}",
+        "data.vocab_size=257",
+        *args.overrides,
+    ]
     torch.manual_seed(0)
     return zoo.build_model(compose(overrides).model).eval()
 
@@ -60,14 +65,22 @@ def main(argv=None) -> None:
 
     model = build(args)
     prompt, keys = passkey_examples(1, args.length, seed=0, depths=[args.depth])
-    print(f"{args.checkpoint or args.model}: {model.num_params() / 1e6:.2f}M params, layers {model.layer_mixers}, "
-          f"{torch.get_num_threads()} threads, prompt {args.length} tokens in chunks of {args.chunk}")  # fmt: skip
+    print(
+        f"{args.checkpoint or args.model}: {model.num_params() / 1e6:.2f}M params, layers {model.layer_mixers}, "
+        f"{torch.get_num_threads()} threads, prompt {args.length} tokens in chunks of {args.chunk}"
+    )
     rows, out, start = [], None, time.perf_counter()
     with torch.inference_mode():
         for i, piece in enumerate(prompt.split(args.chunk, dim=1)):
             out = model(piece, cache=None if out is None else out.cache, use_cache=True)
-            rows.append({"chunk": i, "tokens": out.cache.seen_tokens, "seconds": time.perf_counter() - start,
-                         "rss_mib": rss_mib()})  # fmt: skip
+            rows.append(
+                {
+                    "chunk": i,
+                    "tokens": out.cache.seen_tokens,
+                    "seconds": time.perf_counter() - start,
+                    "rss_mib": rss_mib(),
+                }
+            )
         prefill_s = time.perf_counter() - start
         answer = model.tokenizer.decode(greedy_continue(model, out, PASSKEY_DIGITS)[0]) if args.checkpoint else None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,13 +93,19 @@ def main(argv=None) -> None:
     base = rows[min(args.warmup_chunks, len(rows)) - 1]
     growth = max(r["rss_mib"] for r in rows) - base["rss_mib"]
     steady = (rows[-1]["tokens"] - base["tokens"]) / max(rows[-1]["seconds"] - base["seconds"], 1e-9)
-    print(f"prefill: {args.length} tokens in {prefill_s:.1f} s = {args.length / prefill_s:,.0f} tokens/s "
-          f"({steady:,.0f} tokens/s after the first {args.warmup_chunks} chunks)")  # fmt: skip
+    print(
+        f"prefill: {args.length} tokens in {prefill_s:.1f} s = {args.length / prefill_s:,.0f} tokens/s "
+        f"({steady:,.0f} tokens/s after the first {args.warmup_chunks} chunks)"
+    )
     peak, cache_mib = max(r["rss_mib"] for r in rows), model.state_bytes(args.length) / 2**20
-    print(f"memory: RSS {base['rss_mib']:.0f} MiB after {base['tokens']} tokens, peak {peak:.0f} MiB, "
-          f"growth after warm-up {growth:.0f} MiB; cache state_bytes {cache_mib:.2f} MiB")  # fmt: skip
-    print(f"target (pure GLA d256 x4 at 1M): growth < 200 MiB: {'met' if growth < 200 else 'MISSED'}; "
-          f">= 10k tokens/s: {'met' if args.length / prefill_s >= 10_000 else 'MISSED'}")  # fmt: skip
+    print(
+        f"memory: RSS {base['rss_mib']:.0f} MiB after {base['tokens']} tokens, peak {peak:.0f} MiB, "
+        f"growth after warm-up {growth:.0f} MiB; cache state_bytes {cache_mib:.2f} MiB"
+    )
+    print(
+        f"target (pure GLA d256 x4 at 1M): growth < 200 MiB: {'met' if growth < 200 else 'MISSED'}; "
+        f">= 10k tokens/s: {'met' if args.length / prefill_s >= 10_000 else 'MISSED'}"
+    )
     if answer is not None:
         print(f"passkey {keys[0]}: model answered {answer!r} ({'correct' if answer == keys[0] else 'wrong'})")
     print(f"wrote {args.out / 'passkey_stream.csv'} and {args.out / 'passkey_stream.png'}")
@@ -107,8 +126,10 @@ def plot(rows, path: Path, args) -> None:
     ax2.set(xscale="log", xlabel="prompt tokens processed", ylabel="tokens/s", title="prefill throughput per chunk")
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"passkey streamed through {args.checkpoint or args.model} (d_model {args.d_model}, "
-                 f"{args.n_layers} layers), chunks of {args.chunk}")  # fmt: skip
+    fig.suptitle(
+        f"passkey streamed through {args.checkpoint or args.model} (d_model {args.d_model}, "
+        f"{args.n_layers} layers), chunks of {args.chunk}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

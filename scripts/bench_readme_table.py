@@ -28,10 +28,18 @@ def tables(rows: list[dict]) -> str:
         at_size = [r for r in rows if (r["d_model"], r["n_layers"]) == (d, n)]
         cells = {(r["arch"], int(r["batch"]), int(r["prompt_len"])): r for r in at_size if r.get("prompt_len")}
         big_len = max((x for (_, b, x) in cells if b == big), default=None)
-        head = (["arch", "params"] + [f"prefill {k}" for k in LENGTHS] + [f"decode {k}" for k in LENGTHS]
-                + ["peak MiB 1k", "peak MiB 64k", f"decode, batch {big} @{big_len}"])  # fmt: skip
-        out += [f"**d_model {d}, {n} layers** (batch 1 unless noted; tokens/s)", "",
-                "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]  # fmt: skip
+        head = (
+            ["arch", "params"]
+            + [f"prefill {k}" for k in LENGTHS]
+            + [f"decode {k}" for k in LENGTHS]
+            + ["peak MiB 1k", "peak MiB 64k", f"decode, batch {big} @{big_len}"]
+        )
+        out += [
+            f"**d_model {d}, {n} layers** (batch 1 unless noted; tokens/s)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|---|" + "---:|" * (len(head) - 1),
+        ]
         for arch in dict.fromkeys(r["arch"] for r in at_size):
             failed = [r for r in at_size if r["arch"] == arch and str(r.get("note", "")).startswith("failed")]
             if failed:

@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         dev = r["params"] / base - 1
         if r["attn_layers"] is None and abs(dev) > TOLERANCE:
             off.append(r["arch"])
-        print(f"| {r['arch']} | {r['layers']} | {r['params']:,} | {r['non_embedding']:,} | {dev:+.1%} "
-              f"| {human(r['state_1k'], 'B')} | {human(r['state_64k'], 'B')} |")  # fmt: skip
+        print(
+            f"| {r['arch']} | {r['layers']} | {r['params']:,} | {r['non_embedding']:,} | {dev:+.1%} "
+            f"| {human(r['state_1k'], 'B')} | {human(r['state_64k'], 'B')} |"
+        )
     if off:
         print(f"\noutside +-{TOLERANCE:.0%} of the transformer: {', '.join(off)}")
     return 1 if args.check and off else 0

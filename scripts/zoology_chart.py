@@ -35,18 +35,20 @@ def load_runs(folders: list[Path]) -> list[dict]:
         with torch.device("meta"):  # shapes only: the state size at the MQAR length
             model = zoo.build_model(cfg.model)
         attn = list(cfg.model.attn.layers or [])
-        rows.append({
-            "arch": cfg.model.name,
-            "hybrid": bool(attn) and cfg.model.name != "transformer",
-            "attn_layers": attn,
-            "d_model": int(cfg.model.d_model),
-            "lr": float(cfg.train.lr),
-            "accuracy": results.get("metrics", {}).get("mqar/accuracy"),
-            "state_bytes": model.state_bytes(int(cfg.data.seq_len)),
-            "params": results.get("metrics", {}).get("params"),
-            "status": results.get("status", "unknown"),
-            "run": str(run),
-        })  # fmt: skip
+        rows.append(
+            {
+                "arch": cfg.model.name,
+                "hybrid": bool(attn) and cfg.model.name != "transformer",
+                "attn_layers": attn,
+                "d_model": int(cfg.model.d_model),
+                "lr": float(cfg.train.lr),
+                "accuracy": results.get("metrics", {}).get("mqar/accuracy"),
+                "state_bytes": model.state_bytes(int(cfg.data.seq_len)),
+                "params": results.get("metrics", {}).get("params"),
+                "status": results.get("status", "unknown"),
+                "run": str(run),
+            }
+        )
     return rows
 
 
@@ -76,7 +78,7 @@ def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float
     widths = sorted({r["d_model"] for r in best})
     lines = [
         f"| architecture | {' | '.join(f'd={w}' for w in widths)} | state bytes @ d={widths[-1]} | "
-        f"smallest d with acc >= {threshold} |",  # fmt: skip
+        f"smallest d with acc >= {threshold} |",
         "|---|" + "---:|" * (len(widths) + 2),
     ]
     for name in sorted({label(r) for r in best}):
@@ -107,8 +109,12 @@ def plot(best: list[dict], path: Path, title: str) -> None:
         ax1.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
         ax2.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
     ax1.set(xscale="log", xlabel="model width d_model", ylabel="MQAR accuracy", title="accuracy vs width")
-    ax2.set(xscale="log", xlabel="inference state bytes at the MQAR length", ylabel="MQAR accuracy",
-            title="accuracy vs state size")  # fmt: skip
+    ax2.set(
+        xscale="log",
+        xlabel="inference state bytes at the MQAR length",
+        ylabel="MQAR accuracy",
+        title="accuracy vs state size",
+    )
     for ax in (ax1, ax2):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(True, which="both", alpha=0.3)
@@ -132,9 +138,11 @@ def main(argv=None) -> None:
     best = best_per_point(rows)
     write_tables(rows, best, out, args.threshold)
     first = OmegaConf.load(Path(rows[0]["run"]) / ".hydra" / "config.yaml")
-    title = (f"MQAR, seq_len {first.data.seq_len}, {first.data.num_kv_pairs} kv pairs, vocab {first.data.vocab_size}, "
-             f"{first.model.n_layers} layers, {first.train.max_steps} steps, "
-             f"best of lr {sorted({r['lr'] for r in rows})} per point")  # fmt: skip
+    title = (
+        f"MQAR, seq_len {first.data.seq_len}, {first.data.num_kv_pairs} kv pairs, vocab {first.data.vocab_size}, "
+        f"{first.model.n_layers} layers, {first.train.max_steps} steps, "
+        f"best of lr {sorted({r['lr'] for r in rows})} per point"
+    )
     plot(best, out / "zoology_mqar.png", title)
     print((out / "zoology_mqar.md").read_text())
     print(f"wrote {out / 'zoology_mqar.csv'}, {out / 'zoology_mqar.md'}, {out / 'zoology_mqar.png'}")

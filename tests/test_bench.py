@@ -74,8 +74,12 @@ def test_tiny_run_writes_csv_markdown_and_plot(tmp_path):
 
 
 def test_budgets_and_failures_are_rows_with_reasons(tmp_path):
-    cfg = dict(TINY) | {"archs": ["transformer", "no_such_arch"], "batch_sizes": [1], "memory_budget_gb": 1e-6,
-                        "isolate": True}  # fmt: skip
+    cfg = dict(TINY) | {
+        "archs": ["transformer", "no_such_arch"],
+        "batch_sizes": [1],
+        "memory_budget_gb": 1e-6,
+        "isolate": True,
+    }
     rows, _ = run(cfg, tmp_path)
     notes = {(r["arch"], r.get("prompt_len")): r["note"] for r in rows}
     assert notes[("transformer", 16)].startswith("skipped: cache at 16 tokens needs")
@@ -92,11 +96,20 @@ def test_efficiency_fractions_follow_their_definitions():
 
 def test_targets_compare_the_named_cells():
     base = {"d_model": 8, "n_layers": 1, "batch": 1}
-    rows = [base | {"arch": "gla", "prompt_len": 512, "decode_tok_s": 10.0, "cache_bytes": 5, "peak_mib": 100.0},
-            base | {"arch": "gla", "prompt_len": 8192, "decode_tok_s": 9.0, "cache_bytes": 5, "peak_mib": 105.0,
-                    "prefill_tok_s": 50.0},
-            base | {"arch": "transformer", "prompt_len": 8192, "decode_tok_s": 3.0, "cache_bytes": 9,
-                    "prefill_tok_s": 60.0}]  # fmt: skip
+    rows = [
+        base | {"arch": "gla", "prompt_len": 512, "decode_tok_s": 10.0, "cache_bytes": 5, "peak_mib": 100.0},
+        base
+        | {
+            "arch": "gla",
+            "prompt_len": 8192,
+            "decode_tok_s": 9.0,
+            "cache_bytes": 5,
+            "peak_mib": 105.0,
+            "prefill_tok_s": 50.0,
+        },
+        base
+        | {"arch": "transformer", "prompt_len": 8192, "decode_tok_s": 3.0, "cache_bytes": 9, "prefill_tok_s": 60.0},
+    ]
     checks = "\n".join(targets(rows))
     assert "gla decode @8192 / @512: 0.90 (target >= 0.85: met)" in checks
     assert "gla / transformer decode @8192: 3.00 (target >= 1.5: met)" in checks
@@ -130,9 +143,19 @@ def test_path_merges_bench_metrics_into_results_json(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="console script smoke test")
 def test_zoo_bench_command_line(tmp_path):
-    cmd = [sys.executable, "-m", "zoo.bench", "bench.archs=[gla]", "bench.peers=[]", "bench.prompt_lens=[16]",
-           "bench.sizes=[{d_model:32,n_layers:1,head_dim:16}]", "bench.vocab_size=64", "bench.gen_tokens=2",
-           "bench.batch_sizes=[1]", f"out={tmp_path}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoo.bench",
+        "bench.archs=[gla]",
+        "bench.peers=[]",
+        "bench.prompt_lens=[16]",
+        "bench.sizes=[{d_model:32,n_layers:1,head_dim:16}]",
+        "bench.vocab_size=64",
+        "bench.gen_tokens=2",
+        "bench.batch_sizes=[1]",
+        f"out={tmp_path}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_rows(tmp_path / "bench.csv")[0]["arch"] == "gla"
@@ -140,8 +163,13 @@ def test_zoo_bench_command_line(tmp_path):
 
 def test_hf_peers_run_at_our_shapes(tmp_path):
     pytest.importorskip("transformers", reason="peer rows need transformers (pip install 'hybrid-zoo[bench]')")
-    cfg = dict(TINY) | {"archs": [], "peers": ["hf_llama_static", "hf_mamba2", "hf_olmo_hybrid"], "batch_sizes": [1],
-                        "sizes": [{"d_model": 64, "n_layers": 2}], "prompt_lens": [16]}  # fmt: skip
+    cfg = dict(TINY) | {
+        "archs": [],
+        "peers": ["hf_llama_static", "hf_mamba2", "hf_olmo_hybrid"],
+        "batch_sizes": [1],
+        "sizes": [{"d_model": 64, "n_layers": 2}],
+        "prompt_lens": [16],
+    }
     rows, _ = run(cfg, tmp_path)
     by_arch = {r["arch"]: r for r in rows}
     assert set(by_arch) == {"hf_llama_static", "hf_mamba2", "hf_olmo_hybrid", "gated_deltanet+attn[1]"}

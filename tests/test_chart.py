@@ -27,17 +27,32 @@ def test_pareto_front_keeps_the_undominated_points():
 
 
 def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
-    fake_run(tmp_path / "runs" / "a", ["model=gla", "model.n_layers=4", "model.attn.layers=[1,3]"], {
-        "status": "completed",
-        "model": {"layers": ["gla", "attn", "gla", "attn"]},
-        "metrics": {"params": 1000, "val/ppl": 12.5, "lm_eval/zoo_mqar/acc": 0.25, "passkey/accuracy@1024": 1.0,
-                    "state/bytes@1024": 4096, "state/bytes@65536": 262144, "bench/decode_tok_s@4096": 50.0},
-    })  # fmt: skip
-    fake_run(tmp_path / "runs" / "b", ["model=retnet", "model.n_layers=2"], {
-        "status": "failed",
-        "metrics": {"params": 900, "val/ppl": "nan"},
-        "error": {"type": "OutOfMemoryError", "message": "CUDA out of memory.\nTried to allocate", "traceback": []},
-    })  # fmt: skip
+    fake_run(
+        tmp_path / "runs" / "a",
+        ["model=gla", "model.n_layers=4", "model.attn.layers=[1,3]"],
+        {
+            "status": "completed",
+            "model": {"layers": ["gla", "attn", "gla", "attn"]},
+            "metrics": {
+                "params": 1000,
+                "val/ppl": 12.5,
+                "lm_eval/zoo_mqar/acc": 0.25,
+                "passkey/accuracy@1024": 1.0,
+                "state/bytes@1024": 4096,
+                "state/bytes@65536": 262144,
+                "bench/decode_tok_s@4096": 50.0,
+            },
+        },
+    )
+    fake_run(
+        tmp_path / "runs" / "b",
+        ["model=retnet", "model.n_layers=2"],
+        {
+            "status": "failed",
+            "metrics": {"params": 900, "val/ppl": "nan"},
+            "error": {"type": "OutOfMemoryError", "message": "CUDA out of memory.\nTried to allocate", "traceback": []},
+        },
+    )
     rows, written, notes = chart([tmp_path / "runs"], tmp_path / "out")
     with open(tmp_path / "out" / "tradeoff.csv") as f:
         table = {r["run"]: r for r in csv.DictReader(f)}
@@ -68,7 +83,8 @@ def test_no_run_folders_is_a_one_line_error(tmp_path, capsys):
 
 def test_python_dash_m_zoo_chart(tmp_path):
     fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
-    proc = subprocess.run([sys.executable, "-m", "zoo.report", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.report", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| r | gla |" in proc.stdout and (tmp_path / "tradeoff.md").exists()

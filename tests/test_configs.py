@@ -24,7 +24,7 @@ GROUP_OPTIONS = [
     *((f"eval/{sub}={name}", "config") for sub in ("recall", "lm_eval", "final") for name in options(f"eval/{sub}")),
     *((f"bench={name}", "zoo_bench") for name in options("bench")),
     *((f"+experiment={name}", "config") for name in options("experiment")),
-]  # fmt: skip
+]
 MISSPELT = [  # (root, override, the bad key as reported, a valid key that must be named)
     ("config", "+train.lrr=1", "train.lrr", "lr"),
     ("config", "train.lrr=1", "train.lrr", "lr"),
@@ -88,10 +88,14 @@ def test_a_value_of_the_wrong_type_names_its_key():
 
 @pytest.mark.parametrize(
     ("override", "config_name", "group", "valid"),
-    [("model=glaa", "config", "model", "gla"), ("data=mqqar", "config", "data", "mqar"),
-     ("+experiment=quickstrt", "config", "experiment", "quickstart"), ("eval/recall=nope", "config", "eval/recall",
-     "default"), ("bench=readmee", "zoo_bench", "bench", "readme")],
-)  # fmt: skip
+    [
+        ("model=glaa", "config", "model", "gla"),
+        ("data=mqqar", "config", "data", "mqar"),
+        ("+experiment=quickstrt", "config", "experiment", "quickstart"),
+        ("eval/recall=nope", "config", "eval/recall", "default"),
+        ("bench=readmee", "zoo_bench", "bench", "readme"),
+    ],
+)
 def test_a_misspelt_group_option_names_the_valid_options(override, config_name, group, valid):
     message = one_line_error([override], config_name)
     wrong = override.lstrip("+").split("=")[1]
@@ -135,8 +139,12 @@ def test_the_typed_bench_config_pickles():
 
 def test_the_schema_module_imports_nothing_heavy():
     tree = ast.parse((Path(schemas.__file__)).read_text())
-    imported = {n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(tree)
-                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in getattr(n, "names", [])}  # fmt: skip
+    imported = {
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in getattr(n, "names", [])
+    }
     assert {m.split(".")[0] for m in imported} <= {"__future__", "dataclasses", "typing", "omegaconf", "hydra"}
 
 
@@ -155,8 +163,13 @@ def test_every_yaml_of_a_group_names_its_schema():
 
 def test_the_command_line_reports_a_misspelt_key_in_one_line(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, "-m", "zoo.train", "+train.lrr=1", f"hydra.run.dir={tmp_path}"],
-                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.train", "+train.lrr=1", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("zoo-train: error: unknown config key 'train.lrr'; valid keys under 'train':"), line

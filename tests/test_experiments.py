@@ -47,10 +47,11 @@ def sweep(name: str) -> dict[str, list[str]]:
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         overrides = parser.parse_overrides([f"{key}={value}" for key, value in params.items()])
         return {
-            o.get_key_element(): list(o.sweep_string_iterator()) if o.is_sweep_override()
+            o.get_key_element(): list(o.sweep_string_iterator())
+            if o.is_sweep_override()
             else [o.get_value_element_as_str()]
             for o in overrides
-        }  # fmt: skip
+        }
 
 
 def model_glob(name: str) -> Glob | None:
@@ -106,13 +107,25 @@ def test_a_model_sweep_covers_every_architecture_it_does_not_exclude(name):
 # -- slow: every experiment trains 2 steps ---------------------------------------------------------------------
 
 SHRINK = [
-    "train.max_steps=2", "train.eval_every=2", "train.save_every=2", "train.log_every=1", "train.batch_size=4",
-    "train.warmup_steps=1", "eval.batch_size=16", "eval.max_examples=8",
+    "train.max_steps=2",
+    "train.eval_every=2",
+    "train.save_every=2",
+    "train.log_every=1",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "eval.batch_size=16",
+    "eval.max_examples=8",
     # the final evaluation's tasks stay as each experiment sets them; only their sizes shrink
-    "eval.recall.mqar.seq_lens=[64]", "eval.recall.mqar.num_kv_pairs=[4]", "eval.recall.mqar.num_examples=8",
-    "eval.recall.passkey.lengths=[128]", "eval.recall.passkey.depths=[0.5]", "eval.recall.passkey.trials=1",
-    "eval.recall.passkey.batch_size=1", "eval.lm_eval.limit=4", "eval.final.bench.gen_len=2",
-]  # fmt: skip
+    "eval.recall.mqar.seq_lens=[64]",
+    "eval.recall.mqar.num_kv_pairs=[4]",
+    "eval.recall.mqar.num_examples=8",
+    "eval.recall.passkey.lengths=[128]",
+    "eval.recall.passkey.depths=[0.5]",
+    "eval.recall.passkey.trials=1",
+    "eval.recall.passkey.batch_size=1",
+    "eval.lm_eval.limit=4",
+    "eval.final.bench.gen_len=2",
+]
 SHRINK_DATA = {
     "mqar": ["data.train_size=64", "data.test_size=16"],
     # the split is by document: 0.3 of the first ~13 stdlib files, so validation holds blocks of 256 bytes
@@ -142,8 +155,14 @@ def test_every_experiment_runs_a_few_steps(name, tmp_path, lm_eval_data):
     else:
         overrides.append(f"hydra.run.dir={tmp_path}")
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "ZOO_LM_EVAL_DATA": str(lm_eval_data)}
-    proc = subprocess.run([sys.executable, "-m", "zoo.train", *overrides], cwd=tmp_path, capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.train", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     log = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, log
 

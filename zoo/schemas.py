@@ -3,8 +3,9 @@ one per root config, registered in Hydra's ConfigStore by `register()`.
 
 Every yaml of a group names its schema first in its defaults list (`defaults: [/schema/train@_here_, _self_]`;
 the datasets `/schema/data/<name>@_here_`; the roots `schema/config`, `schema/zoo_eval`, `schema/zoo_bench`), so
-a misspelt key in a yaml, an experiment or a command-line override fails while Hydra composes. Defaults live in `conf/` only: a field
-here is MISSING unless the yaml may leave it out, and its documentation is the comment next to it in the yaml.
+a misspelt key in a yaml, an experiment or a command-line override fails while Hydra composes. Defaults live in
+`conf/` only: a field here is MISSING unless the yaml may leave it out, and its documentation is the comment next
+to it in the yaml.
 
 `OmegaConf.to_object` of a composed node gives these dataclasses; entry points convert once (`zoo.config.typed`)
 and pass them down. The model's runtime type stays `zoo.model.config.ModelConfig`, built from the composed node.

@@ -214,8 +214,9 @@ def test_prefill_then_decode_matches_parallel():
     o, S = chunk_rwkv6(*(x[:, :T1] for x in (r, k, v, w)), u, output_final_state=True, chunk_size=16)
     outs = [o]
     for t in range(T1, T):
-        o_t, S = fused_recurrent_rwkv6(*(x[:, t : t + 1] for x in (r, k, v, w)), u, initial_state=S,
-                                       output_final_state=True)  # fmt: skip
+        o_t, S = fused_recurrent_rwkv6(
+            *(x[:, t : t + 1] for x in (r, k, v, w)), u, initial_state=S, output_final_state=True
+        )
         outs.append(o_t)
     assert_close(torch.cat(outs, dim=1), o_full, **TOL[torch.float32], name="o")
 
@@ -224,9 +225,11 @@ def test_prefill_then_decode_matches_parallel():
 
 
 @pytest.mark.parametrize("with_h0", [False, True], ids=["h0-none", "h0"])
-@pytest.mark.parametrize(("op", "backend"), [(chunk_rwkv6, "torch"), (chunk_rwkv6, "naive"),
-                                             (fused_recurrent_rwkv6, "torch")],
-                         ids=["chunk-torch", "chunk-naive", "fused-torch"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("op", "backend"),
+    [(chunk_rwkv6, "torch"), (chunk_rwkv6, "naive"), (fused_recurrent_rwkv6, "torch")],
+    ids=["chunk-torch", "chunk-naive", "fused-torch"],
+)
 def test_cu_seqlens_equals_separate_runs(op, backend, with_h0):
     """Lengths [5, 0, 17, 40] packed along T equal four separate calls; the empty one keeps its state."""
     lengths = [5, 0, 17, 40]
@@ -243,8 +246,9 @@ def test_cu_seqlens_equals_separate_runs(op, backend, with_h0):
             expected = torch.zeros_like(S[i]) if h0 is None else h0[i]
             assert_close(S[i], expected, name=f"final_state[{i}] (empty)")
             continue
-        o_i, S_i = naive_recurrent_rwkv6(*(x[:, a:b] for x in (r, k, v, w)), u, initial_state=h0_i,
-                                         output_final_state=True)  # fmt: skip
+        o_i, S_i = naive_recurrent_rwkv6(
+            *(x[:, a:b] for x in (r, k, v, w)), u, initial_state=h0_i, output_final_state=True
+        )
         assert_close(o[:, a:b], o_i, **TOL[torch.float64], name=f"o[{i}]")
         assert_close(S[i : i + 1], S_i, **TOL[torch.float64], name=f"final_state[{i}]")
 

@@ -217,8 +217,9 @@ def test_prefill_then_decode_matches_parallel(gate):
     outs = [o]
     for t in range(T1, T):
         step = {"g": g[:, t : t + 1]} if g is not None else gates
-        o_t, S = fused_recurrent_simple_gla(*(x[:, t : t + 1] for x in (q, k, v)), **step, initial_state=S,
-                                            output_final_state=True)  # fmt: skip
+        o_t, S = fused_recurrent_simple_gla(
+            *(x[:, t : t + 1] for x in (q, k, v)), **step, initial_state=S, output_final_state=True
+        )
         outs.append(o_t)
     assert_close(torch.cat(outs, dim=1), o_full, **TOL[torch.float32], name="o")
 
@@ -243,8 +244,9 @@ def test_varlen_matches_separate_sequences(op, gate):
             assert_close(S[i], h0[i], rtol=0, atol=0, name=f"final_state[{i}] (empty sequence)")
             continue
         seq_gates = {"g": gates["g"][:, a:b]} if "g" in gates else gates
-        o_i, S_i = naive_recurrent_simple_gla(q[:, a:b], k[:, a:b], v[:, a:b], **seq_gates,
-                                              initial_state=h0[i : i + 1], output_final_state=True)  # fmt: skip
+        o_i, S_i = naive_recurrent_simple_gla(
+            q[:, a:b], k[:, a:b], v[:, a:b], **seq_gates, initial_state=h0[i : i + 1], output_final_state=True
+        )
         assert_close(o[:, a:b], o_i, **TOL[torch.float64], name=f"o[{a}:{b}]")
         assert_close(S[i : i + 1], S_i, **TOL[torch.float64], name=f"final_state[{i}]")
 

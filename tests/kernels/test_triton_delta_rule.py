@@ -308,8 +308,13 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu():
     """The interpreter cannot tell whether the kernels compile: compile each one for an H100 (sm_90) in a fresh
     process without TRITON_INTERPRET, and check its shared memory (``kernels/delta_rule/triton/compile_check.py``)."""
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "kernels.delta_rule.triton.compile_check"], env=env, text=True,
-                          capture_output=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "kernels.delta_rule.triton.compile_check"],
+        env=env,
+        text=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "0 failures" in done.stdout
 

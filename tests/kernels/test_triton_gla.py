@@ -232,13 +232,15 @@ def test_prefill_then_decode_matches_parallel():
     T1, T = 35, 38
     q, k, v, g, _ = make_inputs(1, T, 2, 16, 16)
     o_full, _ = chunk_gla(q, k, v, g, backend="triton", chunk_size=16)
-    o, S = chunk_gla(q[:, :T1], k[:, :T1], v[:, :T1], g[:, :T1], output_final_state=True, backend="triton",
-                     chunk_size=16)  # fmt: skip
+    o, S = chunk_gla(
+        q[:, :T1], k[:, :T1], v[:, :T1], g[:, :T1], output_final_state=True, backend="triton", chunk_size=16
+    )
     outs = [o]
     with torch.no_grad():
         for t in range(T1, T):
-            o_t, S = fused_recurrent_gla(*(x[:, t : t + 1] for x in (q, k, v, g)), initial_state=S,
-                                         output_final_state=True, backend="triton")  # fmt: skip
+            o_t, S = fused_recurrent_gla(
+                *(x[:, t : t + 1] for x in (q, k, v, g)), initial_state=S, output_final_state=True, backend="triton"
+            )
             outs.append(o_t)
     assert_close(torch.cat(outs, dim=1), o_full, **FP32, name="o")
 

@@ -109,8 +109,9 @@ def check_all(got, ref, **tol):
 def test_forward_matches_naive(B, T, H, K, V, C, with_h0):
     r, k, v, w, u, h0 = make_inputs(B, T, H, K, V)
     h0 = h0 if with_h0 else None
-    o_ref, S_ref = naive_recurrent_rwkv6(*(x.double() for x in (r, k, v, w, u)), initial_state=h0,
-                                         output_final_state=True)  # fmt: skip
+    o_ref, S_ref = naive_recurrent_rwkv6(
+        *(x.double() for x in (r, k, v, w, u)), initial_state=h0, output_final_state=True
+    )
     o, S = chunk_rwkv6(r, k, v, w, u, initial_state=h0, output_final_state=True, backend="triton", chunk_size=C)
     assert o.dtype == torch.float32 and o.shape == (B, T, H, V)
     assert S.dtype == torch.float32 and S.shape == (B, H, K, V)
@@ -158,8 +159,9 @@ def test_custom_scale_and_static_decay():
     """scale=1 (RWKV's own) and an RWKV-5 static decay broadcast over T as an expanded (stride-0) view."""
     r, k, v, _, u, h0 = make_inputs(1, 20, 2, 16, 16)
     w = -torch.exp(torch.randn(2, 16, generator=torch.Generator().manual_seed(3))).to(DEVICE).expand(1, 20, 2, 16)
-    o_ref, S_ref = naive_recurrent_rwkv6(*(x.double() for x in (r, k, v, w, u)), scale=1.0,
-                                         initial_state=h0.double(), output_final_state=True)  # fmt: skip
+    o_ref, S_ref = naive_recurrent_rwkv6(
+        *(x.double() for x in (r, k, v, w, u)), scale=1.0, initial_state=h0.double(), output_final_state=True
+    )
     for op, kw in ((chunk_rwkv6, {"chunk_size": 16}), (fused_recurrent_rwkv6, {})):
         o, S = op(r, k, v, w, u, scale=1.0, initial_state=h0, output_final_state=True, backend="triton", **kw)
         check("o", o, o_ref)
@@ -216,8 +218,9 @@ def test_low_precision_inputs_close_to_fp32(dtype):
 @pytest.mark.parametrize("K", [16, 24])
 def test_fused_recurrent_matches_naive(T, K):
     r, k, v, w, u, h0 = make_inputs(2, T, 2, K, 32)
-    o_ref, S_ref = naive_recurrent_rwkv6(*(x.double() for x in (r, k, v, w, u)), initial_state=h0.double(),
-                                         output_final_state=True)  # fmt: skip
+    o_ref, S_ref = naive_recurrent_rwkv6(
+        *(x.double() for x in (r, k, v, w, u)), initial_state=h0.double(), output_final_state=True
+    )
     o, S = fused_recurrent_rwkv6(r, k, v, w, u, initial_state=h0, output_final_state=True, backend="triton")
     assert o.dtype == torch.float32 and S.dtype == torch.float32
     check("o", o, o_ref)
@@ -229,10 +232,16 @@ def test_fused_recurrent_wide_key_and_packed():
     """K > 128 (two K tiles, partial outputs summed) and sequences packed with cu_seqlens."""
     cu = torch.tensor([0, 1, 4, 4, 6], device=DEVICE)
     r, k, v, w, u, h0 = make_inputs(1, 6, 1, 200, 16, N=4)
-    o, S = fused_recurrent_rwkv6(r, k, v, w, u, initial_state=h0, output_final_state=True, backend="triton",
-                                 cu_seqlens=cu)  # fmt: skip
-    o_ref, S_ref = fused_recurrent_rwkv6(*(x.double() for x in (r, k, v, w, u)), initial_state=h0.double(),
-                                         output_final_state=True, backend="naive", cu_seqlens=cu)  # fmt: skip
+    o, S = fused_recurrent_rwkv6(
+        r, k, v, w, u, initial_state=h0, output_final_state=True, backend="triton", cu_seqlens=cu
+    )
+    o_ref, S_ref = fused_recurrent_rwkv6(
+        *(x.double() for x in (r, k, v, w, u)),
+        initial_state=h0.double(),
+        output_final_state=True,
+        backend="naive",
+        cu_seqlens=cu,
+    )
     check("o", o, o_ref)
     check("final_state", S, S_ref)
 
@@ -248,12 +257,12 @@ def test_prefill_then_decode_matches_parallel():
     T1, T = 35, 38
     r, k, v, w, u, _ = make_inputs(1, T, 2, 16, 16)
     o_full, _ = chunk_rwkv6(r, k, v, w, u, backend="triton", chunk_size=16)
-    o, S = chunk_rwkv6(*(x[:, :T1] for x in (r, k, v, w)), u, output_final_state=True, backend="triton",
-                       chunk_size=16)  # fmt: skip
+    o, S = chunk_rwkv6(*(x[:, :T1] for x in (r, k, v, w)), u, output_final_state=True, backend="triton", chunk_size=16)
     outs = [o]
     for t in range(T1, T):
-        o_t, S = fused_recurrent_rwkv6(*(x[:, t : t + 1] for x in (r, k, v, w)), u, initial_state=S,
-                                       output_final_state=True, backend="triton")  # fmt: skip
+        o_t, S = fused_recurrent_rwkv6(
+            *(x[:, t : t + 1] for x in (r, k, v, w)), u, initial_state=S, output_final_state=True, backend="triton"
+        )
         outs.append(o_t)
     assert_close(torch.cat(outs, dim=1), o_full, rtol=1e-4, atol=1e-5, name="o")
 

@@ -94,8 +94,7 @@ def test_forward_matches_naive(B, T, H, K, V, C, gate, with_h0):
     q, k, v, gates, h0 = make_inputs(B, T, H, K, V, gate)
     h0 = h0 if with_h0 else None
     o_ref, S_ref = naive_recurrent_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True)
-    o, S = chunk_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True, backend="triton",
-                            chunk_size=C)  # fmt: skip
+    o, S = chunk_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True, backend="triton", chunk_size=C)
     assert o.dtype == torch.float32 and o.shape == (B, T, H, V)
     assert S.dtype == torch.float32 and S.shape == (B, H, K, V)
     assert_close(o, o_ref, **FP32, name="o")
@@ -191,8 +190,7 @@ def test_fused_recurrent_matches_naive(T, gate):
     q, k, v, gates, h0 = make_inputs(2, T, 2, 16, 32, gate)
     o_ref, S_ref = naive_recurrent_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True)
     with torch.no_grad():
-        o, S = fused_recurrent_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True,
-                                          backend="triton")  # fmt: skip
+        o, S = fused_recurrent_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True, backend="triton")
     assert_close(o, o_ref, **FP32, name="o")
     assert_close(S, S_ref, **FP32, name="final_state")
 
@@ -200,11 +198,13 @@ def test_fused_recurrent_matches_naive(T, gate):
 def test_fused_recurrent_varlen():
     cu = torch.tensor([0, 2, 2, 5], device=DEVICE)
     q, k, v, gates, h0 = make_inputs(1, 5, 2, 16, 16, "g", N=3)
-    o_ref, S_ref = fused_recurrent_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True,
-                                              backend="naive", cu_seqlens=cu)  # fmt: skip
+    o_ref, S_ref = fused_recurrent_simple_gla(
+        q, k, v, **gates, initial_state=h0, output_final_state=True, backend="naive", cu_seqlens=cu
+    )
     with torch.no_grad():
-        o, S = fused_recurrent_simple_gla(q, k, v, **gates, initial_state=h0, output_final_state=True,
-                                          backend="triton", cu_seqlens=cu)  # fmt: skip
+        o, S = fused_recurrent_simple_gla(
+            q, k, v, **gates, initial_state=h0, output_final_state=True, backend="triton", cu_seqlens=cu
+        )
     assert_close(o, o_ref, **FP32, name="o")
     assert_close(S, S_ref, **FP32, name="final_state")
 
@@ -225,14 +225,20 @@ def test_prefill_then_decode_matches_parallel(gate):
     q, k, v, gates, _ = make_inputs(1, T, 2, 16, 16, gate)
     o_full, _ = chunk_simple_gla(q, k, v, **gates, backend="triton", chunk_size=16)
     head = {name: (x[:, :T1] if name == "g" else x) for name, x in gates.items()}
-    o, S = chunk_simple_gla(q[:, :T1], k[:, :T1], v[:, :T1], **head, output_final_state=True, backend="triton",
-                            chunk_size=16)  # fmt: skip
+    o, S = chunk_simple_gla(
+        q[:, :T1], k[:, :T1], v[:, :T1], **head, output_final_state=True, backend="triton", chunk_size=16
+    )
     outs = [o]
     with torch.no_grad():
         for t in range(T1, T):
             step = {name: (x[:, t : t + 1] if name == "g" else x) for name, x in gates.items()}
-            o_t, S = fused_recurrent_simple_gla(*(x[:, t : t + 1] for x in (q, k, v)), **step, initial_state=S,
-                                                output_final_state=True, backend="triton")  # fmt: skip
+            o_t, S = fused_recurrent_simple_gla(
+                *(x[:, t : t + 1] for x in (q, k, v)),
+                **step,
+                initial_state=S,
+                output_final_state=True,
+                backend="triton",
+            )
             outs.append(o_t)
     assert_close(torch.cat(outs, dim=1), o_full, **FP32, name="o")
 

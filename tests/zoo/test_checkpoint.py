@@ -18,9 +18,17 @@ from zoo.io.checkpoint import readable_dir, save_pretrained
 
 
 def tiny(arch="hybrid_gla", *overrides):
-    cfg = compose([f"model={arch}", "model.d_model=32", "model.head_dim=8", "model.n_layers=2",
-                   "model.attn.layers=[]" if arch != "hybrid_gla" else "model.attn.layers=[1]",
-                   "data.vocab_size=50", *overrides])  # fmt: skip
+    cfg = compose(
+        [
+            f"model={arch}",
+            "model.d_model=32",
+            "model.head_dim=8",
+            "model.n_layers=2",
+            "model.attn.layers=[]" if arch != "hybrid_gla" else "model.attn.layers=[1]",
+            "data.vocab_size=50",
+            *overrides,
+        ]
+    )
     torch.manual_seed(0)
     return zoo.build_model(cfg.model).eval()
 
@@ -152,12 +160,16 @@ def edit_config(directory, edit) -> None:
     ("edit", "where"),
     [
         (lambda c: c.update({"_target_": "os.system", "args": ["touch pwned"]}), "_target_"),
-        (lambda c: c["model"]["mixers"]["gla"].update({"_target_": "zoo_evil_marker.boom"}),
-         "model.mixers.gla._target_"),
-        (lambda c: c["model"]["attn"].update({"layers": [{"_target_": "zoo_evil_marker.boom"}]}),
-         "model.attn.layers[0]._target_"),
+        (
+            lambda c: c["model"]["mixers"]["gla"].update({"_target_": "zoo_evil_marker.boom"}),
+            "model.mixers.gla._target_",
+        ),
+        (
+            lambda c: c["model"]["attn"].update({"layers": [{"_target_": "zoo_evil_marker.boom"}]}),
+            "model.attn.layers[0]._target_",
+        ),
     ],
-)  # fmt: skip
+)
 def test_target_key_anywhere_is_refused(tmp_path, marker_module, edit, where):
     tiny().save_pretrained(tmp_path / "ckpt")
     edit_config(tmp_path / "ckpt", edit)
@@ -169,15 +181,21 @@ def test_target_key_anywhere_is_refused(tmp_path, marker_module, edit, where):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda m: m.update({"mixer": "zoo_evil_marker"}),
-         "layer 0: unknown mixer 'zoo_evil_marker'; valid mixers: .*gla"),
-        (lambda m: m.update({"layers": ["gla", "zoo_evil_marker.boom"], "attn": {}}),
-         "layer 1: unknown mixer 'zoo_evil_marker.boom'; valid mixers: .*gla"),
-        (lambda m: m["mixers"].update({"zoo_evil_marker": {}}),
-         r"model.mixers has unknown mixer\(s\) \['zoo_evil_marker'\]; valid mixers: .*gla"),
+        (
+            lambda m: m.update({"mixer": "zoo_evil_marker"}),
+            "layer 0: unknown mixer 'zoo_evil_marker'; valid mixers: .*gla",
+        ),
+        (
+            lambda m: m.update({"layers": ["gla", "zoo_evil_marker.boom"], "attn": {}}),
+            "layer 1: unknown mixer 'zoo_evil_marker.boom'; valid mixers: .*gla",
+        ),
+        (
+            lambda m: m["mixers"].update({"zoo_evil_marker": {}}),
+            r"model.mixers has unknown mixer\(s\) \['zoo_evil_marker'\]; valid mixers: .*gla",
+        ),
         (lambda m: m.update({"mlp": "zoo_evil_marker"}), "unknown mlp 'zoo_evil_marker'; valid mlps: .*swiglu"),
     ],
-)  # fmt: skip
+)
 def test_unknown_names_list_the_valid_ones(tmp_path, marker_module, edit, message):
     tiny().save_pretrained(tmp_path / "ckpt")
     edit_config(tmp_path / "ckpt", lambda c: edit(c["model"]))
@@ -235,8 +253,9 @@ def test_missing_shard_names_the_file(tmp_path):
     _, directory, index = sharded(tmp_path)
     shard = sorted(set(index["weight_map"].values()))[1]
     (directory / shard).unlink()
-    with pytest.raises(CheckpointError, match=f"{re.escape(str(directory / shard))} is missing: "
-                                              "model.safetensors.index.json maps"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match=f"{re.escape(str(directory / shard))} is missing: model.safetensors.index.json maps"
+    ):
         zoo.from_pretrained(directory)
 
 

@@ -110,8 +110,16 @@ def test_mqar_deterministic():
 
 
 def test_mqar_splits():
-    s = build_mqar_splits(vocab_size=128, seq_len=64, num_kv_pairs=8, train_size=100, test_size=50, seed=7,
-                          power_a=0.01, random_non_queries=True)  # fmt: skip
+    s = build_mqar_splits(
+        vocab_size=128,
+        seq_len=64,
+        num_kv_pairs=8,
+        train_size=100,
+        test_size=50,
+        seed=7,
+        power_a=0.01,
+        random_non_queries=True,
+    )
     (xtr, ytr), (xte, yte) = s["train"], s["test"]
     assert xtr.shape == (100, 64) and xte.shape == (50, 64)
     x, y = mqar(128, 64, 8, 100, seed=7)

@@ -40,10 +40,16 @@ def test_builder_arguments_are_the_yaml_settings(name):
 
 @pytest.mark.parametrize(
     "builder",
-    [*(spec.build for spec in DATASETS.values()), build_mqar_splits, build_passkey_splits, build_copy_splits,
-     build_text_splits, hf_documents],
+    [
+        *(spec.build for spec in DATASETS.values()),
+        build_mqar_splits,
+        build_passkey_splits,
+        build_copy_splits,
+        build_text_splits,
+        hf_documents,
+    ],
     ids=lambda f: f.__name__,
-)  # fmt: skip
+)
 def test_builders_take_keyword_only_arguments_without_defaults(builder):
     params = list(inspect.signature(builder).parameters.values())
     positional = {"tokenizer"} if builder is build_text_splits else set()  # an object, not a setting

@@ -21,13 +21,33 @@ from zoo.train.distributed import Dist, check_batch
 from zoo.train.loop import run_training
 
 TINY = [
-    "model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[1]",
-    "data.vocab_size=64", "data.seq_len=32", "data.num_kv_pairs=4", "data.train_size=512", "data.test_size=64",
-    "train.batch_size=16", "train.warmup_steps=5", "train.lr=3e-3", "train.log_every=1", "eval.batch_size=64",
-    "train.num_threads=1", "train.max_steps=6", "train.save_every=3", "train.eval_every=3",
-]  # fmt: skip
-CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.safetensors",
-                    "trainer_state.json"}  # fmt: skip
+    "model=hybrid_gla",
+    "model.d_model=32",
+    "model.head_dim=8",
+    "model.n_layers=2",
+    "model.attn.layers=[1]",
+    "data.vocab_size=64",
+    "data.seq_len=32",
+    "data.num_kv_pairs=4",
+    "data.train_size=512",
+    "data.test_size=64",
+    "train.batch_size=16",
+    "train.warmup_steps=5",
+    "train.lr=3e-3",
+    "train.log_every=1",
+    "eval.batch_size=64",
+    "train.num_threads=1",
+    "train.max_steps=6",
+    "train.save_every=3",
+    "train.eval_every=3",
+]
+CHECKPOINT_FILES = {
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "trainer_state.safetensors",
+    "trainer_state.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +65,17 @@ def losses(run_dir, key: str = "train/loss") -> dict[int, float]:
 
 def torchrun(cwd, *overrides, nproc: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m zoo.train OVERRIDES` in `cwd` (torchrun is torch.distributed.run)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "zoo.train", *TINY, *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "zoo.train",
+        *TINY,
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -155,8 +184,14 @@ def test_slurm_launcher_composes_on_the_plugin_schema_without_a_deprecation_warn
     # The real command line composes it too (as `zoo-train -m ...` would); --cfg prints it and submits nothing.
     # HYDRA_DEPRECATION_WARNINGS_AS_ERRORS turns any Hydra deprecation warning into a failed command.
     env = {**os.environ, "HYDRA_DEPRECATION_WARNINGS_AS_ERRORS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "zoo.train", *overrides, "--cfg", "hydra"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.train", *overrides, "--cfg", "hydra"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "deprecated" not in proc.stderr, proc.stderr[-2000:]
     assert "SlurmLauncher" in proc.stdout and "tasks_per_node: 4" in proc.stdout

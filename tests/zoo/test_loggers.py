@@ -14,11 +14,23 @@ from zoo.train.loggers import RunLogger
 from zoo.train.loop import run_training
 
 TINY = [
-    "model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", "data.vocab_size=64",
-    "data.seq_len=32", "data.num_kv_pairs=4", "data.train_size=64", "data.test_size=16", "train.batch_size=8",
-    "train.warmup_steps=1", "train.log_every=1", "train.max_steps=3", "train.eval_every=3", "train.save_every=3",
+    "model=gla",
+    "model.d_model=32",
+    "model.head_dim=8",
+    "model.n_layers=1",
+    "data.vocab_size=64",
+    "data.seq_len=32",
+    "data.num_kv_pairs=4",
+    "data.train_size=64",
+    "data.test_size=16",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.max_steps=3",
+    "train.eval_every=3",
+    "train.save_every=3",
     "train.num_threads=1",
-]  # fmt: skip
+]
 
 
 def hide(monkeypatch, package: str) -> None:

@@ -22,8 +22,16 @@ from zoo.errors import CheckpointError
 from zoo.io.publish import main, parse_size, publish
 from zoo.io.results import update_results
 
-OVERRIDES = ["model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2",
-             "model.attn.layers=[1]", "data.vocab_size=50", "train.max_steps=7", "train.batch_size=4"]  # fmt: skip
+OVERRIDES = [
+    "model=hybrid_gla",
+    "model.d_model=32",
+    "model.head_dim=8",
+    "model.n_layers=2",
+    "model.attn.layers=[1]",
+    "data.vocab_size=50",
+    "train.max_steps=7",
+    "train.batch_size=4",
+]
 METRICS = {
     "params": 0,
     "mqar/accuracy": 0.875,

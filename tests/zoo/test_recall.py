@@ -155,11 +155,27 @@ class ConstantLM(LookupLM):
 SUITE = {
     "mqar": {"seq_lens": [64, 128], "num_kv_pairs": [4, 16], "num_examples": 16, "batch_size": 8, "seed": 0},
     "copy": {"lengths": [4, 16], "num_examples": 8, "batch_size": 8, "exact_threshold": 0.9, "seed": 0},
-    "passkey": {"lengths": [300, 700], "depths": [0.0, 0.5, 1.0], "trials": 1, "batch_size": 3,
-                "prefill_chunk": 128, "memory_budget_gb": 1.0, "time_budget_s": 600, "seed": 0},
-    "niah": {"lengths": [600], "num_keys": 3, "num_examples": 3, "batch_size": 3, "prefill_chunk": 128,
-             "memory_budget_gb": 1.0, "time_budget_s": 600, "seed": 0},
-}  # fmt: skip
+    "passkey": {
+        "lengths": [300, 700],
+        "depths": [0.0, 0.5, 1.0],
+        "trials": 1,
+        "batch_size": 3,
+        "prefill_chunk": 128,
+        "memory_budget_gb": 1.0,
+        "time_budget_s": 600,
+        "seed": 0,
+    },
+    "niah": {
+        "lengths": [600],
+        "num_keys": 3,
+        "num_examples": 3,
+        "batch_size": 3,
+        "prefill_chunk": 128,
+        "memory_budget_gb": 1.0,
+        "time_budget_s": 600,
+        "seed": 0,
+    },
+}
 
 
 def test_perfect_recall_oracle_scores_one():
@@ -201,8 +217,16 @@ def test_lengths_over_budget_are_reported_not_dropped():
 
 
 def small_gla():
-    cfg = zoo.config.compose(["model=gla", "model.d_model=32", "model.head_dim=16", "model.n_layers=2",
-                              "data.vocab_size=257", "model.mixers.gla.chunk_size=16"])  # fmt: skip
+    cfg = zoo.config.compose(
+        [
+            "model=gla",
+            "model.d_model=32",
+            "model.head_dim=16",
+            "model.n_layers=2",
+            "data.vocab_size=257",
+            "model.mixers.gla.chunk_size=16",
+        ]
+    )
     torch.manual_seed(0)
     return zoo.build_model(cfg.model).eval()
 

@@ -25,26 +25,54 @@ from zoo.train.loop import run_training
 
 # a 2-layer byte-level model on a small slice of the text corpus; the final evaluation exercises all three parts
 TINY_TEXT = [
-    "model=gla", "model.d_model=16", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[1]",
-    "data=text", "data.seq_len=32", "data.max_bytes=50000", "train.batch_size=4", "train.max_steps=4",
-    "train.warmup_steps=1", "train.eval_every=4", "train.save_every=4", "train.grad_clip=1e30",
-    "eval.max_examples=8", "eval.final.recall=[passkey]", "eval.recall.passkey.lengths=[128]",
-    "eval.recall.passkey.depths=[0.5]", "eval.recall.passkey.trials=1", "eval.recall.passkey.batch_size=1",
-    "eval.final.bench.lengths=[16,32]", "eval.final.bench.gen_len=2", "eval.final.lm_eval=[zoo_mqar]",
+    "model=gla",
+    "model.d_model=16",
+    "model.head_dim=8",
+    "model.n_layers=2",
+    "model.attn.layers=[1]",
+    "data=text",
+    "data.seq_len=32",
+    "data.max_bytes=50000",
+    "train.batch_size=4",
+    "train.max_steps=4",
+    "train.warmup_steps=1",
+    "train.eval_every=4",
+    "train.save_every=4",
+    "train.grad_clip=1e30",
+    "eval.max_examples=8",
+    "eval.final.recall=[passkey]",
+    "eval.recall.passkey.lengths=[128]",
+    "eval.recall.passkey.depths=[0.5]",
+    "eval.recall.passkey.trials=1",
+    "eval.recall.passkey.batch_size=1",
+    "eval.final.bench.lengths=[16,32]",
+    "eval.final.bench.gen_len=2",
+    "eval.final.lm_eval=[zoo_mqar]",
     "eval.lm_eval.limit=4",
-]  # fmt: skip
+]
 
 TINY_MQAR = [
-    "model=gla", "model.d_model=16", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[]",
-    "data.vocab_size=64", "data.seq_len=32", "data.train_size=64", "data.test_size=16", "train.batch_size=8",
-    "train.max_steps=3", "train.warmup_steps=1", "eval.batch_size=16",
-]  # fmt: skip
+    "model=gla",
+    "model.d_model=16",
+    "model.head_dim=8",
+    "model.n_layers=2",
+    "model.attn.layers=[]",
+    "data.vocab_size=64",
+    "data.seq_len=32",
+    "data.train_size=64",
+    "data.test_size=16",
+    "train.batch_size=8",
+    "train.max_steps=3",
+    "train.warmup_steps=1",
+    "eval.batch_size=16",
+]
 
 
 def zoo_train(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "zoo.train", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=cwd)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "zoo.train", *args], capture_output=True, text=True, env=env, timeout=300, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +111,20 @@ def test_zoo_chart_tables_and_plots_the_sweep(sweep, tmp_path, capsys):
     lines = (tmp_path / "tradeoff.csv").read_text().splitlines()
     header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
     assert len(rows) == 3
-    for col in ("architecture", "attn_layers", "params", "state_bytes_1k", "state_bytes_64k", "val_ppl", "mqar_acc",
-                "passkey_acc@128", "prefill_tok_s@32", "decode_tok_s@32", "status", "error"):  # fmt: skip
+    for col in (
+        "architecture",
+        "attn_layers",
+        "params",
+        "state_bytes_1k",
+        "state_bytes_64k",
+        "val_ppl",
+        "mqar_acc",
+        "passkey_acc@128",
+        "prefill_tok_s@32",
+        "decode_tok_s@32",
+        "status",
+        "error",
+    ):
         assert col in header, (col, header)
     by_run = {r[header.index("run")]: dict(zip(header, r, strict=True)) for r in rows}
     assert by_run["1"]["status"] == "failed" and by_run["1"]["error"].startswith("FloatingPointError: loss is nan")
@@ -123,9 +163,15 @@ def test_a_config_error_in_a_sweep_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_final_eval_is_off_by_default_and_writes_its_metrics_when_on(tmp_path):
     assert not wanted(compose([]).eval)
-    overrides = [*TINY_MQAR, "eval.final.recall=[mqar]", "eval.recall.mqar.seq_lens=[32]",
-                 "eval.recall.mqar.num_kv_pairs=[2,4]", "eval.recall.mqar.num_examples=8",
-                 "eval.final.bench.lengths=[8]", "eval.final.bench.gen_len=2"]  # fmt: skip
+    overrides = [
+        *TINY_MQAR,
+        "eval.final.recall=[mqar]",
+        "eval.recall.mqar.seq_lens=[32]",
+        "eval.recall.mqar.num_kv_pairs=[2,4]",
+        "eval.recall.mqar.num_examples=8",
+        "eval.final.bench.lengths=[8]",
+        "eval.final.bench.gen_len=2",
+    ]
     metrics = run_training(compose(overrides), tmp_path)
     saved = read_results(tmp_path)
     assert saved["status"] == "completed"

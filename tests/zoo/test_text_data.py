@@ -270,12 +270,27 @@ def test_hf_hub_name_offline_error(monkeypatch):
 
 def test_zoo_train_data_hf_reports_bits_per_byte(tmp_path):
     data = write_jsonl(tmp_path / "stories.jsonl", make_docs(120, seed=4))
-    cfg = compose([
-        "model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", "data=hf", f"data.path={data}",
-        f"data.cache_dir={tmp_path / 'cache'}", "data.tokenizer=bpe", "data.bpe_vocab_size=300", "data.seq_len=32",
-        "data.val_fraction=0.1", "train.batch_size=8", "train.max_steps=4", "train.warmup_steps=1",
-        "train.eval_every=4", "train.log_every=2", "eval.batch_size=16",
-    ])  # fmt: skip
+    cfg = compose(
+        [
+            "model=gla",
+            "model.d_model=32",
+            "model.head_dim=8",
+            "model.n_layers=1",
+            "data=hf",
+            f"data.path={data}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.tokenizer=bpe",
+            "data.bpe_vocab_size=300",
+            "data.seq_len=32",
+            "data.val_fraction=0.1",
+            "train.batch_size=8",
+            "train.max_steps=4",
+            "train.warmup_steps=1",
+            "train.eval_every=4",
+            "train.log_every=2",
+            "eval.batch_size=16",
+        ]
+    )
     assert cfg.model.vocab_size == 300
     run_dir = tmp_path / "run"
     metrics = run_training(cfg, run_dir)
@@ -300,8 +315,9 @@ class EvalCfg:
 
 
 def tiny_eval(bundle, vocab_size):
-    cfg = compose(["model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1",
-                   f"model.vocab_size={vocab_size}"])  # fmt: skip
+    cfg = compose(
+        ["model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", f"model.vocab_size={vocab_size}"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model)
     return evaluate(model, bundle, "text", EvalCfg(), torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))

@@ -16,10 +16,22 @@ from zoo.io.results import read_metrics, read_results
 from zoo.train.loop import run_training
 
 TINY = [
-    "model=hybrid_gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=2", "model.attn.layers=[1]",
-    "data.vocab_size=64", "data.seq_len=32", "data.num_kv_pairs=4", "data.train_size=512", "data.test_size=64",
-    "train.batch_size=16", "train.warmup_steps=5", "train.lr=3e-3", "train.log_every=1", "eval.batch_size=64",
-]  # fmt: skip
+    "model=hybrid_gla",
+    "model.d_model=32",
+    "model.head_dim=8",
+    "model.n_layers=2",
+    "model.attn.layers=[1]",
+    "data.vocab_size=64",
+    "data.seq_len=32",
+    "data.num_kv_pairs=4",
+    "data.train_size=512",
+    "data.test_size=64",
+    "train.batch_size=16",
+    "train.warmup_steps=5",
+    "train.lr=3e-3",
+    "train.log_every=1",
+    "eval.batch_size=64",
+]
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -60,8 +72,13 @@ def test_resume_continues_exactly(tmp_path):
 
 def zoo_train(tmp_path, *overrides):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "zoo.train", f"hydra.run.dir={tmp_path}", *overrides],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "zoo.train", f"hydra.run.dir={tmp_path}", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,9 +117,23 @@ def test_quickstart_meets_its_target(tmp_path):
 
 
 def test_short_text_run_reports_validation_perplexity(tmp_path):
-    cfg = compose(["model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", "data=text",
-                   "data.seq_len=64", "data.max_bytes=200000", "train.batch_size=8", "train.max_steps=30",
-                   "train.warmup_steps=5", "train.lr=3e-3", "train.eval_every=30", "eval.max_examples=32"])  # fmt: skip
+    cfg = compose(
+        [
+            "model=gla",
+            "model.d_model=32",
+            "model.head_dim=8",
+            "model.n_layers=1",
+            "data=text",
+            "data.seq_len=64",
+            "data.max_bytes=200000",
+            "train.batch_size=8",
+            "train.max_steps=30",
+            "train.warmup_steps=5",
+            "train.lr=3e-3",
+            "train.eval_every=30",
+            "eval.max_examples=32",
+        ]
+    )
     metrics = run_training(cfg, tmp_path)
     assert metrics["val/ppl"] < 257  # better than a uniform guess over the byte vocabulary
     results = read_results(tmp_path)

@@ -70,8 +70,12 @@ def zoo_runner(arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtyp
     if arch.startswith("path:"):
         model = zoo.from_pretrained(arch[5:], device=device)
     else:
-        overrides = [f"model={arch}", f"model.d_model={size.d_model}", f"model.n_layers={size.n_layers}",
-                     f"data.vocab_size={cfg.vocab_size}"]  # fmt: skip
+        overrides = [
+            f"model={arch}",
+            f"model.d_model={size.d_model}",
+            f"model.n_layers={size.n_layers}",
+            f"data.vocab_size={cfg.vocab_size}",
+        ]
         overrides += [f"model.head_dim={size.head_dim}"] if size.head_dim is not None else []
         if attn_layers is None:  # a hybrid config's attention layers, moved to the same depth fractions
             attn_layers, note = scaled_attn_layers(arch, size.n_layers)
@@ -79,6 +83,7 @@ def zoo_runner(arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtyp
             overrides.append(f"model.attn.layers={list(attn_layers)}")
         model = zoo.build_model(compose(overrides).model).to(device)
     return ZooRunner(model.to(dtype).eval().optimize_for_decode(), cfg.prefill_chunk, note)
+
 
 def scaled_attn_layers(arch: str, n_layers: int) -> tuple[list[int] | None, str]:
     """`conf/model/<arch>`'s attention layers at `n_layers` depth: the same fractions of the depth as in the
@@ -90,6 +95,7 @@ def scaled_attn_layers(arch: str, n_layers: int) -> tuple[list[int] | None, str]
     scaled = sorted({i * n_layers // native.n_layers for i in layers})
     return scaled, f"attention at layers {scaled} (the config's {layers} of {native.n_layers} layers, same depths)"
 
+
 def measure(job: Job) -> list[dict]:
     """Every cell of one architecture at one size (runs in a fresh process). Errors come back as one failed row
     (as text: not every library's exception survives pickling back to the parent)."""
@@ -98,6 +104,7 @@ def measure(job: Job) -> list[dict]:
     except Exception as e:  # noqa: BLE001 - recorded, and the run goes on with the next architecture
         traceback.print_exc()
         return [failed_row(job, f"{type(e).__name__}: {e}")]
+
 
 def measure_cells(job: Job) -> list[dict]:
     cfg, name = job.cfg, job.name
@@ -108,9 +115,17 @@ def measure_cells(job: Job) -> list[dict]:
     d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
     if isinstance(runner, ZooRunner):  # a checkpoint's size is its own
         d_model, n_layers = runner.model.config.d_model, runner.model.config.n_layers
-    base = {"arch": job.label, "d_model": d_model, "n_layers": n_layers,
-            "params": runner.params, "weight_bytes": runner.weight_bytes, "flop_params": runner.flop_params,
-            "device": str(device), "dtype": job.dtype, "note": runner.note}  # fmt: skip
+    base = {
+        "arch": job.label,
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "params": runner.params,
+        "weight_bytes": runner.weight_bytes,
+        "flop_params": runner.flop_params,
+        "device": str(device),
+        "dtype": job.dtype,
+        "note": runner.note,
+    }
     gen = cfg.gen_tokens
     vocab = cfg.vocab_size if name.startswith("hf_") else runner.model.config.vocab_size
     # Warm-up, so that one-time costs stay out of the rows: two prompt pieces (the second continues a state, a
@@ -139,12 +154,16 @@ def measure_cells(job: Job) -> list[dict]:
             print(format_cell(row), flush=True)
     return rows
 
+
 def format_cell(row: dict) -> str:
     head = f"{row['arch']:>16} d{row['d_model']}x{row['n_layers']} B={row['batch']} X={row['prompt_len']:>6}"
     if row.get("prefill_tok_s") is None:  # skipped or failed
         return f"{head}  {row['note']}"
-    return (f"{head}  prefill {row['prefill_tok_s']:9.1f} tok/s  ttft {row['ttft_s']:7.2f} s  "
-            f"decode {row['decode_tok_s']:7.1f} tok/s  peak {row['peak_mib']:7.0f} MiB")  # fmt: skip
+    return (
+        f"{head}  prefill {row['prefill_tok_s']:9.1f} tok/s  ttft {row['ttft_s']:7.2f} s  "
+        f"decode {row['decode_tok_s']:7.1f} tok/s  peak {row['peak_mib']:7.0f} MiB"
+    )
+
 
 def run_jobs(jobs: list[Job], isolate: bool) -> list[dict]:
     """Each job in its own spawned process (`isolate`; else in this one, e.g. for a debugger); a failure
@@ -164,9 +183,11 @@ def run_jobs(jobs: list[Job], isolate: bool) -> list[dict]:
             rows.append(failed_row(job, f"{type(e).__name__}: {e}"))
     return rows
 
+
 def failed_row(job: Job, error: str) -> dict:
     d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
     return {"arch": job.label, "d_model": d_model, "n_layers": n_layers, "note": f"failed: {error}"}
+
 
 def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
     """One job per (size, architecture): our architectures, then the HF peers."""
@@ -181,8 +202,11 @@ def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
             archs = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
         peers = list(cfg.peers or [])
         if peers and importlib.util.find_spec("transformers") is None:
-            print("zoo-bench: transformers is not installed, so the peer rows are left out "
-                  "(pip install 'hybrid-zoo[bench]' to measure them)", file=sys.stderr)  # fmt: skip
+            print(
+                "zoo-bench: transformers is not installed, so the peer rows are left out "
+                "(pip install 'hybrid-zoo[bench]' to measure them)",
+                file=sys.stderr,
+            )
             peers = []
         names = [(a, cfg.attn_layers) for a in archs] + [(p, None) for p in peers]
         if "hf_olmo_hybrid" in peers:
@@ -195,6 +219,7 @@ def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
             jobs.append(Job(name, label, None if attn is None else list(attn), size, cfg, device, dtype))
     return jobs
 
+
 def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple[list[dict], list[str]]:
     """zoo-bench with the settings `cfg` (`bench`; a plain dict must give every one) into the folder `out`."""
     if not isinstance(cfg, BenchConfig):
@@ -202,14 +227,19 @@ def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple
     jobs = plan(cfg, path)
     device, dtype = torch.device(jobs[0].device), DTYPES[jobs[0].dtype]
     limits = machine_limits(device, dtype)
-    print(f"machine: matrix-vector {limits['matvec_gb_s']:.1f} GB/s, matmul {limits['matmul_gflop_s']:.0f} GFLOP/s "
-          f"({device}, {dtype}, {torch.get_num_threads()} threads)", flush=True)  # fmt: skip
+    print(
+        f"machine: matrix-vector {limits['matvec_gb_s']:.1f} GB/s, matmul {limits['matmul_gflop_s']:.0f} GFLOP/s "
+        f"({device}, {dtype}, {torch.get_num_threads()} threads)",
+        flush=True,
+    )
     rows = with_efficiency(run_jobs(jobs, cfg.isolate), limits)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "bench.csv")
-    settings = (f"{jobs[0].device}, {jobs[0].dtype}, {torch.get_num_threads()} threads, vocab {cfg.vocab_size}, "
-                f"prefill chunk {cfg.prefill_chunk}, {cfg.gen_tokens} generated tokens, "
-                f"memory budget {cfg.memory_budget_gb} GiB, time budget {cfg.time_budget_s} s")  # fmt: skip
+    settings = (
+        f"{jobs[0].device}, {jobs[0].dtype}, {torch.get_num_threads()} threads, vocab {cfg.vocab_size}, "
+        f"prefill chunk {cfg.prefill_chunk}, {cfg.gen_tokens} generated tokens, "
+        f"memory budget {cfg.memory_budget_gb} GiB, time budget {cfg.time_budget_s} s"
+    )
     checks = targets(rows) if path is None else []
     (out / "bench.md").write_text(markdown(rows, limits, settings) + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     if any(r.get("prefill_tok_s") for r in rows):
@@ -217,6 +247,7 @@ def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple
     if path is not None:
         update_results(locate(path)[1], results_metrics(rows))
     return rows, checks
+
 
 schemas.register()  # before @hydra.main composes: the yamls' defaults lists name the schemas
 
@@ -234,6 +265,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(f"\nwrote {out / 'bench.csv'}, {out / 'bench.md'} and {out / 'bench.png'}")
     if any(str(r.get("note", "")).startswith("failed") for r in rows):
         sys.exit(1)
+
 
 def main() -> None:
     check_command_line("zoo-bench", "zoo_bench")  # an unknown key or option: one line and exit code 2, before Hydra

@@ -45,6 +45,7 @@ class PeakMemory:
             self.mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
         return False
 
+
 def machine_limits(device: torch.device, dtype: torch.dtype, repeats: int = 7) -> dict:
     """What the hardware gives a plain PyTorch program, measured now: matrix-vector bandwidth (GB/s, a weight
     matrix larger than the caches streamed once per product, as in decode) and matmul throughput (GFLOP/s, as
@@ -57,6 +58,7 @@ def machine_limits(device: torch.device, dtype: torch.dtype, repeats: int = 7) -
         a, b = torch.randn(2048, 2048, device=device, dtype=dtype), torch.randn(2048, 2048, device=device, dtype=dtype)
         mm = median_seconds(lambda: a @ b, repeats, device)
     return {"matvec_gb_s": w.numel() * w.element_size() / mv / 1e9, "matmul_gflop_s": 2 * 2048**3 / mm / 1e9}
+
 
 class ZooRunner:
     """One of our models: prefill streamed through the cache, then one-token decode steps."""
@@ -82,6 +84,7 @@ class ZooRunner:
         out = self.model(ids, cache=cache, logits_to_keep=1)
         return out.cache, out.logits[:, -1]
 
+
 @torch.inference_mode()
 def time_cell(runner, vocab: int, batch: int, length: int, gen: int, device, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed + length)
@@ -99,6 +102,13 @@ def time_cell(runner, vocab: int, batch: int, length: int, gen: int, device, see
             nxt = logits.argmax(-1, keepdim=True)
         sync(device)
         decode_s = time.perf_counter() - start
-    return {"prefill_s": prefill_s, "prefill_tok_s": batch * length / prefill_s, "ttft_s": prefill_s,
-            "decode_s": decode_s, "decode_tok_s": batch * gen / decode_s, "peak_mib": mem.mib,
-            "memory_method": mem.method, "cache_bytes": runner.state_bytes(length + gen, batch)}  # fmt: skip
+    return {
+        "prefill_s": prefill_s,
+        "prefill_tok_s": batch * length / prefill_s,
+        "ttft_s": prefill_s,
+        "decode_s": decode_s,
+        "decode_tok_s": batch * gen / decode_s,
+        "peak_mib": mem.mib,
+        "memory_method": mem.method,
+        "cache_bytes": runner.state_bytes(length + gen, batch),
+    }

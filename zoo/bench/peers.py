@@ -50,6 +50,7 @@ class HFRunner:
         out = self.model(ids, past_key_values=cache, use_cache=True, cache_position=pos)
         return out.past_key_values, out.logits[:, -1]
 
+
 def peer_runner(peer: str, size: BenchSize, cfg: BenchConfig, device, dtype, attn_layers=None) -> HFRunner:
     """HF models shaped like ours: width, depth, heads (the size's head_dim, else conf/model/transformer.yaml's),
     vocab, tied embeddings; MLP width of our transformer (SwiGLU hidden 2/3 * 4 * d)."""
@@ -61,24 +62,44 @@ def peer_runner(peer: str, size: BenchSize, cfg: BenchConfig, device, dtype, att
     common = {"vocab_size": vocab, "hidden_size": d, "num_hidden_layers": n, "tie_word_embeddings": True}
     if peer == "hf_llama_static":
         longest = max(cfg.prompt_lens) + cfg.gen_tokens
-        config = tf.LlamaConfig(**common, intermediate_size=hidden, num_attention_heads=heads,
-                                num_key_value_heads=heads, max_position_embeddings=longest)  # fmt: skip
+        config = tf.LlamaConfig(
+            **common,
+            intermediate_size=hidden,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=longest,
+        )
         model, kind, kv = tf.LlamaForCausalLM(config), "static", (n, 2 * d)
     elif peer == "hf_mamba2":
         # HF's Mamba2 blocks have no MLP: twice the blocks of our mamba2 (mixer + MLP) at the same width, as the
         # paper's pure Mamba-2 LMs do, lands at about the same parameter count
-        config = tf.Mamba2Config(**common | {"num_hidden_layers": 2 * n}, num_heads=2 * d // hd, head_dim=hd,
-                                 state_size=128, n_groups=1, expand=2, chunk_size=64)  # fmt: skip
+        config = tf.Mamba2Config(
+            **common | {"num_hidden_layers": 2 * n},
+            num_heads=2 * d // hd,
+            head_dim=hd,
+            state_size=128,
+            n_groups=1,
+            expand=2,
+            chunk_size=64,
+        )
         model, kind, kv = tf.Mamba2ForCausalLM(config), "mamba", (0, 0)
     elif peer == "hf_olmo_hybrid":
         # gated DeltaNet with full attention at layer 1 (OLMo-hybrid needs one): compared with our
         # gated_deltanet+attn[1], which plan() adds to the run
         layer_types = ["full_attention" if i == 1 else "linear_attention" for i in range(n)]
         hidden = 8 * math.ceil(2 / 3 * 2 * d / 8)  # our gated_deltanet's SwiGLU (mlp_ratio 2, conf/model)
-        config = tf.OlmoHybridConfig(**common, intermediate_size=hidden, num_attention_heads=heads,
-                                     layer_types=layer_types, linear_num_key_heads=heads,
-                                     linear_num_value_heads=heads, linear_key_head_dim=hd, linear_value_head_dim=2 * hd,
-                                     pad_token_id=None, eos_token_id=None)  # fmt: skip
+        config = tf.OlmoHybridConfig(
+            **common,
+            intermediate_size=hidden,
+            num_attention_heads=heads,
+            layer_types=layer_types,
+            linear_num_key_heads=heads,
+            linear_num_value_heads=heads,
+            linear_key_head_dim=hd,
+            linear_value_head_dim=2 * hd,
+            pad_token_id=None,
+            eos_token_id=None,
+        )
         model, kind, kv = tf.OlmoHybridForCausalLM(config), "dynamic", (1, 2 * d)
     else:
         raise ValueError(f"unknown peer {peer!r}; valid: hf_llama_static, hf_mamba2, hf_olmo_hybrid")

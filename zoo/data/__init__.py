@@ -74,14 +74,27 @@ class DatasetSpec:
 
 
 def _mqar(
-    *, vocab_size: int, seq_len: int, num_kv_pairs: int, train_size: int, test_size: int, seed: int, power_a: float,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    num_kv_pairs: int,
+    train_size: int,
+    test_size: int,
+    seed: int,
+    power_a: float,
     random_non_queries: bool,
-) -> DataBundle:  # fmt: skip
+) -> DataBundle:
     tokenizer = IntTokenizer(vocab_size)
     splits = build_mqar_splits(
-        vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs, train_size=train_size,
-        test_size=test_size, seed=seed, power_a=power_a, random_non_queries=random_non_queries,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        num_kv_pairs=num_kv_pairs,
+        train_size=train_size,
+        test_size=test_size,
+        seed=seed,
+        power_a=power_a,
+        random_non_queries=random_non_queries,
+    )
     return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
 
 
@@ -95,8 +108,9 @@ def _passkey(*, vocab_size: int, seq_len: int, train_size: int, test_size: int, 
 
 def _copy(*, vocab_size: int, seq_len: int, min_len: int, train_size: int, test_size: int, seed: int) -> DataBundle:
     tokenizer = IntTokenizer(vocab_size)
-    splits = build_copy_splits(vocab_size=vocab_size, seq_len=seq_len, min_len=min_len, train_size=train_size,
-                               test_size=test_size, seed=seed)  # fmt: skip
+    splits = build_copy_splits(
+        vocab_size=vocab_size, seq_len=seq_len, min_len=min_len, train_size=train_size, test_size=test_size, seed=seed
+    )
     return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
 
 
@@ -108,29 +122,62 @@ def _lm_bundle(train_docs, val_docs, *, tokenizer: str, vocab_size, bpe_vocab_si
 
 
 def _text(
-    *, tokenizer: str, bpe_vocab_size: int, vocab_size: int | None, seq_len: int, val_fraction: float, seed: int,
-    paths, glob: str | None, max_bytes: int | None,
-) -> DataBundle:  # fmt: skip
+    *,
+    tokenizer: str,
+    bpe_vocab_size: int,
+    vocab_size: int | None,
+    seq_len: int,
+    val_fraction: float,
+    seed: int,
+    paths,
+    glob: str | None,
+    max_bytes: int | None,
+) -> DataBundle:
     check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before any text is read
     docs = load_text_corpus(paths, glob=glob, max_bytes=max_bytes)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    return _lm_bundle(train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size,
-                      bpe_vocab_size=bpe_vocab_size, seq_len=seq_len)  # fmt: skip
+    return _lm_bundle(
+        train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size, bpe_vocab_size=bpe_vocab_size, seq_len=seq_len
+    )
 
 
 def _hf(
-    *, path: str, config_name: str | None, data_files, split: str, val_split: str | None, text_field: str,
-    streaming: bool, max_bytes: int | None, max_docs: int | None, cache_dir: str | None, tokenizer: str,
-    bpe_vocab_size: int, vocab_size: int | None, seq_len: int, val_fraction: float, seed: int,
-) -> DataBundle:  # fmt: skip
+    *,
+    path: str,
+    config_name: str | None,
+    data_files,
+    split: str,
+    val_split: str | None,
+    text_field: str,
+    streaming: bool,
+    max_bytes: int | None,
+    max_docs: int | None,
+    cache_dir: str | None,
+    tokenizer: str,
+    bpe_vocab_size: int,
+    vocab_size: int | None,
+    seq_len: int,
+    val_fraction: float,
+    seed: int,
+) -> DataBundle:
     check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before the dataset is read (or downloaded)
     train_docs, val_docs = hf_documents(
-        path=path, config_name=config_name, data_files=data_files, split=split, val_split=val_split,
-        text_field=text_field, streaming=streaming, max_bytes=max_bytes, max_docs=max_docs, cache_dir=cache_dir,
-        val_fraction=val_fraction, seed=seed,
-    )  # fmt: skip
-    return _lm_bundle(train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size,
-                      bpe_vocab_size=bpe_vocab_size, seq_len=seq_len)  # fmt: skip
+        path=path,
+        config_name=config_name,
+        data_files=data_files,
+        split=split,
+        val_split=val_split,
+        text_field=text_field,
+        streaming=streaming,
+        max_bytes=max_bytes,
+        max_docs=max_docs,
+        cache_dir=cache_dir,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    return _lm_bundle(
+        train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size, bpe_vocab_size=bpe_vocab_size, seq_len=seq_len
+    )
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -66,15 +66,31 @@ def load_hf_documents(
 
 
 def hf_documents(
-    *, path: str, config_name: str | None, data_files, split: str, val_split: str | None, text_field: str,
-    streaming: bool, max_bytes: int | None, max_docs: int | None, cache_dir: str | None, val_fraction: float,
+    *,
+    path: str,
+    config_name: str | None,
+    data_files,
+    split: str,
+    val_split: str | None,
+    text_field: str,
+    streaming: bool,
+    max_bytes: int | None,
+    max_docs: int | None,
+    cache_dir: str | None,
+    val_fraction: float,
     seed: int,
-) -> tuple[list[str], list[str]]:  # fmt: skip
+) -> tuple[list[str], list[str]]:
     """`(train_docs, val_docs)` for `data=hf` (settings: conf/data/hf.yaml): the validation documents are
     `val_split` when it is set, else a `val_fraction` of the loaded documents held out by `split_documents`
     (seeded, by document)."""
-    common = dict(path=str(path), text_field=text_field, data_files=data_files, name=config_name,
-                  streaming=streaming, cache_dir=cache_dir)  # fmt: skip
+    common = dict(
+        path=str(path),
+        text_field=text_field,
+        data_files=data_files,
+        name=config_name,
+        streaming=streaming,
+        cache_dir=cache_dir,
+    )
     docs = load_hf_documents(split=split, max_bytes=max_bytes, max_docs=max_docs, **common)
     if val_split is None:
         return split_documents(docs, val_fraction, seed)

@@ -147,9 +147,18 @@ class BPETokenizer:
     EOS: ClassVar[str] = "<|endoftext|>"
     # Top-level keys of Hugging Face's tokenizer JSON; anything else in a file is refused as tampering.
     HF_KEYS: ClassVar[frozenset] = frozenset(
-        {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor",
-         "decoder", "model"}
-    )  # fmt: skip
+        {
+            "version",
+            "truncation",
+            "padding",
+            "added_tokens",
+            "normalizer",
+            "pre_tokenizer",
+            "post_processor",
+            "decoder",
+            "model",
+        }
+    )
 
     def __init__(self, hf_tokenizer):
         self._hf = hf_tokenizer
@@ -179,9 +188,12 @@ class BPETokenizer:
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[cls.EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-        )  # fmt: skip
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[cls.EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         hf.train_from_iterator(documents, trainer=trainer)
         return cls(hf)
 
@@ -218,9 +230,11 @@ class BPETokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "type": self.type, "vocab_size": self.vocab_size, "eos_token_id": self.eos_token_id,
+            "type": self.type,
+            "vocab_size": self.vocab_size,
+            "eos_token_id": self.eos_token_id,
             "hf": json.loads(self._hf.to_str()),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BPETokenizer:

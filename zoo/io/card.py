@@ -21,6 +21,7 @@ STATE_LENGTHS = (1024, 65536)  # the card's inference-state numbers: 1k and 64k 
 # results.json metrics that describe cost or bookkeeping rather than an evaluation: kept out of model-index.
 COST_PREFIXES = ("train/", "bench/", "state/")
 
+
 @dataclass
 class RunRecord:
     """The parts of a run folder the card describes; None where the folder does not have them."""
@@ -31,6 +32,7 @@ class RunRecord:
     config: dict | None  # .hydra/config.yaml, resolved
     overrides: list[str] | None  # .hydra/overrides.yaml
 
+
 def load_yaml(path: Path):
     """A Hydra-written YAML file, interpolations resolved where they can be (`${data.vocab_size}`)."""
     from omegaconf import OmegaConf
@@ -40,6 +42,7 @@ def load_yaml(path: Path):
         return OmegaConf.to_container(node, resolve=True)
     except Exception:  # an interpolation needing Hydra's runtime (e.g. ${hydra:...}): keep it as written
         return OmegaConf.to_container(node, resolve=False)
+
 
 def read_run(path) -> RunRecord:
     checkpoint, run_dir = locate(path)
@@ -57,8 +60,10 @@ def read_run(path) -> RunRecord:
             raise PublishError(f"{hydra / 'overrides.yaml'} should hold a list of overrides, got {overrides!r}")
     return RunRecord(run_dir, checkpoint, results, config, overrides)
 
+
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 def fmt(value) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -67,11 +72,13 @@ def fmt(value) -> str:
         return f"{value:,}"
     return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
 
+
 def fmt_bytes(n: int) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n:,} bytes ({n / size:.1f} {unit})"
     return f"{n:,} bytes"
+
 
 def layer_kinds(model) -> list[str]:
     """Per layer: which kind of token mixer it is, as the card's architecture table says it."""
@@ -87,8 +94,10 @@ def layer_kinds(model) -> list[str]:
             kinds.append("linear / recurrent (fixed-size state)")
     return kinds
 
+
 def attention_layers(model) -> list[int]:
     return [i for i, kind in enumerate(layer_kinds(model)) if kind.startswith("attention")]
+
 
 def eval_metrics(metrics: dict) -> dict[str, list[tuple[str, str, float]]]:
     """results.json's evaluation numbers grouped by dataset, as `(metric name, metric type, value)`:
@@ -104,6 +113,7 @@ def eval_metrics(metrics: dict) -> dict[str, list[tuple[str, str, float]]]:
         groups.setdefault(dataset, []).append((key, kind, value))
     return groups
 
+
 def model_index(name: str, metrics: dict, data_name: str | None) -> list[dict]:
     """Hugging Face's `model-index`: one result per dataset, each metric with its type, value and full name."""
     results = []
@@ -112,12 +122,15 @@ def model_index(name: str, metrics: dict, data_name: str | None) -> list[dict]:
             ds = {"type": data_name or "validation", "name": f"{data_name or 'training data'} (held-out split)"}
         else:
             ds = {"type": dataset, "name": dataset}
-        results.append({
-            "task": {"type": "text-generation", "name": "Text Generation"},
-            "dataset": ds,
-            "metrics": [{"type": kind, "value": value, "name": key} for key, kind, value in entries],
-        })  # fmt: skip
+        results.append(
+            {
+                "task": {"type": "text-generation", "name": "Text Generation"},
+                "dataset": ds,
+                "metrics": [{"type": kind, "value": value, "name": key} for key, kind, value in entries],
+            }
+        )
     return [{"name": name, "results": results}] if results else []
+
 
 def hub_datasets(data: dict | None) -> list[str]:
     """Hub dataset ids the model was trained on. The built-in data (mqar, copy, passkey: generated; text: local
@@ -125,6 +138,7 @@ def hub_datasets(data: dict | None) -> list[str]:
     if data and data.get("name") == "hf" and isinstance(data.get("path"), str):
         return [data["path"]]
     return []
+
 
 def front_matter(model, run: RunRecord, name: str) -> dict:
     mixers = list(dict.fromkeys(model.layer_mixers))
@@ -142,6 +156,7 @@ def front_matter(model, run: RunRecord, name: str) -> dict:
         meta["model-index"] = index
     return meta
 
+
 def architecture_section(model) -> list[str]:
     cfg = model.config
     kinds = layer_kinds(model)
@@ -152,8 +167,10 @@ def architecture_section(model) -> list[str]:
         summary = "Attention layers: all of them (a transformer); the KV cache grows with the sequence."
     else:
         others = ", ".join(dict.fromkeys(m for i, m in enumerate(model.layer_mixers) if i not in attn))
-        summary = (f"Attention layers: {', '.join(map(str, attn))} ({len(attn)} of {len(kinds)}); "
-                   f"the other layers use {others}.")  # fmt: skip
+        summary = (
+            f"Attention layers: {', '.join(map(str, attn))} ({len(attn)} of {len(kinds)}); "
+            f"the other layers use {others}."
+        )
     lines = [
         "## Architecture",
         "",
@@ -171,14 +188,19 @@ def architecture_section(model) -> list[str]:
     ]
     return lines
 
+
 def size_section(model) -> list[str]:
     n = model.num_params()
     lines = ["## Size and inference state", "", f"- Parameters: {n:,} ({n / 1e6:.2f}M)"]
     for length in STATE_LENGTHS:
         lines.append(f"- Inference state at {length:,} tokens (batch 1): {fmt_bytes(model.state_bytes(length))}")
-    lines += ["", "The state is what generation keeps per sequence (`model.state_bytes(seq_len)`): attention "
-              "layers' KV caches grow with the length, linear layers' states do not."]  # fmt: skip
+    lines += [
+        "",
+        "The state is what generation keeps per sequence (`model.state_bytes(seq_len)`): attention "
+        "layers' KV caches grow with the length, linear layers' states do not.",
+    ]
     return lines
+
 
 def training_section(run: RunRecord) -> list[str]:
     lines = ["## Training", ""]
@@ -198,11 +220,13 @@ def training_section(run: RunRecord) -> list[str]:
     batch, seq_len = train.get("batch_size"), data.get("seq_len")
     if is_number(steps) and is_number(batch) and is_number(seq_len):
         lines.append(f"- Tokens: {steps * batch * seq_len:,} (steps x batch size {batch} x sequence length {seq_len})")
-    lines.append(f"- Optimizer: AdamW, lr {train.get('lr')}, weight decay {train.get('weight_decay')}, "
-                 f"seed {train.get('seed')}")  # fmt: skip
+    lines.append(
+        f"- Optimizer: AdamW, lr {train.get('lr')}, weight decay {train.get('weight_decay')}, seed {train.get('seed')}"
+    )
     if is_number(metrics.get("train/time_s")):
         lines.append(f"- Training time: {metrics['train/time_s']:,.0f} s on {run.results.get('device', 'unknown')}")
     return lines
+
 
 def results_section(run: RunRecord) -> list[str]:
     lines = ["## Results", ""]
@@ -222,6 +246,7 @@ def results_section(run: RunRecord) -> list[str]:
         lines += [f"| {k} | {fmt(v)} |" for k, v in sorted(other.items())]
     return lines
 
+
 def reproduce_section(run: RunRecord) -> list[str]:
     lines = ["## Reproduce", ""]
     if run.overrides is None:
@@ -233,8 +258,10 @@ def reproduce_section(run: RunRecord) -> list[str]:
     # per-length numbers (`...@<len>`), lm-eval and throughput are added later by the eval and bench tools.
     metrics = (run.results or {}).get("metrics", {})
     later = []
-    if any(k.startswith(("mqar/", "copy/", "passkey/", "niah/")) and ("@" in k or k.endswith("max_exact_len"))
-           for k in metrics) or any(k.startswith("lm_eval/") for k in metrics):  # fmt: skip
+    if any(
+        k.startswith(("mqar/", "copy/", "passkey/", "niah/")) and ("@" in k or k.endswith("max_exact_len"))
+        for k in metrics
+    ) or any(k.startswith("lm_eval/") for k in metrics):
         later.append("`zoo-eval path=RUN_DIR` (recall suite and lm-eval metrics)")
     if any(k.startswith("bench/") for k in metrics):
         later.append("`zoo-bench` (throughput and memory, `bench/` metrics)")
@@ -242,16 +269,20 @@ def reproduce_section(run: RunRecord) -> list[str]:
         lines += ["", f"The run folder's results.json was then completed by {' and '.join(later)}."]
     return lines
 
+
 def intro(model, run: RunRecord) -> str:
     arch = ((run.config or {}).get("model") or {}).get("name")
     n_attn, n = len(attention_layers(model)), len(model.blocks)
     kind = (
-        "a pure linear-attention / recurrent model" if n_attn == 0
-        else "a transformer (attention in every layer)" if n_attn == n
+        "a pure linear-attention / recurrent model"
+        if n_attn == 0
+        else "a transformer (attention in every layer)"
+        if n_attn == n
         else f"a hybrid: {n - n_attn} linear-attention / recurrent layers and {n_attn} attention layer(s)"
-    )  # fmt: skip
+    )
     named = f" (architecture `{arch}` in conf/model)" if arch else ""
     return f"A hybrid-zoo language model{named}: {kind}."
+
 
 def model_card(model, run: RunRecord, name: str, repo_id: str | None = None) -> str:
     meta = front_matter(model, run, name)

@@ -35,7 +35,6 @@ FORMAT_VERSION = 1
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 
 
-
 def model_tensors(model) -> dict[str, torch.Tensor]:
     """The state dict to store: tied LM-head weights are stored once (as the embedding)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -176,13 +175,15 @@ def read_weights(directory) -> tuple[dict[str, torch.Tensor], dict[str, Path], P
     for file, names in by_shard.items():
         path = directory / file
         if not path.is_file():
-            raise CheckpointError(f"{path} is missing: {index_path.name} maps {len(names)} tensor(s) to it, "
-                                  f"e.g. {names[0]!r}")  # fmt: skip
+            raise CheckpointError(
+                f"{path} is missing: {index_path.name} maps {len(names)} tensor(s) to it, e.g. {names[0]!r}"
+            )
         tensors = load_safetensors(path)
         absent = sorted(set(names) - set(tensors))
         if absent:
-            raise CheckpointError(f"{path}: tensor {absent[0]!r} is mapped to this shard by {index_path.name} "
-                                  "but is not in it")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: tensor {absent[0]!r} is mapped to this shard by {index_path.name} but is not in it"
+            )
         stray = sorted(set(tensors) - set(names))
         if stray:
             raise CheckpointError(f"{path}: holds tensor {stray[0]!r} that {index_path.name} does not map to it")

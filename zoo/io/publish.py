@@ -29,8 +29,19 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 CARD = "README.md"
 
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
 
 def parse_size(text: str) -> int:
     """`"5GB"` -> 5e9 bytes (decimal units as on the Hub; `GiB` etc. are binary); a bare number is bytes."""
@@ -43,6 +54,7 @@ def parse_size(text: str) -> int:
         raise ValueError(f"invalid size {text!r}: must be more than 0 bytes")
     return size
 
+
 def check_out_dir(out: Path, run: RunRecord) -> None:
     """DIR is replaced as a whole, so it must not hold the run itself or anything that is not a published model."""
     resolved = out.resolve()
@@ -51,6 +63,7 @@ def check_out_dir(out: Path, run: RunRecord) -> None:
             raise PublishError(f"--out {out} would replace the run folder {keep}; choose another folder")
     if out.exists() and any(out.iterdir()) and not (out / CONFIG).exists():
         raise PublishError(f"--out {out} exists and is not a published model folder; choose a new or empty folder")
+
 
 def publish(source, out, max_shard_bytes: int | None = None, repo_id: str | None = None) -> Path:
     """Write the published folder `out` from the run or checkpoint folder `source`; returns `out`."""
@@ -75,10 +88,12 @@ def publish(source, out, max_shard_bytes: int | None = None, repo_id: str | None
 
     return write_dir_atomically(out, write)
 
+
 def hub_offline() -> bool:
     """huggingface_hub's own switches (read here too, so the push fails at once instead of timing out)."""
     switches = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return any(value in ("1", "ON", "YES", "TRUE") for value in switches)
+
 
 def push(out: Path, repo_id: str, private: bool = False) -> str:
     """Upload the complete folder `out` to the Hub model repo `repo_id` (created if needed); returns its URL."""
@@ -96,6 +111,7 @@ def push(out: Path, repo_id: str, private: bool = False) -> str:
         reason = (str(e).strip().splitlines() or [""])[0]
         raise PublishError(f"could not push to {repo_id}: {type(e).__name__}: {reason} ({later})") from e
     return f"https://huggingface.co/{repo_id}"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoo-publish", description=__doc__.splitlines()[0])

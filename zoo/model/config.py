@@ -63,8 +63,11 @@ class ModelConfig:
         unknown = sorted(set(cfg) - names)
         if unknown:
             raise ConfigError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}  # fmt: skip
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(cfg))
         if missing:
             raise ConfigError(f"model config is missing {missing}")
@@ -118,5 +121,3 @@ class ModelConfig:
         used = dict.fromkeys(self.layer_names())
         mixers = {name: self.mixer_kwargs(name) for name in used}
         return dataclasses.replace(self, mixers=mixers)
-
-

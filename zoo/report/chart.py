@@ -40,7 +40,6 @@ PER_LENGTH = {  # column prefix -> results.json metric with @<len>
 }
 
 
-
 def find_runs(folders: list[Path]) -> list[Path]:
     """Every run folder below `folders` (a folder itself counts), sorted and without duplicates."""
     runs = {p.parent.resolve() for folder in folders for p in Path(folder).rglob("results.json")}
@@ -189,8 +188,9 @@ def plot_recall_vs_state(rows: list[dict], path: Path) -> str | None:
     """One panel per recall measure (MQAR, passkey at each length): accuracy vs state bytes at 1k tokens."""
     import matplotlib.pyplot as plt
 
-    measures = ["mqar_acc"] + sorted({k for r in rows for k in r if k.startswith("passkey_acc@")},
-                                     key=lambda k: int(k.split("@")[1]))  # fmt: skip
+    measures = ["mqar_acc"] + sorted(
+        {k for r in rows for k in r if k.startswith("passkey_acc@")}, key=lambda k: int(k.split("@")[1])
+    )
     panels = [(m, [r for r in rows if r.get(m) is not None and r["state_bytes_1k"]]) for m in measures]
     panels = [(m, sel) for m, sel in panels if sel]
     if not panels:
@@ -226,8 +226,7 @@ def plot_quality_vs_recall(rows: list[dict], path: Path) -> str | None:
     for i, r in enumerate(sel):
         ax.scatter(*points[i], color="tab:red" if i in front else "tab:blue", zorder=3)
         _annotate(ax, *points[i], label(r))
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1,
-            label="Pareto front")  # fmt: skip
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1, label="Pareto front")
     ax.set_xlabel("MQAR accuracy (higher is better)")
     ax.set_ylabel("validation perplexity (lower is better)")
     ax.set_yscale("log")

@@ -155,8 +155,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     logger = RunLogger(run_dir, tcfg.log, OmegaConf.to_container(cfg, resolve=True), start_step, dctx.is_main)
 
     n_params = model.num_params()
-    log.info("model %s: %s params, layers %s, device %s", root.model.name, f"{n_params:,}",
-             model.layer_mixers, device)  # fmt: skip
+    log.info("model %s: %s params, layers %s, device %s", root.model.name, f"{n_params:,}", model.layer_mixers, device)
     run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
     if dctx.is_main:
         update_results(run_dir, {"params": n_params}, status="running", **run_info)
@@ -189,8 +188,9 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         record = {"step": done, "train/loss": loss.item()}
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            logger.log(record | {"lr": lr, "grad_norm": grad_norm.item(),
-                                 "time_s": elapsed_before + time.perf_counter() - t0})  # fmt: skip
+            logger.log(
+                record | {"lr": lr, "grad_norm": grad_norm.item(), "time_s": elapsed_before + time.perf_counter() - t0}
+            )
         if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
             evals = evaluate(model, data, root.data.name, eval_cfg, device, autocast)
             logger.log({"step": done, **evals})
@@ -206,8 +206,12 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     logger.close()
     if not dctx.is_main:  # rank 0 alone finishes the run folder (and evaluates a gathered copy under FSDP2)
         dctx.gather_model(model, lambda: build_model(cfg.model))
-        return {"params": n_params, "train/steps": min(tcfg.max_steps, max(step, start_step)),
-                "train/time_s": elapsed_before + time.perf_counter() - t0, **evals}  # fmt: skip
+        return {
+            "params": n_params,
+            "train/steps": min(tcfg.max_steps, max(step, start_step)),
+            "train/time_s": elapsed_before + time.perf_counter() - t0,
+            **evals,
+        }
     model = dctx.gather_model(model, lambda: build_model(cfg.model)) or model
     step = max(step, start_step)
     train_time = elapsed_before + time.perf_counter() - t0
@@ -223,8 +227,11 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
 
 def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
     name = cfg.model.name
-    parts = [f"{name}: {metrics['params'] / 1e6:.2f}M params", f"{metrics['train/steps']} steps",
-             f"{metrics['train/time_s']:.0f} s"]  # fmt: skip
+    parts = [
+        f"{name}: {metrics['params'] / 1e6:.2f}M params",
+        f"{metrics['train/steps']} steps",
+        f"{metrics['train/time_s']:.0f} s",
+    ]
     parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("/accuracy") or k.startswith("val/")]
     parts += [f"state {v / 1024:.1f} KiB @{k.split('@')[1]}" for k, v in metrics.items() if k.startswith("state/")]
     return " | ".join(parts) + f"\nrun folder: {run_dir}"

@@ -42,8 +42,9 @@ def chunk_gated_delta_rule_triton(
     out_dtype = v.dtype
     q, k, v, g, beta, initial_state = _prepare(q, k, v, g, beta, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, final_state = ChunkGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                       chunk_size, cu_seqlens)  # fmt: skip
+    o, final_state = ChunkGatedDeltaRuleFunction.apply(
+        q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, cu_seqlens
+    )
     return o.to(out_dtype), final_state
 
 
@@ -65,13 +66,15 @@ def fused_recurrent_gated_delta_rule_triton(
     """
     inputs = (q, k, v, g, beta, initial_state)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
-        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                             chunk_size=16, cu_seqlens=cu_seqlens)  # fmt: skip
+        return chunk_gated_delta_rule_triton(
+            q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size=16, cu_seqlens=cu_seqlens
+        )
     out_dtype = v.dtype
     q, k, v, g, beta, initial_state = _prepare(q, k, v, g, beta, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, final_state = fused_recurrent_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                          cu_seqlens)  # fmt: skip
+    o, final_state = fused_recurrent_gated_delta_rule_fwd(
+        q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens
+    )
     return o.to(out_dtype), final_state
 
 

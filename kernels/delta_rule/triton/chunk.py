@@ -78,10 +78,28 @@ def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
 
 @triton.jit
 def _fwd_state(
-    k, w, u, G, h0, hs, vn, ht, cu, chunk_offsets,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    k,
+    w,
+    u,
+    G,
+    h0,
+    hs,
+    vn,
+    ht,
+    cu,
+    chunk_offsets,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -119,10 +137,25 @@ def _fwd_state(
 
 @triton.jit
 def _fwd_o(
-    q, k, vn, G, hs, o, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    vn,
+    G,
+    hs,
+    o,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -136,8 +169,11 @@ def _fwd_o(
         m_k = o_k < K
         b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0).to(DT)
         b_kT = tl.load(k + rows[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0).to(DT)
-        b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                      mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_h = tl.load(
+            hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_A += tl.dot(b_q, b_kT, input_precision=PREC)
         b_o += tl.dot(b_q, b_h.to(DT), input_precision=PREC)
     b_G, _ = _gate(G, t0, n, i_h, H, BT, GATED)
@@ -155,10 +191,24 @@ def _fwd_o(
 
 @triton.jit
 def _bwd_dv_local(
-    q, k, G, do, dvl, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    G,
+    do,
+    dvl,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -181,10 +231,31 @@ def _bwd_dv_local(
 
 @triton.jit
 def _bwd_state(
-    q, k, w, G, do, dvl, dht, dhs, dvn, dh0, cu, chunk_offsets, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    w,
+    G,
+    do,
+    dvl,
+    dht,
+    dhs,
+    dvn,
+    dh0,
+    cu,
+    chunk_offsets,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -231,10 +302,33 @@ def _bwd_state(
 
 @triton.jit
 def _bwd_dqk(
-    q, k, vn, G, hs, do, dhs, dvn, dq, dk_part, dw, dgx, cu, chunk_indices, scale, dgx_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, HAS_DG: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    vn,
+    G,
+    hs,
+    do,
+    dhs,
+    dvn,
+    dq,
+    dk_part,
+    dw,
+    dgx,
+    cu,
+    chunk_indices,
+    scale,
+    dgx_stride,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_DG: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -314,12 +408,44 @@ def _wy(k, v, beta, G, Ai, ch: Chunks, solve: bool, prec: str):
     V = v.shape[-1]
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
     if solve:
-        _fwd_solve[(ch.NT, H)](k, beta, G, Ai, ch.cu, ch.chunk_indices, H=H, K=K, BT=ch.BT, BC=BC, BK=BK,
-                               NC=ch.BT // BC, GATED=G is not None, PREC=prec)  # fmt: skip
+        _fwd_solve[(ch.NT, H)](
+            k,
+            beta,
+            G,
+            Ai,
+            ch.cu,
+            ch.chunk_indices,
+            H=H,
+            K=K,
+            BT=ch.BT,
+            BC=BC,
+            BK=BK,
+            NC=ch.BT // BC,
+            GATED=G is not None,
+            PREC=prec,
+        )
     w = torch.empty(k.shape, dtype=torch.float32, device=k.device)
     u = torch.empty(v.shape, dtype=torch.float32, device=v.device)
-    _fwd_wu[(ch.NT, H)](k, v, beta, G, Ai, w, u, ch.cu, ch.chunk_indices, H=H, K=K, V=V, BT=ch.BT, BK=BK, BV=BV,
-                        GATED=G is not None, PREC=prec, num_warps=num_warps(ch.BT, ch.BT, max(BK, BV)))  # fmt: skip
+    _fwd_wu[(ch.NT, H)](
+        k,
+        v,
+        beta,
+        G,
+        Ai,
+        w,
+        u,
+        ch.cu,
+        ch.chunk_indices,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        GATED=G is not None,
+        PREC=prec,
+        num_warps=num_warps(ch.BT, ch.BT, max(BK, BV)),
+    )
     return w, u
 
 
@@ -331,10 +457,31 @@ def _states(k, w, u, G, h0, ch: Chunks, output_final_state: bool, prec: str, dt)
     hs = torch.empty(ch.NT, H, K, V, dtype=torch.float32, device=k.device)
     vn = torch.empty_like(u)
     ht = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
-    _fwd_state[(ch.N * H, triton.cdiv(V, BV))](k, w, u, G, h0, hs, vn, ht, ch.cu, ch.chunk_offsets, H=H, K=K, V=V,
-                                               BT=ch.BT, BK=BK, BV=BV, GATED=G is not None, HAS_H0=h0 is not None,
-                                               STORE_HT=output_final_state, PREC=prec, DT=dt, num_warps=nw,
-                                               num_stages=ns)  # fmt: skip
+    _fwd_state[(ch.N * H, triton.cdiv(V, BV))](
+        k,
+        w,
+        u,
+        G,
+        h0,
+        hs,
+        vn,
+        ht,
+        ch.cu,
+        ch.chunk_offsets,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        GATED=G is not None,
+        HAS_H0=h0 is not None,
+        STORE_HT=output_final_state,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+        num_stages=ns,
+    )
     return hs, vn, ht
 
 
@@ -358,9 +505,27 @@ def chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale: float, h0, output_final_
     hs, vn, ht = _states(k, w, u, G, h0, ch, output_final_state, prec, dt)
     o = torch.empty_like(v)
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
-    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](q, k, vn, G, hs, o, ch.cu, ch.chunk_indices, scale, H=H, K=K, V=V,
-                                           BT=ch.BT, BK=BK, BV=BV, GATED=G is not None, PREC=prec, DT=dt,
-                                           num_warps=num_warps(ch.BT, BK, BV))  # fmt: skip
+    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](
+        q,
+        k,
+        vn,
+        G,
+        hs,
+        o,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        GATED=G is not None,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, BK, BV),
+    )
     return o, ht, Ai
 
 
@@ -379,15 +544,57 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, Ai, scale: float, h0, do, dht, 
     hs, vn, _ = _states(k, w, u, G, h0, ch, False, prec, dt)
 
     dvl = torch.empty_like(u)
-    _bwd_dv_local[(ch.NT, NV, H)](q, k, G, do, dvl, ch.cu, ch.chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK,
-                                  BV=BV, GATED=gated, PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_dv_local[(ch.NT, NV, H)](
+        q,
+        k,
+        G,
+        do,
+        dvl,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        GATED=gated,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dhs, dvn = torch.empty_like(hs), torch.empty_like(u)
     dh0 = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
     SK, SV, snw, sns = _state_config(K, q.dtype, backward=True)
-    _bwd_state[(ch.N * H, triton.cdiv(V, SV))](q, k, w, G, do, dvl, dht, dhs, dvn, dh0, ch.cu, ch.chunk_offsets,
-                                               scale, H=H, K=K, V=V, BT=BT, BK=SK, BV=SV, GATED=gated,
-                                               HAS_DHT=dht is not None, STORE_DH0=h0 is not None, PREC=prec, DT=dt,
-                                               num_warps=snw, num_stages=sns)  # fmt: skip
+    _bwd_state[(ch.N * H, triton.cdiv(V, SV))](
+        q,
+        k,
+        w,
+        G,
+        do,
+        dvl,
+        dht,
+        dhs,
+        dvn,
+        dh0,
+        ch.cu,
+        ch.chunk_offsets,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=SK,
+        BV=SV,
+        GATED=gated,
+        HAS_DHT=dht is not None,
+        STORE_DH0=h0 is not None,
+        PREC=prec,
+        DT=dt,
+        num_warps=snw,
+        num_stages=sns,
+    )
 
     has_dg = gated and need_dg
     stride = B * T * H  # one K tile's slice of dgx
@@ -397,14 +604,66 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, Ai, scale: float, h0, do, dht, 
     # the two kernels with the most live [BT, BT] / [BT, BK] fp32 tiles run on narrower V (and K) tiles, 8 warps:
     # spill-free on sm_90 for bf16 at K = 64 and 128 (64-wide tiles spill; see README.md)
     SV = block_size(V, min(MAX_TILE, 32))
-    _bwd_dqk[(ch.NT, NK, H)](q, k, vn, G, hs, do, dhs, dvn, dq, dk_part, dw, dgx, ch.cu, ch.chunk_indices, scale,
-                             stride, H=H, K=K, V=V, BT=BT, BK=BK, BV=SV, GATED=gated, HAS_DG=has_dg, PREC=prec,
-                             DT=dt, num_warps=8)  # fmt: skip
+    _bwd_dqk[(ch.NT, NK, H)](
+        q,
+        k,
+        vn,
+        G,
+        hs,
+        do,
+        dhs,
+        dvn,
+        dq,
+        dk_part,
+        dw,
+        dgx,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        stride,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=SV,
+        GATED=gated,
+        HAS_DG=has_dg,
+        PREC=prec,
+        DT=dt,
+        num_warps=8,
+    )
     dk, dv, dbeta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
     dg = torch.empty_like(g) if has_dg else None
-    _bwd_wy[(ch.NT, H)](k, v, beta, G, Ai, dvn, dw, dk_part, dgx, dk, dv, dbeta, dg, ch.cu, ch.chunk_indices, stride,
-                        H=H, K=K, V=V, BT=BT, BK=block_size(K, min(MAX_TILE, 32)), BV=SV, NKX=NK, GATED=gated,
-                        HAS_DG=has_dg, PREC=prec, num_warps=8)  # fmt: skip
+    _bwd_wy[(ch.NT, H)](
+        k,
+        v,
+        beta,
+        G,
+        Ai,
+        dvn,
+        dw,
+        dk_part,
+        dgx,
+        dk,
+        dv,
+        dbeta,
+        dg,
+        ch.cu,
+        ch.chunk_indices,
+        stride,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=block_size(K, min(MAX_TILE, 32)),
+        BV=SV,
+        NKX=NK,
+        GATED=gated,
+        HAS_DG=has_dg,
+        PREC=prec,
+        num_warps=8,
+    )
     return dq, dk, dv, dbeta, dg, dh0
 
 

@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         seen.add(key)
         shown = {k: v for k, v in constants.items() if k in ("BT", "BK", "BV", "GATED", "DT", "PREC")}
         try:
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
-                                      target=GPUTarget("cuda", args.arch, 32),
-                                      options={"num_warps": warps, "num_stages": stages})  # fmt: skip
+            compiled = triton.compile(
+                ASTSource(fn=fn, signature=signature, constexprs=constants),
+                target=GPUTarget("cuda", args.arch, 32),
+                options={"num_warps": warps, "num_stages": stages},
+            )
         except Exception as e:  # report every failing specialization, then fail
             failures.append(f"{fn.__name__} {shown}: {type(e).__name__}: {e}")
             print(f"{fn.__name__:16s} FAILED to compile {shown}: {e}")
@@ -77,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()
-            usage = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name],
-                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
+            usage = subprocess.run(
+                [triton.knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
         regs = int(re.findall(r"REG:(\d+)", usage)[-1])
         spill = int(re.findall(r"LOCAL:(\d+)", usage)[-1]) + int(re.findall(r"STACK:(\d+)", usage)[-1])
         shared = compiled.metadata.shared
@@ -86,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         if shared > SHARED_LIMIT[args.arch]:
             note = f"  <-- needs more shared memory than sm_{args.arch} has ({SHARED_LIMIT[args.arch]})"
             failures.append(f"{fn.__name__} {shown}: shared memory {shared}")
-        print(f"{fn.__name__:16s} warps={warps} stages={stages} regs={regs:3d} spill={spill:5d}B "
-              f"shared={shared:6d}B {shown}{note}")  # fmt: skip
+        print(
+            f"{fn.__name__:16s} warps={warps} stages={stages} regs={regs:3d} spill={spill:5d}B "
+            f"shared={shared:6d}B {shown}{note}"
+        )
 
     JITFunction.__getitem__ = lambda self, grid: lambda *a, **kw: compile_launch(self, *a, **kw)
 

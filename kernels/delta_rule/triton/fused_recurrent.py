@@ -25,10 +25,25 @@ __all__ = ["fused_recurrent_gated_delta_rule_fwd"]
 
 @triton.jit
 def _fused_recurrent(
-    q, k, v, g, beta, h0, o, ht, cu, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    v,
+    g,
+    beta,
+    h0,
+    o,
+    ht,
+    cu,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
     i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -84,7 +99,23 @@ def fused_recurrent_gated_delta_rule_fwd(
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
     _fused_recurrent[(N * H, triton.cdiv(V, BV))](
-        q, k, v, g, beta, initial_state, o, ht, cu, scale, H=H, K=K, V=V, BK=BK, BV=BV,
-        GATED=g is not None, HAS_H0=initial_state is not None, STORE_HT=output_final_state,
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state,
+        o,
+        ht,
+        cu,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BK=BK,
+        BV=BV,
+        GATED=g is not None,
+        HAS_H0=initial_state is not None,
+        STORE_HT=output_final_state,
+    )
     return o, ht

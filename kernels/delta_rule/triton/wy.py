@@ -66,9 +66,21 @@ def _decay(b_G, n, BT: tl.constexpr, STRICT: tl.constexpr, TRANSPOSE: tl.constex
 
 @triton.jit
 def _kkt_block(
-    k, beta, G, t0, n, i_h, bi, bj,
-    H: tl.constexpr, K: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    k,
+    beta,
+    G,
+    t0,
+    n,
+    i_h,
+    bi,
+    bj,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    GATED: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """Sub-block ``(bi, bj)`` (16 x 16, ``bi >= bj``) of ``M = tril(diag(beta) (K K^T * Gamma), -1)``, fp32."""
     o_c = tl.arange(0, BC)
     r_i, r_j = bi * BC + o_c, bj * BC + o_c  # chunk rows of the two blocks
@@ -92,10 +104,21 @@ def _kkt_block(
 
 @triton.jit
 def _fwd_solve(
-    k, beta, G, Ai, cu, chunk_indices,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, NC: tl.constexpr,
-    GATED: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    k,
+    beta,
+    G,
+    Ai,
+    cu,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    GATED: tl.constexpr,
+    PREC: tl.constexpr,
+):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_c = tl.arange(0, BC)
@@ -139,10 +162,24 @@ def _load_ai(Ai, rows, n, BT: tl.constexpr, TRANSPOSE: tl.constexpr):
 
 @triton.jit
 def _fwd_wu(
-    k, v, beta, G, Ai, w, u, cu, chunk_indices,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATED: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    k,
+    v,
+    beta,
+    G,
+    Ai,
+    w,
+    u,
+    cu,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PREC: tl.constexpr,
+):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -168,10 +205,33 @@ def _fwd_wu(
 
 @triton.jit
 def _bwd_wy(
-    k, v, beta, G, Ai, dvn, dw, dk_part, dgx, dk, dv, dbeta, dg, cu, chunk_indices, dgx_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    NKX: tl.constexpr, GATED: tl.constexpr, HAS_DG: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    k,
+    v,
+    beta,
+    G,
+    Ai,
+    dvn,
+    dw,
+    dk_part,
+    dgx,
+    dk,
+    dv,
+    dbeta,
+    dg,
+    cu,
+    chunk_indices,
+    dgx_stride,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NKX: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_DG: tl.constexpr,
+    PREC: tl.constexpr,
+):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)

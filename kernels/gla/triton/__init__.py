@@ -38,8 +38,9 @@ def chunk_gla_triton(
     out_dtype = v.dtype
     q, k, v, g, initial_state = _prepare(q, k, v, g, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, final_state = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, chunk_size,
-                                            cu_seqlens)  # fmt: skip
+    o, final_state = ChunkGLAFunction.apply(
+        q, k, v, g, scale, initial_state, output_final_state, chunk_size, cu_seqlens
+    )
     return o.to(out_dtype), final_state
 
 

@@ -83,10 +83,25 @@ def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl.co
 
 @triton.jit
 def _fwd_state(
-    k, v, G, h0, hs, ht, cu, chunk_offsets,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    k,
+    v,
+    G,
+    h0,
+    hs,
+    ht,
+    cu,
+    chunk_offsets,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -119,10 +134,22 @@ def _fwd_state(
 
 @triton.jit
 def _fwd_A(
-    q, k, G, A, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, NC: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    G,
+    A,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_i, i_j = i_ij // NC, i_ij % NC  # query sub-block, key sub-block
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
@@ -166,10 +193,24 @@ def _fwd_A(
 
 @triton.jit
 def _fwd_o(
-    q, v, G, hs, A, o, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    v,
+    G,
+    hs,
+    A,
+    o,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -183,8 +224,11 @@ def _fwd_o(
         m_q = m_t[:, None] & m_k[None, :]
         b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_q, other=0)
         b_G = tl.load(G + rows[:, None] * K + o_k[None, :], mask=m_q, other=0)
-        b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                      mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_h = tl.load(
+            hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_o += tl.dot((b_q * tl.exp(b_G)).to(DT), b_h.to(DT), input_precision=PREC)
     m_A = m_t[:, None] & (o_t[:, None] >= o_t[None, :])
     b_A = tl.load(A + rows[:, None] * BT + o_t[None, :], mask=m_A, other=0)
@@ -199,10 +243,26 @@ def _fwd_o(
 
 @triton.jit
 def _bwd_state(
-    q, G, do, dht, dhs, dh0, cu, chunk_offsets, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    G,
+    do,
+    dht,
+    dhs,
+    dh0,
+    cu,
+    chunk_offsets,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -227,8 +287,9 @@ def _bwd_state(
         off_qT = ((t0 + o_t[None, :]) * H + i_h) * K + o_k[:, None]  # [BK, BT]
         b_qT = tl.load(q + off_qT, mask=m_k[:, None] & m_t[None, :], other=0)
         b_GT = tl.load(G + off_qT, mask=m_k[:, None] & m_t[None, :], other=0)
-        b_do = tl.load(do + ((t0 + o_t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                       other=0)  # fmt: skip
+        b_do = tl.load(
+            do + ((t0 + o_t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0
+        )
         b_GL = tl.load(G + ((t0 + n - 1) * H + i_h) * K + o_k, mask=m_k, other=0)
         b_qT = (b_qT * tl.exp(b_GT)).to(DT)
         b_dh = b_dh * tl.exp(b_GL)[:, None] + scale * tl.dot(b_qT, b_do.to(DT), input_precision=PREC)
@@ -238,10 +299,23 @@ def _bwd_state(
 
 @triton.jit
 def _bwd_dv(
-    k, G, A, do, dhs, dv, cu, chunk_indices,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    k,
+    G,
+    A,
+    do,
+    dhs,
+    dv,
+    cu,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -261,8 +335,11 @@ def _bwd_dv(
         b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_G = tl.load(G + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_GL = tl.load(G + ((t0 + n - 1) * H + i_h) * K + o_k, mask=m_k, other=0)
-        b_dh = tl.load(dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                       mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_dh = tl.load(
+            dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_kg = (b_k * tl.exp(tl.minimum(b_GL[None, :] - b_G, 0))).to(DT)
         b_dv += tl.dot(b_kg, b_dh.to(DT), input_precision=PREC)
     tl.store(dv + rows[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
@@ -270,10 +347,23 @@ def _bwd_dv(
 
 @triton.jit
 def _bwd_dqk_intra(
-    q, k, G, dA, dq, dk, cu, chunk_indices,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, NC: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    G,
+    dA,
+    dq,
+    dk,
+    cu,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_ci, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_c, i_i = i_ci // NC, i_ci % NC
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
@@ -338,10 +428,25 @@ def _bwd_dqk_intra(
 
 @triton.jit
 def _bwd_dqk_inter(
-    v, G, hs, do, dhs, dq, dk, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    v,
+    G,
+    hs,
+    do,
+    dhs,
+    dq,
+    dk,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -374,9 +479,19 @@ def _bwd_dqk_inter(
 
 @triton.jit
 def _bwd_dg(
-    q, k, dq, dk, dg, dg_last, cu,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, HAS_LAST: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    dq,
+    dk,
+    dg,
+    dg_last,
+    cu,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    HAS_LAST: tl.constexpr,
+):
     i_nh, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -415,9 +530,27 @@ def _states(k, v, G, h0, ch: Chunks, output_final_state: bool, prec: str, dt):
     hs = torch.empty(ch.NT, H, K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     grid = (ch.N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
-    _fwd_state[grid](k, v, G, h0, hs, ht, ch.cu, ch.chunk_offsets, H=H, K=K, V=V, BT=ch.BT, BK=BK, BV=BV,
-                     HAS_H0=h0 is not None, STORE_HT=output_final_state, PREC=prec, DT=dt,
-                     num_warps=num_warps(ch.BT, BK, BV))  # fmt: skip
+    _fwd_state[grid](
+        k,
+        v,
+        G,
+        h0,
+        hs,
+        ht,
+        ch.cu,
+        ch.chunk_offsets,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        HAS_H0=h0 is not None,
+        STORE_HT=output_final_state,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, BK, BV),
+    )
     return hs, ht
 
 
@@ -425,8 +558,23 @@ def _scores(q, k, G, scale: float, ch: Chunks, prec: str, dt) -> torch.Tensor:
     B, T, H, K = q.shape
     A = torch.empty(B, T, H, ch.BT, dtype=torch.float32, device=q.device)
     NC = ch.BT // BC
-    _fwd_A[(ch.NT, NC * NC, H)](q, k, G, A, ch.cu, ch.chunk_indices, scale, H=H, K=K, BT=ch.BT, BC=BC,
-                                BK=block_size(K, MAX_TILE), NC=NC, PREC=prec, DT=dt)  # fmt: skip
+    _fwd_A[(ch.NT, NC * NC, H)](
+        q,
+        k,
+        G,
+        A,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        BT=ch.BT,
+        BC=BC,
+        BK=block_size(K, MAX_TILE),
+        NC=NC,
+        PREC=prec,
+        DT=dt,
+    )
     return A
 
 
@@ -440,9 +588,26 @@ def chunk_gla_fwd(q, k, v, g, scale: float, h0, output_final_state: bool, ch: Ch
     A = _scores(q, k, G, scale, ch, prec, dt)
     o = torch.empty_like(v)
     BV = block_size(V, MAX_TILE)
-    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](q, v, G, hs, A, o, ch.cu, ch.chunk_indices, scale, H=H, K=K, V=V,
-                                           BT=ch.BT, BK=block_size(K, MAX_TILE), BV=BV, PREC=prec, DT=dt,
-                                           num_warps=num_warps(ch.BT, block_size(K, MAX_TILE), BV))  # fmt: skip
+    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](
+        q,
+        v,
+        G,
+        hs,
+        A,
+        o,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=block_size(K, MAX_TILE),
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, block_size(K, MAX_TILE), BV),
+    )
     return o, ht
 
 
@@ -460,27 +625,109 @@ def chunk_gla_bwd(q, k, v, g, scale: float, h0, ht, do, dht, ch: Chunks, need_dg
 
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
-    _bwd_state[(ch.N * H, NK, NV)](q, G, do, dht, dhs, dh0, ch.cu, ch.chunk_offsets, scale, H=H, K=K, V=V, BT=BT,
-                                   BK=BK, BV=BV, HAS_DHT=dht is not None, STORE_DH0=h0 is not None,
-                                   PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_state[(ch.N * H, NK, NV)](
+        q,
+        G,
+        do,
+        dht,
+        dhs,
+        dh0,
+        ch.cu,
+        ch.chunk_offsets,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        HAS_DHT=dht is not None,
+        STORE_DH0=h0 is not None,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dA = torch.empty_like(A)
-    bwd_dA[(ch.NT, H)](do, v, dA, ch.cu, ch.chunk_indices, scale, H=H, V=V, BT=BT, BV=BV, PREC=prec, DT=dt,
-                        num_warps=num_warps(BT, BT, BV))  # fmt: skip
+    bwd_dA[(ch.NT, H)](
+        do,
+        v,
+        dA,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        V=V,
+        BT=BT,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(BT, BT, BV),
+    )
     dv = torch.empty_like(v)
-    _bwd_dv[(ch.NT, NV, H)](k, G, A, do, dhs, dv, ch.cu, ch.chunk_indices, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-                            PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_dv[(ch.NT, NV, H)](
+        k,
+        G,
+        A,
+        do,
+        dhs,
+        dv,
+        ch.cu,
+        ch.chunk_indices,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
-    _bwd_dqk_intra[(ch.NT * NC, NK, H)](q, k, G, dA, dq, dk, ch.cu, ch.chunk_indices, H=H, K=K, BT=BT, BC=BC,
-                                        BK=BK, NC=NC, PREC=prec, DT=dt)  # fmt: skip
-    _bwd_dqk_inter[(ch.NT, NK, H)](v, G, hs, do, dhs, dq, dk, ch.cu, ch.chunk_indices, scale, H=H, K=K, V=V,
-                                   BT=BT, BK=BK, BV=BV, PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_dqk_intra[(ch.NT * NC, NK, H)](
+        q, k, G, dA, dq, dk, ch.cu, ch.chunk_indices, H=H, K=K, BT=BT, BC=BC, BK=BK, NC=NC, PREC=prec, DT=dt
+    )
+    _bwd_dqk_inter[(ch.NT, NK, H)](
+        v,
+        G,
+        hs,
+        do,
+        dhs,
+        dq,
+        dk,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     if not need_dg:
         return dq, dk, dv, None, dh0
     dg_last = (dht.float() * ht).sum(-1).contiguous() if dht is not None else None  # (N, H, K)
     dg = torch.empty_like(g)
-    _bwd_dg[(ch.N * H, NK)](q, k, dq, dk, dg, dg_last, ch.cu, H=H, K=K, BT=BT, BK=BK,
-                            HAS_LAST=dg_last is not None, num_warps=num_warps(BT, BK))  # fmt: skip
+    _bwd_dg[(ch.N * H, NK)](
+        q,
+        k,
+        dq,
+        dk,
+        dg,
+        dg_last,
+        ch.cu,
+        H=H,
+        K=K,
+        BT=BT,
+        BK=BK,
+        HAS_LAST=dg_last is not None,
+        num_warps=num_warps(BT, BK),
+    )
     return dq, dk, dv, dg, dh0
 
 

@@ -20,10 +20,26 @@ __all__ = ["fused_recurrent_gla_fwd"]
 
 @triton.jit
 def _fused_recurrent(
-    q, k, v, g, h0, o, ht, cu, scale, o_tile_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, SCALAR_GATE: tl.constexpr, HAS_GATE: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    v,
+    g,
+    h0,
+    o,
+    ht,
+    cu,
+    scale,
+    o_tile_stride,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    SCALAR_GATE: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+):
     i_nh, i_v, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -81,10 +97,26 @@ def fused_recurrent_gla_fwd(
     o = torch.empty_like(v) if NK == 1 else torch.empty(NK, *v.shape, dtype=torch.float32, device=v.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
     _fused_recurrent[(N * H, NV, NK)](
-        q, k, v, g, initial_state, o, ht, cu, scale, v.numel(), H=H, K=K, V=V, BK=BK, BV=BV,
-        HAS_H0=initial_state is not None, STORE_HT=output_final_state,
-        SCALAR_GATE=g is not None and g.ndim == 3, HAS_GATE=g is not None,
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        g,
+        initial_state,
+        o,
+        ht,
+        cu,
+        scale,
+        v.numel(),
+        H=H,
+        K=K,
+        V=V,
+        BK=BK,
+        BV=BV,
+        HAS_H0=initial_state is not None,
+        STORE_HT=output_final_state,
+        SCALAR_GATE=g is not None and g.ndim == 3,
+        HAS_GATE=g is not None,
+    )
     if NK > 1:
         o = o.sum(0).to(v.dtype)
     return o, ht

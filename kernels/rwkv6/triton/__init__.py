@@ -40,8 +40,9 @@ def chunk_rwkv6_triton(
     out_dtype = v.dtype
     r, k, v, w, u, initial_state = _prepare(r, k, v, w, u, initial_state)
     scale = r.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, final_state = ChunkRWKV6Function.apply(r, k, v, w, u, scale, initial_state, output_final_state, chunk_size,
-                                              cu_seqlens)  # fmt: skip
+    o, final_state = ChunkRWKV6Function.apply(
+        r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, cu_seqlens
+    )
     return o.to(out_dtype), final_state
 
 

@@ -123,10 +123,26 @@ def _decays(w, X, Z, cu, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl
 
 @triton.jit
 def _fwd_state(
-    k, v, w, Z, h0, hs, ht, cu, chunk_offsets,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    k,
+    v,
+    w,
+    Z,
+    h0,
+    hs,
+    ht,
+    cu,
+    chunk_offsets,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -161,10 +177,22 @@ def _fwd_state(
 
 @triton.jit
 def _fwd_A(
-    r, k, w, u, A, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    w,
+    u,
+    A,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_i, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     s0 = i_i * BC  # first row of this query sub-block: the reference point of the off-diagonal decays
@@ -210,10 +238,24 @@ def _fwd_A(
 
 @triton.jit
 def _fwd_o(
-    r, v, X, hs, A, o, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    r,
+    v,
+    X,
+    hs,
+    A,
+    o,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -227,8 +269,11 @@ def _fwd_o(
         m_tk = m_t[:, None] & m_k[None, :]
         b_r = tl.load(r + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
         b_X = tl.load(X + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0)
-        b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                      mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_h = tl.load(
+            hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_o += tl.dot((b_r * tl.exp(b_X)).to(DT), b_h.to(DT), input_precision=PREC)
     b_A = tl.load(A + rows[:, None] * BT + o_t[None, :], mask=m_t[:, None] & (o_t[:, None] >= o_t[None, :]), other=0)
     m_o = m_t[:, None] & m_v[None, :]
@@ -242,10 +287,28 @@ def _fwd_o(
 
 @triton.jit
 def _bwd_state(
-    r, w, X, Z, do, dht, dhs, dh0, cu, chunk_offsets, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    r,
+    w,
+    X,
+    Z,
+    do,
+    dht,
+    dhs,
+    dh0,
+    cu,
+    chunk_offsets,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -282,10 +345,23 @@ def _bwd_state(
 
 @triton.jit
 def _bwd_dv(
-    k, Z, A, do, dhs, dv, cu, chunk_indices,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    k,
+    Z,
+    A,
+    do,
+    dhs,
+    dv,
+    cu,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -303,18 +379,34 @@ def _bwd_dv(
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
         b_Z = tl.load(Z + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0)
-        b_dh = tl.load(dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                       mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_dh = tl.load(
+            dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_dv += tl.dot((b_k * tl.exp(b_Z)).to(DT), b_dh.to(DT), input_precision=PREC)
     tl.store(dv + rows[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
 def _bwd_intra(
-    r, k, w, dA, dr, dk, cu, chunk_indices,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, NC: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    w,
+    dA,
+    dr,
+    dk,
+    cu,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_ci, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_c, i_i = i_ci // NC, i_ci % NC
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
@@ -378,10 +470,33 @@ def _bwd_intra(
 
 @triton.jit
 def _bwd_inter(
-    r, k, v, w, X, Z, u, hs, do, dhs, dA, dr, dk, dw, du, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    v,
+    w,
+    X,
+    Z,
+    u,
+    hs,
+    do,
+    dhs,
+    dA,
+    dr,
+    dk,
+    dw,
+    du,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -449,9 +564,28 @@ def _states(k, v, w, Z, h0, ch: Chunks, output_final_state: bool, prec: str, dt)
     hs = torch.empty(ch.NT, H, K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     grid = (ch.N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
-    _fwd_state[grid](k, v, w, Z, h0, hs, ht, ch.cu, ch.chunk_offsets, H=H, K=K, V=V, BT=ch.BT, BK=BK, BV=BV,
-                     HAS_H0=h0 is not None, STORE_HT=output_final_state, PREC=prec, DT=dt,
-                     num_warps=num_warps(ch.BT, BK, BV))  # fmt: skip
+    _fwd_state[grid](
+        k,
+        v,
+        w,
+        Z,
+        h0,
+        hs,
+        ht,
+        ch.cu,
+        ch.chunk_offsets,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        HAS_H0=h0 is not None,
+        STORE_HT=output_final_state,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, BK, BV),
+    )
     return hs, ht
 
 
@@ -459,8 +593,24 @@ def _scores(r, k, w, u, scale: float, ch: Chunks, prec: str, dt) -> torch.Tensor
     B, T, H, K = r.shape
     A = torch.empty(B, T, H, ch.BT, dtype=torch.float32, device=r.device)
     BK = block_size(K, MAX_TILE)
-    _fwd_A[(ch.NT, ch.BT // BC, H)](r, k, w, u, A, ch.cu, ch.chunk_indices, scale, H=H, K=K, BT=ch.BT, BC=BC,
-                                    BK=BK, PREC=prec, DT=dt, num_warps=num_warps(BC, ch.BT, BK))  # fmt: skip
+    _fwd_A[(ch.NT, ch.BT // BC, H)](
+        r,
+        k,
+        w,
+        u,
+        A,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        BT=ch.BT,
+        BC=BC,
+        BK=BK,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(BC, ch.BT, BK),
+    )
     return A
 
 
@@ -474,9 +624,26 @@ def chunk_rwkv6_fwd(r, k, v, w, u, scale: float, h0, output_final_state: bool, c
     A = _scores(r, k, w, u, scale, ch, prec, dt)
     o = torch.empty_like(v)
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
-    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](r, v, X, hs, A, o, ch.cu, ch.chunk_indices, scale, H=H, K=K, V=V,
-                                           BT=ch.BT, BK=BK, BV=BV, PREC=prec, DT=dt,
-                                           num_warps=num_warps(ch.BT, BK, BV))  # fmt: skip
+    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](
+        r,
+        v,
+        X,
+        hs,
+        A,
+        o,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, BK, BV),
+    )
     return o, ht
 
 
@@ -495,23 +662,118 @@ def chunk_rwkv6_bwd(r, k, v, w, u, scale: float, h0, do, dht, ch: Chunks):
 
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
-    _bwd_state[(ch.N * H, NK, NV)](r, w, X, Z, do, dht, dhs, dh0, ch.cu, ch.chunk_offsets, scale, H=H, K=K, V=V, BT=BT,
-                                   BK=BK, BV=BV, HAS_DHT=dht is not None, STORE_DH0=h0 is not None,
-                                   PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_state[(ch.N * H, NK, NV)](
+        r,
+        w,
+        X,
+        Z,
+        do,
+        dht,
+        dhs,
+        dh0,
+        ch.cu,
+        ch.chunk_offsets,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        HAS_DHT=dht is not None,
+        STORE_DH0=h0 is not None,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dA = torch.empty_like(A)
-    bwd_dA[(ch.NT, H)](do, v, dA, ch.cu, ch.chunk_indices, scale, H=H, V=V, BT=BT, BV=BV, PREC=prec, DT=dt,
-                        num_warps=num_warps(BT, BT, BV))  # fmt: skip
+    bwd_dA[(ch.NT, H)](
+        do,
+        v,
+        dA,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        V=V,
+        BT=BT,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(BT, BT, BV),
+    )
     dv = torch.empty_like(v)
-    _bwd_dv[(ch.NT, NV, H)](k, Z, A, do, dhs, dv, ch.cu, ch.chunk_indices, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-                            PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_dv[(ch.NT, NV, H)](
+        k,
+        Z,
+        A,
+        do,
+        dhs,
+        dv,
+        ch.cu,
+        ch.chunk_indices,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dr = torch.empty(r.shape, dtype=torch.float32, device=r.device)
     dk = torch.empty_like(dr)
-    _bwd_intra[(ch.NT * NC, NK, H)](r, k, w, dA, dr, dk, ch.cu, ch.chunk_indices, H=H, K=K, BT=BT, BC=BC, BK=BK,
-                                    NC=NC, PREC=prec, DT=dt, num_warps=num_warps(BC, BT, BK))  # fmt: skip
+    _bwd_intra[(ch.NT * NC, NK, H)](
+        r,
+        k,
+        w,
+        dA,
+        dr,
+        dk,
+        ch.cu,
+        ch.chunk_indices,
+        H=H,
+        K=K,
+        BT=BT,
+        BC=BC,
+        BK=BK,
+        NC=NC,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(BC, BT, BK),
+    )
     dw = torch.empty_like(w)
     du = torch.empty(ch.NT, H, K, dtype=torch.float32, device=r.device)
-    _bwd_inter[(ch.NT, NK, H)](r, k, v, w, X, Z, u, hs, do, dhs, dA, dr, dk, dw, du, ch.cu, ch.chunk_indices, scale,
-                               H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_inter[(ch.NT, NK, H)](
+        r,
+        k,
+        v,
+        w,
+        X,
+        Z,
+        u,
+        hs,
+        do,
+        dhs,
+        dA,
+        dr,
+        dk,
+        dw,
+        du,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     return dr, dk, dv, dw, du.sum(0), dh0
 
 

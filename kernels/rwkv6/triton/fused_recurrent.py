@@ -26,10 +26,25 @@ MAX_BK, MAX_BV = 128, 32
 
 @triton.jit
 def _fused_recurrent(
-    r, k, v, w, u, h0, o, ht, cu, scale, o_tile_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    v,
+    w,
+    u,
+    h0,
+    o,
+    ht,
+    cu,
+    scale,
+    o_tile_stride,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
     i_nh, i_v, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -86,9 +101,25 @@ def fused_recurrent_rwkv6_fwd(
     o = torch.empty_like(v) if NK == 1 else torch.empty(NK, *v.shape, dtype=torch.float32, device=v.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if output_final_state else None
     _fused_recurrent[(N * H, NV, NK)](
-        r, k, v, w, u, initial_state, o, ht, cu, scale, v.numel(), H=H, K=K, V=V, BK=BK, BV=BV,
-        HAS_H0=initial_state is not None, STORE_HT=output_final_state,
-    )  # fmt: skip
+        r,
+        k,
+        v,
+        w,
+        u,
+        initial_state,
+        o,
+        ht,
+        cu,
+        scale,
+        v.numel(),
+        H=H,
+        K=K,
+        V=V,
+        BK=BK,
+        BV=BV,
+        HAS_H0=initial_state is not None,
+        STORE_HT=output_final_state,
+    )
     if NK > 1:
         o = o.sum(0).to(v.dtype)
     return o, ht

@@ -42,8 +42,9 @@ def chunk_simple_gla_triton(
     out_dtype = v.dtype
     q, k, v, g, g_gamma, initial_state = _prepare(q, k, v, g, g_gamma, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, final_state = ChunkSimpleGLAFunction.apply(q, k, v, g, g_gamma, scale, initial_state, output_final_state,
-                                                  chunk_size, cu_seqlens)  # fmt: skip
+    o, final_state = ChunkSimpleGLAFunction.apply(
+        q, k, v, g, g_gamma, scale, initial_state, output_final_state, chunk_size, cu_seqlens
+    )
     return o.to(out_dtype), final_state
 
 
@@ -65,8 +66,9 @@ def fused_recurrent_simple_gla_triton(
     """
     inputs = (q, k, v, g, g_gamma, initial_state)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
-        return chunk_simple_gla_triton(q, k, v, g, g_gamma, scale, initial_state, output_final_state,
-                                       cu_seqlens=cu_seqlens)  # fmt: skip
+        return chunk_simple_gla_triton(
+            q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens
+        )
     out_dtype = v.dtype
     q, k, v, g, g_gamma, initial_state = _prepare(q, k, v, g, g_gamma, initial_state)
     if g_gamma is not None:  # the constant gate as a per-step one

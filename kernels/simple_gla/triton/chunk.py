@@ -87,10 +87,27 @@ def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
 
 @triton.jit
 def _fwd_state(
-    k, v, G, g_gamma, h0, hs, ht, cu, chunk_offsets,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    k,
+    v,
+    G,
+    g_gamma,
+    h0,
+    hs,
+    ht,
+    cu,
+    chunk_offsets,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -110,8 +127,9 @@ def _fwd_state(
         n = tl.minimum(eos - t0, BT)
         tl.store(hs + ((c0 + i_t) * H + i_h) * K * V + off_kv, b_h, mask=m_kv)
         m_t = o_t < n
-        b_kT = tl.load(k + ((t0 + o_t[None, :]) * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
-                       other=0)  # fmt: skip
+        b_kT = tl.load(
+            k + ((t0 + o_t[None, :]) * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
         b_v = tl.load(v + ((t0 + o_t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_G, b_GL = _gate(G, g_gamma, t0, n, i_h, H, BT, GATE)
         b_kT = (b_kT * tl.exp(tl.where(m_t, b_GL - b_G, 0))[None, :]).to(DT)  # keys decayed to the chunk end
@@ -122,10 +140,26 @@ def _fwd_state(
 
 @triton.jit
 def _fwd_o(
-    q, k, v, G, g_gamma, hs, o, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    v,
+    G,
+    g_gamma,
+    hs,
+    o,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -139,8 +173,11 @@ def _fwd_o(
         m_k = o_k < K
         b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0).to(DT)
         b_kT = tl.load(k + rows[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0).to(DT)
-        b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                      mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_h = tl.load(
+            hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_A += tl.dot(b_q, b_kT, input_precision=PREC)
         b_o += tl.dot(b_q, b_h.to(DT), input_precision=PREC)
     b_G, _ = _gate(G, g_gamma, t0, n, i_h, H, BT, GATE)
@@ -156,10 +193,28 @@ def _fwd_o(
 
 @triton.jit
 def _bwd_state(
-    q, G, g_gamma, do, dht, dhs, dh0, cu, chunk_offsets, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    G,
+    g_gamma,
+    do,
+    dht,
+    dhs,
+    dh0,
+    cu,
+    chunk_offsets,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -181,10 +236,12 @@ def _bwd_state(
         n = tl.minimum(eos - t0, BT)
         tl.store(dhs + ((c0 + i_t) * H + i_h) * K * V + off_kv, b_dh, mask=m_kv)
         m_t = o_t < n
-        b_qT = tl.load(q + ((t0 + o_t[None, :]) * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
-                       other=0)  # fmt: skip
-        b_do = tl.load(do + ((t0 + o_t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                       other=0)  # fmt: skip
+        b_qT = tl.load(
+            q + ((t0 + o_t[None, :]) * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0
+        )
+        b_do = tl.load(
+            do + ((t0 + o_t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0
+        )
         b_G, b_GL = _gate(G, g_gamma, t0, n, i_h, H, BT, GATE)
         b_qT = (b_qT * tl.exp(b_G)[None, :]).to(DT)
         b_dh = b_dh * tl.exp(b_GL) + scale * tl.dot(b_qT, b_do.to(DT), input_precision=PREC)
@@ -194,10 +251,32 @@ def _bwd_state(
 
 @triton.jit
 def _bwd_dqk(
-    q, k, v, G, g_gamma, hs, do, dhs, dq, dk, dgx, cu, chunk_indices, scale, dgx_stride,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, HAS_DG: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    v,
+    G,
+    g_gamma,
+    hs,
+    do,
+    dhs,
+    dq,
+    dk,
+    dgx,
+    cu,
+    chunk_indices,
+    scale,
+    dgx_stride,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    HAS_DG: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -244,10 +323,26 @@ def _bwd_dqk(
 
 @triton.jit
 def _bwd_dv(
-    q, k, G, g_gamma, do, dhs, dv, cu, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
+    q,
+    k,
+    G,
+    g_gamma,
+    do,
+    dhs,
+    dv,
+    cu,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE: tl.constexpr,
+    PREC: tl.constexpr,
+    DT: tl.constexpr,
+):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
     o_t = tl.arange(0, BT)
@@ -264,8 +359,11 @@ def _bwd_dv(
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0)
         b_qT = tl.load(q + rows[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0).to(DT)
-        b_dh = tl.load(dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                       mask=m_k[:, None] & m_v[None, :], other=0)  # fmt: skip
+        b_dh = tl.load(
+            dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+            mask=m_k[:, None] & m_v[None, :],
+            other=0,
+        )
         b_AT += tl.dot(b_k.to(DT), b_qT, input_precision=PREC)
         b_dv += tl.dot((b_k * b_kdecay[:, None]).to(DT), b_dh.to(DT), input_precision=PREC)
     b_AT = (b_AT * scale * _decay(b_G, n, BT, True)).to(DT)
@@ -276,8 +374,9 @@ def _bwd_dv(
 
 
 @triton.jit
-def _bwd_dg(dgx, dg, dg_last, cu, dgx_stride, H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr,
-            HAS_LAST: tl.constexpr):  # fmt: skip
+def _bwd_dg(
+    dgx, dg, dg_last, cu, dgx_stride, H: tl.constexpr, BT: tl.constexpr, NK: tl.constexpr, HAS_LAST: tl.constexpr
+):
     i_nh = tl.program_id(0).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n), tl.load(cu + i_n + 1)
@@ -322,9 +421,29 @@ def _states(k, v, G, g_gamma, gate, h0, ch: Chunks, output_final_state: bool, pr
     hs = torch.empty(ch.NT, H, K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     grid = (ch.N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
-    _fwd_state[grid](k, v, G, g_gamma, h0, hs, ht, ch.cu, ch.chunk_offsets, H=H, K=K, V=V, BT=ch.BT, BK=BK, BV=BV,
-                     GATE=gate, HAS_H0=h0 is not None, STORE_HT=output_final_state, PREC=prec, DT=dt,
-                     num_warps=num_warps(ch.BT, BK, BV))  # fmt: skip
+    _fwd_state[grid](
+        k,
+        v,
+        G,
+        g_gamma,
+        h0,
+        hs,
+        ht,
+        ch.cu,
+        ch.chunk_offsets,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        GATE=gate,
+        HAS_H0=h0 is not None,
+        STORE_HT=output_final_state,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, BK, BV),
+    )
     return hs, ht
 
 
@@ -337,9 +456,28 @@ def chunk_simple_gla_fwd(q, k, v, g, g_gamma, scale: float, h0, output_final_sta
     hs, ht = _states(k, v, G, g_gamma, gate, h0, ch, output_final_state, prec, dt)
     o = torch.empty_like(v)
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
-    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](q, k, v, G, g_gamma, hs, o, ch.cu, ch.chunk_indices, scale, H=H, K=K,
-                                           V=V, BT=ch.BT, BK=BK, BV=BV, GATE=gate, PREC=prec, DT=dt,
-                                           num_warps=num_warps(ch.BT, BK, BV))  # fmt: skip
+    _fwd_o[(ch.NT, triton.cdiv(V, BV), H)](
+        q,
+        k,
+        v,
+        G,
+        g_gamma,
+        hs,
+        o,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=ch.BT,
+        BK=BK,
+        BV=BV,
+        GATE=gate,
+        PREC=prec,
+        DT=dt,
+        num_warps=num_warps(ch.BT, BK, BV),
+    )
     return o, ht
 
 
@@ -358,24 +496,89 @@ def chunk_simple_gla_bwd(q, k, v, g, g_gamma, scale: float, h0, ht, do, dht, ch:
 
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(ch.N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
-    _bwd_state[(ch.N * H, NK, NV)](q, G, g_gamma, do, dht, dhs, dh0, ch.cu, ch.chunk_offsets, scale, H=H, K=K, V=V,
-                                   BT=BT, BK=BK, BV=BV, GATE=gate, HAS_DHT=dht is not None,
-                                   STORE_DH0=h0 is not None, PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_state[(ch.N * H, NK, NV)](
+        q,
+        G,
+        g_gamma,
+        do,
+        dht,
+        dhs,
+        dh0,
+        ch.cu,
+        ch.chunk_offsets,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        GATE=gate,
+        HAS_DHT=dht is not None,
+        STORE_DH0=h0 is not None,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     stride = q.shape[0] * q.shape[1] * H  # tokens * heads: one K tile's slice of dgx
     has_dg = gate != 0 and need_dg
     dgx = torch.empty(NK, stride, dtype=torch.float32, device=q.device) if has_dg else None
-    _bwd_dqk[(ch.NT, NK, H)](q, k, v, G, g_gamma, hs, do, dhs, dq, dk, dgx, ch.cu, ch.chunk_indices, scale, stride,
-                             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, HAS_DG=has_dg, PREC=prec,
-                             DT=dt, num_warps=nw)  # fmt: skip
-    _bwd_dv[(ch.NT, NV, H)](q, k, G, g_gamma, do, dhs, dv, ch.cu, ch.chunk_indices, scale, H=H, K=K, V=V, BT=BT,
-                            BK=BK, BV=BV, GATE=gate, PREC=prec, DT=dt, num_warps=nw)  # fmt: skip
+    _bwd_dqk[(ch.NT, NK, H)](
+        q,
+        k,
+        v,
+        G,
+        g_gamma,
+        hs,
+        do,
+        dhs,
+        dq,
+        dk,
+        dgx,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        stride,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        GATE=gate,
+        HAS_DG=has_dg,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
+    _bwd_dv[(ch.NT, NV, H)](
+        q,
+        k,
+        G,
+        g_gamma,
+        do,
+        dhs,
+        dv,
+        ch.cu,
+        ch.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=BT,
+        BK=BK,
+        BV=BV,
+        GATE=gate,
+        PREC=prec,
+        DT=dt,
+        num_warps=nw,
+    )
     dg = dg_gamma = None
     if has_dg:
         dg_last = (dht.float() * ht).sum((-2, -1)).contiguous() if dht is not None else None  # (N, H)
         dg_tok = torch.empty(q.shape[:3], dtype=torch.float32 if g is None else g.dtype, device=q.device)
-        _bwd_dg[(ch.N * H,)](dgx, dg_tok, dg_last, ch.cu, stride, H=H, BT=BT, NK=NK,
-                             HAS_LAST=dg_last is not None)  # fmt: skip
+        _bwd_dg[(ch.N * H,)](dgx, dg_tok, dg_last, ch.cu, stride, H=H, BT=BT, NK=NK, HAS_LAST=dg_last is not None)
         if g is not None:
             dg = dg_tok
         else:  # the constant gate enters every step of every sequence

@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}  # what generate_until honours
 
+
 def lm_eval_defaults() -> LMEvalConfig:
     """`conf/eval/lm_eval/default.yaml` (read through its schema): the defaults of `ZooLM` and of zoo-eval's
     lm-eval run."""
     return load_option("eval/lm_eval", "default")
+
 
 def training_seq_len(path) -> int | None:
     """`data.seq_len` of the run that wrote a checkpoint: read from `.hydra/config.yaml` of the run folder (`path`
@@ -45,6 +47,7 @@ def training_seq_len(path) -> int | None:
             return int(value) if isinstance(value, int) else None
     return None
 
+
 def _checkpoint_path(pretrained: str) -> str:
     """A run or checkpoint folder's checkpoint (its `.old` twin after an interrupted write); else a hub id."""
     try:
@@ -52,9 +55,11 @@ def _checkpoint_path(pretrained: str) -> str:
     except CheckpointError:
         return str(pretrained)
 
+
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
 
 def _positive_int(name: str, value) -> int:
     try:
@@ -65,9 +70,11 @@ def _positive_int(name: str, value) -> int:
         raise ConfigError(f"zoo model: {name} must be >= 1, got {out}")
     return out
 
+
 @torch.inference_mode()
 def _forward(model, ids: torch.Tensor, cache=None, use_cache: bool = False, logits_to_keep: int = 0):
     return model(ids, cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
 
 class ZooLM(LM):
     """lm-eval's view of a hybrid-zoo checkpoint (registered as the model type `zoo`).

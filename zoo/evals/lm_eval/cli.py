@@ -36,6 +36,7 @@ def _make_data_cli(argv: list[str]) -> int:
         print(f"tasks read from {data_dir()}; set {DATA_ENV}={args.out} to use these files")
     return 0
 
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["make-data"]:

@@ -25,12 +25,14 @@ _OFFLINE_ERRORS = {
     "NameResolutionError",
 }
 
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
 
 def download_failure(exc: BaseException) -> str | None:
     """A one-line explanation when `exc` comes from a dataset that could not be downloaded, else None."""
@@ -53,6 +55,7 @@ def download_failure(exc: BaseException) -> str | None:
         f"{offline} (from {tasks_dir()})"
     )
 
+
 def include_paths(user: str | Sequence[str] | None) -> list[str]:
     """The offline task folder first, then the user's include path(s), each once."""
     paths = [str(tasks_dir())] + ([user] if isinstance(user, str) else list(user or []))
@@ -63,6 +66,7 @@ def include_paths(user: str | Sequence[str] | None) -> list[str]:
             seen.add(key)
             out.append(p)
     return out
+
 
 def evaluate_model(model, cfg: LMEvalConfig, max_length: int | None = None) -> dict:
     """Run lm-eval on a loaded `HybridLM` with the settings `eval.lm_eval` (`cfg`, conf/eval/lm_eval/default.yaml);
@@ -98,6 +102,7 @@ def evaluate_model(model, cfg: LMEvalConfig, max_length: int | None = None) -> d
         raise RuntimeError("lm-eval returned no results")
     return results
 
+
 def flat_metrics(results: dict) -> dict[str, float]:
     """lm-eval's `results["results"]` as flat results.json names: `lm_eval/<task>/<metric>`.
 
@@ -118,7 +123,12 @@ def flat_metrics(results: dict) -> dict[str, float]:
 
 def lm_eval_record(results: dict, cfg: LMEvalConfig) -> dict:
     """What results.json keeps about the lm-eval run besides the metrics: settings, task versions, sample counts."""
-    config = {"tasks": list(cfg.tasks), "limit": cfg.limit, "num_fewshot": cfg.num_fewshot,
-              "metadata": dict(cfg.metadata), "max_length": cfg.max_length}  # fmt: skip
+    config = {
+        "tasks": list(cfg.tasks),
+        "limit": cfg.limit,
+        "num_fewshot": cfg.num_fewshot,
+        "metadata": dict(cfg.metadata),
+        "max_length": cfg.max_length,
+    }
     config["max_length"] = results.get("config", {}).get("max_length", config["max_length"])
     return {"config": config, "versions": results.get("versions", {}), "n-samples": results.get("n-samples", {})}
