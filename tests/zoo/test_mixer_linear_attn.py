@@ -1,4 +1,4 @@
-"""Linear attention (zoo/mixers/linear_attn.py) against a per-step loop of the whole layer written from the
+"""Linear attention (zoo/model/mixers/linear_attn.py) against a per-step loop of the whole layer written from the
 paper's equations (Katharopoulos et al. 2020): parallel form, continuation from a cache (chunked and
 one-token), the cached `[K, V + 1]` state of the normalized form, gradients, config errors."""
 

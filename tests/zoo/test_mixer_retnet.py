@@ -1,4 +1,4 @@
-"""Multi-scale retention (zoo/mixers/retnet.py) against a per-step loop of the whole layer written from the
+"""Multi-scale retention (zoo/model/mixers/retnet.py) against a per-step loop of the whole layer written from the
 paper's equations (Sun et al. 2023): parallel form, continuation from a cache (chunked and one-token, RoPE at
 absolute positions), the decay schedule gamma_h = 1 - 2^(-5-h), gradients, config errors."""
 

@@ -2,7 +2,7 @@
 
 A failed job (an exception, a NaN loss, out of memory, a config error) writes `status: failed` and the error
 into its `results.json`; `zoo-chart` then shows it as a failed row. In a Hydra multirun (`zoo-train -m`) the
-job returns after recording it and the sweep goes on; a single run still exits non-zero (zoo/train.py).
+job returns after recording it and the sweep goes on; a single run still exits non-zero (zoo/train/loop.py).
 """
 
 from __future__ import annotations
