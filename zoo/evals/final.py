@@ -18,7 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from zoo.bench.measure import ZooRunner, time_cell
 from zoo.config import typed
+from zoo.evals.recall import run_suite
 from zoo.io.results import update_results
 from zoo.rank import is_main
 from zoo.schemas import EvalConfig, FinalBenchConfig
@@ -35,8 +37,6 @@ def wanted(eval_cfg: EvalConfig | DictConfig) -> bool:
 def measure_throughput(model, bench_cfg: FinalBenchConfig, device) -> dict[str, float]:
     """Prefill and decode tokens/s of `model` at each prompt length of `bench_cfg.lengths` (batch `batch_size`,
     `gen_len` generated tokens), timed as zoo-bench does (`time_cell` on a `ZooRunner`)."""
-    from zoo.bench.measure import ZooRunner, time_cell
-
     runner = ZooRunner(model, prefill_chunk=bench_cfg.prefill_chunk)
     vocab, batch, gen = model.config.vocab_size, bench_cfg.batch_size, bench_cfg.gen_len
     # one untimed pass at the shortest length: the first call pays for allocations and kernel selection
@@ -61,8 +61,6 @@ def run_final_eval(model, eval_cfg: EvalConfig, seq_len: int, run_dir, device) -
     run_dir, metrics = Path(run_dir), {}
     model.eval()
     if final.recall:
-        from zoo.evals.recall import run_suite
-
         part, _, notes = run_suite(model, model.tokenizer, list(final.recall), eval_cfg.recall, device)
         update_results(run_dir, part, recall_notes=notes)
         metrics.update(part)
@@ -73,7 +71,7 @@ def run_final_eval(model, eval_cfg: EvalConfig, seq_len: int, run_dir, device) -
         metrics.update(part)
         log.info("final throughput: %s", part)
     if final.lm_eval:
-        # last: an lm_eval.dtype other than auto converts the model in place
+        # lm-eval is a heavy import: only when a job asks for it
         from zoo.evals.lm_eval.run import evaluate_model, flat_metrics, lm_eval_record
 
         lm_cfg = dataclasses.replace(eval_cfg.lm_eval, tasks=list(final.lm_eval))

@@ -23,6 +23,7 @@ from zoo.errors import CheckpointConfigError, CheckpointError, ConfigError
 from zoo.io.runs import CONFIG, readable_dir, write_dir_atomically
 from zoo.io.safety import reject_code_keys
 from zoo.model.config import ModelConfig
+from zoo.model.lm import HybridLM
 from zoo.model.mixers import MIXERS
 
 WEIGHTS = "model.safetensors"
@@ -248,8 +249,6 @@ def load_checkpoint_tokenizer(directory: Path):
 
 def from_pretrained(name_or_path, device: str | torch.device = "cpu"):
     """Build the model described by `config.json` and load its weights and tokenizer."""
-    from zoo.model.lm import HybridLM
-
     directory = resolve_pretrained(name_or_path)
     config = load_config(directory)
     try:

@@ -251,7 +251,7 @@ class HybridLM(nn.Module):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
-        from zoo.io.checkpoint import save_pretrained
+        from zoo.io.checkpoint import save_pretrained  # zoo.io builds models from checkpoints: imported here, not above
 
         save_pretrained(self, directory)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from zoo.errors import CheckpointError, ConfigError
 from zoo.io.results import read_results, update_results
 
 TRACEBACK_LINES = 12  # the last lines of the traceback kept in results.json: enough to see where it broke
@@ -21,8 +22,6 @@ TRACEBACK_LINES = 12  # the last lines of the traceback kept in results.json: en
 
 def one_line(exc: BaseException) -> str:
     """`Type: first line of the message` (a config error's message alone, as zoo-train always printed it)."""
-    from zoo.errors import CheckpointError, ConfigError
-
     first = (str(exc).strip().splitlines() or [""])[0]
     if isinstance(exc, (ConfigError, CheckpointError)):
         return first

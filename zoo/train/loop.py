@@ -35,6 +35,7 @@ from zoo.model.lm import HybridLM, build_model
 from zoo.rank import is_main
 from zoo.schemas import EvalConfig, TrainConfig, TrainRoot
 from zoo.train import distributed
+from zoo.train.failures import clear_failure, record_failure, release_memory
 from zoo.train.loggers import RunLogger
 from zoo.train.state import load_trainer_state, save_trainer_state
 
@@ -244,8 +245,6 @@ schemas.register()  # before @hydra.main composes: the yamls' defaults lists nam
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
-    from zoo.train.failures import clear_failure, record_failure, release_memory
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

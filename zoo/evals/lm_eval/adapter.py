@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 
 from zoo.config import DTYPES, load_option, pick_device
 from zoo.errors import CheckpointError, ConfigError
+from zoo.io.checkpoint import from_pretrained
 from zoo.io.runs import locate
+from zoo.model.lm import HybridLM
 from zoo.schemas import LMEvalConfig
 
 log = logging.getLogger(__name__)
@@ -119,9 +121,6 @@ class ZooLM(LM):
         max_batch_size: int | str | None = None,  # lm-eval passes it; it only matters to `auto` batching
     ):
         super().__init__()
-        from zoo.io.checkpoint import from_pretrained
-        from zoo.model.lm import HybridLM
-
         if pretrained is None:
             raise ConfigError("zoo model: model_args needs pretrained=<checkpoint folder, run folder or hub id>")
         defaults = lm_eval_defaults()

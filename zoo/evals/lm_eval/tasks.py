@@ -28,6 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoo.config import conf_dir, load_option
+from zoo.data.mqar import IGNORE_INDEX, mqar
+from zoo.data.passkey import passkey_examples
+from zoo.data.text import load_text_corpus, split_documents
 from zoo.io.runs import write_text_atomically
 
 DATA_ENV = "ZOO_LM_EVAL_DATA"  # where the JSONL files live; default ~/.cache/hybrid_zoo/lm_eval
@@ -41,8 +45,6 @@ def data_dir() -> Path:
 
 def tasks_dir() -> Path:
     """The offline task folder (`conf/lm_eval_tasks`, or `zoo/conf/lm_eval_tasks` in an installed wheel)."""
-    from zoo.config import conf_dir
-
     return conf_dir() / "lm_eval_tasks"
 
 
@@ -97,8 +99,6 @@ def _need(meta: dict[str, Any], keys: tuple[str, ...], task: str) -> dict[str, A
 def mqar_rows(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int, seed: int) -> list[dict]:
     """One row per query of `zoo.data.mqar.mqar(...)`: whitespace-separated integer context ending with the query
     key, the value as target text " <value>" (lm-eval appends a loglikelihood target to the context as is)."""
-    from zoo.data.mqar import IGNORE_INDEX, mqar
-
     x, y = mqar(vocab_size, seq_len, num_kv_pairs, num_examples, seed=seed)
     rows = []
     for i, (xs, ys) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
@@ -113,8 +113,6 @@ def mqar_rows(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: in
 def passkey_rows(passkey_length: int, passkey_depths, passkey_trials: int, passkey_seed: int) -> list[dict]:
     """The recall suite's passkey prompts at one length (each depth `passkey_trials` times, seed
     `passkey_seed + length`), as text, with their 5-digit keys."""
-    from zoo.data.passkey import passkey_examples
-
     depths = [float(d) for d in passkey_depths for _ in range(int(passkey_trials))]
     prompts, keys = passkey_examples(len(depths), passkey_length, seed=passkey_seed + passkey_length, depths=depths)
     return [
@@ -125,8 +123,6 @@ def passkey_rows(passkey_length: int, passkey_depths, passkey_trials: int, passk
 
 def text_rows(text_paths, text_max_bytes: int, text_val_fraction: float, text_seed: int) -> list[dict]:
     """The validation documents of `data=text` with these settings (`zoo.data.text.split_documents`)."""
-    from zoo.data.text import load_text_corpus, split_documents
-
     docs = load_text_corpus(text_paths, max_bytes=text_max_bytes)
     _, val = split_documents(docs, text_val_fraction, text_seed)
     return [{"text": d} for d in val]
@@ -150,8 +146,6 @@ def _passkey_params(meta):
 
 
 def _text_params(meta):
-    from zoo.config import load_option
-
     text = load_option("data", "text")  # data=text's corpus, unless --metadata says otherwise
     p = {f"text_{k}": meta.get(f"text_{k}", getattr(text, k)) for k in ("paths", "max_bytes", "val_fraction", "seed")}
     paths = p["text_paths"]
