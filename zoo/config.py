@@ -77,10 +77,13 @@ def check_command_line(prog: str, config_name: str, argv: list[str] | None = Non
     of each swept key with the other sweeps left out (not every combination: that is the sweeper's job);
     `glob(...)` and `interval(...)` sweeps are left to the sweeper. Help, shell completion and another config tree
     (`--config-dir` and friends) are left to Hydra, as is a command line Hydra itself cannot parse."""
-    from hydra._internal.utils import get_args_parser  # the parser @hydra.main itself uses
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    try:
+        from hydra._internal.utils import get_args_parser  # the parser @hydra.main itself uses (Hydra-internal)
+    except ImportError:  # another Hydra version: its own (multi-line) report still names the error
+        return
     try:
         args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
         if args.help or args.hydra_help or args.shell_completion or args.info or args.experimental_rerun:
