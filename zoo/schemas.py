@@ -140,12 +140,22 @@ class LogConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    metric: str | None = MISSING  # a held-out metric name (e.g. mqar/accuracy); null = train for max_steps
+    mode: str = MISSING  # max | min
+    threshold: float = MISSING
+    patience: int = MISSING
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
+    schedule: str = MISSING  # cosine | wsd | constant (see zoo.train.loop.lr_at)
     min_lr_ratio: float = MISSING
     warmup_steps: int = MISSING
+    decay_fraction: float = MISSING
     weight_decay: float = MISSING
     betas: list[float] = MISSING
     grad_clip: float = MISSING
@@ -159,6 +169,7 @@ class TrainConfig:
     distributed: DistributedConfig = MISSING
     fsdp: bool = MISSING
     log: LogConfig = MISSING
+    early_stop: EarlyStopConfig = MISSING
 
 
 # -- eval/ and its groups eval/recall, eval/lm_eval, eval/final ----------------------------------------------------

@@ -10,6 +10,8 @@ Writes the run folder of docs/architecture.md: `.hydra/config.yaml`, `metrics.js
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from zoo import schemas
@@ -29,11 +31,11 @@ from zoo.data import build_dataset, iterate_batches
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.evals import final as final_eval
 from zoo.io.checkpoint import load_weights, write_model_files
-from zoo.io.results import truncate_metrics, update_results
+from zoo.io.results import read_results, truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
 from zoo.rank import is_main
-from zoo.schemas import EvalConfig, TrainConfig, TrainRoot
+from zoo.schemas import EarlyStopConfig, EvalConfig, TrainConfig, TrainRoot
 from zoo.train import distributed
 from zoo.train.failures import clear_failure, record_failure, release_memory
 from zoo.train.loggers import RunLogger
@@ -42,13 +44,58 @@ from zoo.train.state import load_trainer_state, save_trainer_state
 log = logging.getLogger("zoo.train.loop")
 
 
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `min_lr_ratio * lr` at `max_steps`."""
+    """Linear warmup to `lr`, then `cfg.schedule`: `cosine` decays to `min_lr_ratio * lr` at `max_steps`; `wsd`
+    (warmup-stable-decay) holds `lr` and decays linearly to `min_lr_ratio * lr` over the last `decay_fraction` of
+    `max_steps`; `constant` holds `lr`. The last two do not spend a run that stops early on a decay."""
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={cfg.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.decay_fraction * cfg.max_steps))
+        into_decay = step - (cfg.max_steps - decay_steps)
+        return cfg.lr if into_decay < 0 else cfg.lr - (cfg.lr - floor) * min(1.0, into_decay / decay_steps)
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return floor + (cfg.lr - floor) * cosine
+
+
+class EarlyStop:
+    """`train.early_stop`: whether the held-out `metric` has been at or past `threshold` for `patience`
+    evaluations in a row; `reached` is the step of the evaluation where that first held (None until then)."""
+
+    def __init__(self, cfg: EarlyStopConfig, hits: int = 0, reached: int | None = None):
+        if cfg.mode not in ("max", "min") or cfg.patience < 1:
+            raise ConfigError(
+                f"train.early_stop needs mode max or min and patience >= 1, got {cfg.mode}, {cfg.patience}"
+            )
+        self.cfg, self.hits, self.reached = cfg, hits, reached
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.metric is not None
+
+    def update(self, step: int, metrics: dict[str, float]) -> bool:
+        """Record one evaluation at `step`; True when training should stop."""
+        if not self.enabled:
+            return False
+        if self.cfg.metric not in metrics:
+            raise ConfigError(
+                f"train.early_stop.metric={self.cfg.metric!r} is not evaluated; evaluated: {sorted(metrics)}"
+            )
+        value = metrics[self.cfg.metric]
+        past = value >= self.cfg.threshold if self.cfg.mode == "max" else value <= self.cfg.threshold
+        self.hits = self.hits + 1 if past else 0
+        if self.hits >= self.cfg.patience and self.reached is None:
+            self.reached = step
+        return self.reached is not None
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -141,7 +188,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    start_step, elapsed_before = 0, 0.0
+    start_step, elapsed_before, stopper = 0, 0.0, EarlyStop(tcfg.early_stop)
     ckpt = resume_dir(run_dir, tcfg.resume)
     if ckpt is not None:
         load_weights(model, ckpt)  # into the whole model, before DDP / FSDP2 take it over
@@ -150,6 +197,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     if ckpt is not None:
         meta = dctx.load_optimizer(ckpt, model, optimizer, load_trainer_state)
         start_step, elapsed_before = meta["step"], meta.get("train_time_s", 0.0)
+        stopper = EarlyStop(tcfg.early_stop, meta.get("early_stop_hits", 0), meta.get("steps_to_target"))
         log.info("resumed from %s at step %d", ckpt, start_step)
     if dctx.is_main:
         truncate_metrics(run_dir, start_step)  # records past the checkpoint are re-logged (or a fresh start)
@@ -159,15 +207,15 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     log.info("model %s: %s params, layers %s, device %s", root.model.name, f"{n_params:,}", model.layer_mixers, device)
     run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
     if dctx.is_main:
-        update_results(run_dir, {"params": n_params}, status="running", **run_info)
+        update_results(run_dir, {"params": n_params}, status="running", config_sha=config_sha(cfg), **run_info)
     evals: dict[str, float] = {}
     t0 = time.perf_counter()
     model.train()
-    step = start_step
+    done = start_step  # optimizer steps taken so far
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=None)
     batches = iterate_batches(*data.train, tcfg.batch_size, tcfg.seed, start_step=start_step)
     for step, x, y in batches:
-        if step >= tcfg.max_steps:
+        if step >= tcfg.max_steps or stopper.reached is not None:
             break
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
@@ -192,31 +240,43 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             logger.log(
                 record | {"lr": lr, "grad_norm": grad_norm.item(), "time_s": elapsed_before + time.perf_counter() - t0}
             )
+        stop = False
         if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
             evals = evaluate(model, data, root.data.name, eval_cfg, device, autocast)
             logger.log({"step": done, **evals})
             bar.set_postfix({"loss": f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
-        if done % tcfg.save_every == 0 or done == tcfg.max_steps:
+            stop = stopper.update(done, evals)  # every rank evaluates the same model, so all stop together
+            if stop:
+                log.info(
+                    "early stop at step %d: %s reached %s", done, tcfg.early_stop.metric, tcfg.early_stop.threshold
+                )
+        if done % tcfg.save_every == 0 or done == tcfg.max_steps or stop:
             meta = {"step": done, "train_time_s": elapsed_before + time.perf_counter() - t0}
+            meta |= {"early_stop_hits": stopper.hits, "steps_to_target": stopper.reached}
             views = dctx.checkpoint_views(model, optimizer)  # every rank calls: FSDP2 gathers here
             if views is not None:  # rank 0
                 save_checkpoint(run_dir, *views, meta)
         if on_step is not None:
             on_step(done, loss.item())
+        if stop:
+            break
     bar.close()
     logger.close()
     if not dctx.is_main:  # rank 0 alone finishes the run folder (and evaluates a gathered copy under FSDP2)
         dctx.gather_model(model, lambda: build_model(cfg.model))
         return {
             "params": n_params,
-            "train/steps": min(tcfg.max_steps, max(step, start_step)),
+            "train/steps": done,
             "train/time_s": elapsed_before + time.perf_counter() - t0,
             **evals,
         }
     model = dctx.gather_model(model, lambda: build_model(cfg.model)) or model
-    step = max(step, start_step)
     train_time = elapsed_before + time.perf_counter() - t0
-    metrics = {"params": n_params, "train/steps": min(tcfg.max_steps, step), "train/time_s": train_time, **evals}
+    metrics = {"params": n_params, "train/steps": done, "train/time_s": train_time, **evals}
+    if stopper.enabled:  # sample efficiency: null when the budget ran out first
+        reached = stopper.reached
+        metrics["train/steps_to_target"] = reached
+        metrics["train/tokens_to_target"] = None if reached is None else reached * tcfg.batch_size * root.data.seq_len
     for length in eval_cfg.state_bytes_at:
         metrics[f"state/bytes@{length}"] = model.state_bytes(length)
     if final_eval.wanted(eval_cfg):  # eval.final: recall / throughput / lm-eval on the trained model
@@ -224,6 +284,32 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         metrics.update(final_eval.run_final_eval(model, eval_cfg, root.data.seq_len, run_dir, device))
     update_results(run_dir, metrics, status="completed", **run_info)
     return metrics
+
+
+def config_sha(cfg: DictConfig) -> str:
+    """A fingerprint of a job's resolved config (`train.resume` aside): the same job of a sweep run again has the
+    same one, so its run folder can be trusted to hold that job."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.get("train", {}).pop("resume", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_sweep_job(cfg: DictConfig, run_dir: Path, job: int) -> bool:
+    """Resumable sweeps: the state of a grid is what its run folders say. A job whose folder holds a completed run
+    of the same config is skipped; a cut or failed one continues from its checkpoint; a folder holding another
+    config's run is left alone (its job is reported, not run). True when the job should run."""
+    sha, prior = config_sha(cfg), read_results(run_dir)
+    if prior.get("config_sha", sha) != sha:  # folders written before fingerprints existed count as the same job
+        log.error("job %s: %s holds a run of another config; left as it is (use another hydra.sweep.dir)", job, run_dir)
+        return False
+    if prior.get("status") == "completed":
+        log.info("job %s: completed in %s before, skipped", job, run_dir)
+        return False
+    if (readable_dir(run_dir / CHECKPOINT) / "trainer_state.json").exists():
+        with open_dict(cfg):
+            cfg.train.resume = True
+        log.info("job %s: continues from the checkpoint in %s", job, run_dir)
+    return True
 
 
 def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
@@ -248,6 +334,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN and not resume_sweep_job(cfg, run_dir, hydra_cfg.job.num):
+        return
     clear_failure(run_dir)  # a resumed run's old error is history, not its status
     try:
         metrics = run_training(cfg, run_dir)
