@@ -272,6 +272,7 @@ class EvalConfig:
     batch_size: int = MISSING
     max_examples: int | None = MISSING
     state_bytes_at: list[int] = MISSING
+    ar_ngram: dict[str, int] = MISSING  # tokenizer type -> n of the AR-slice n-grams (zoo.evals.ar_slice)
     recall: RecallConfig = MISSING
     lm_eval: LMEvalConfig = MISSING
     final: FinalEvalConfig = MISSING

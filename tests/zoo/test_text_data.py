@@ -312,6 +312,7 @@ def test_zoo_train_data_hf_reports_bits_per_byte(tmp_path):
 class EvalCfg:
     max_examples = None
     batch_size = 4
+    ar_ngram = {"byte": 8, "bpe": 2}
 
 
 def tiny_eval(bundle, vocab_size):
@@ -338,7 +339,7 @@ def test_per_byte_metrics_use_the_bytes_behind_the_tokens(bpe):
     per_block = splits["val_bytes"]
     expected = torch.tensor([sum(bpe.byte_lengths()[t] for t in row) for row in splits["val"][1].tolist()])
     assert torch.equal(per_block, expected) and (per_block > 16).all()
-    bundle = type("B", (), {"eval": splits["val"], "eval_bytes": per_block, "metric": "ppl"})()
+    bundle = type("B", (), {"eval": splits["val"], "eval_bytes": per_block, "metric": "ppl", "tokenizer": bpe})()
     m = tiny_eval(bundle, 400)
     ratio = int(per_block.sum()) / splits["val"][1].numel()  # bytes per token
     assert m["val/bpb"] * math.log(2) == pytest.approx(m["val/loss"] / ratio, rel=1e-9)

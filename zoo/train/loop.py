@@ -30,6 +30,7 @@ from zoo.config import check_command_line, conf_dir, pick_device, typed
 from zoo.data import build_dataset, iterate_batches
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.evals import final as final_eval
+from zoo.evals.ar_slice import ar_hits
 from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import read_results, truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, readable_dir, write_dir_atomically
@@ -120,6 +121,8 @@ def evaluate(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, aut
         inputs, labels = inputs[: eval_cfg.max_examples], labels[: eval_cfg.max_examples]
     correct = total = 0
     loss_sum = 0.0
+    n = eval_cfg.ar_ngram.get(getattr(data.tokenizer, "type", None)) if data.metric == "ppl" else None
+    ar = {"nll": 0.0, "count": 0}  # the AR slice of the targets (text data with an ar_ngram for its tokenizer)
     for i in range(0, len(inputs), eval_cfg.batch_size):
         x, y = inputs[i : i + eval_cfg.batch_size].to(device), labels[i : i + eval_cfg.batch_size].to(device)
         with autocast():
@@ -127,12 +130,22 @@ def evaluate(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, aut
         mask = y != -100
         correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
         total += mask.sum().item()
-        loss_sum += lm_loss(logits, y, reduction="sum").item()
+        nll = lm_loss(logits, y, reduction="none").view_as(y)  # 0 where the label is ignored
+        loss_sum += nll.sum().item()
+        if n is not None:
+            hits = ar_hits(torch.cat([x, y[:, -1:]], dim=1), n) & mask  # the block, then its last label
+            ar["nll"] += nll[hits].sum().item()
+            ar["count"] += int(hits.sum())
     model.train()
     loss = loss_sum / max(total, 1)
     if data.metric == "accuracy":
         return {f"{name}/accuracy": correct / max(total, 1), f"{name}/loss": loss}
     metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+    if n is not None:
+        rest = (loss_sum - ar["nll"], total - ar["count"])
+        metrics["val/ar_fraction"] = ar["count"] / max(total, 1)
+        metrics["val/ppl_ar"] = math.exp(min(ar["nll"] / ar["count"], 50.0)) if ar["count"] else float("nan")
+        metrics["val/ppl_non_ar"] = math.exp(min(rest[0] / rest[1], 50.0)) if rest[1] else float("nan")
     eval_bytes = getattr(data, "eval_bytes", None)  # text data: UTF-8 bytes behind each eval block's labels
     if eval_bytes is not None:  # per byte, models with different tokenizers compare
         nll_per_byte = loss_sum / max(int(eval_bytes[: len(inputs)].sum()), 1)
