@@ -41,12 +41,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("family", list(registry.families()))
+# the families that have both sides to compare: a Triton backend of ours and an fla op they declare
+COMPARED = [name for name, fam in registry.families().items() if fam.fla is not None and "triton" in fam.backends]
+
+
+@pytest.mark.parametrize("family", COMPARED)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_triton_matches_fla(family, dtype):
     fam = registry.family(family)
-    if fam.fla is None or "triton" not in fam.backends:
-        pytest.skip(f"{family} declares no fla equivalent or no Triton kernels")
     op, x = fam.inputs(B, T, H, K, V, device="cuda", dtype=dtype, initial_state=True)  # gates, betas, state fp32
     ours = run(op, x, backend="triton")
     fla_fn = registry.resolve(fam.fla)

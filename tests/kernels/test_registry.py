@@ -105,3 +105,10 @@ def test_import_kernels_is_lazy_and_never_imports_triton():
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_every_triton_family_names_the_fla_op_it_is_cross_checked_against():
+    """test_against_fla compares the families that declare `fla`: a Triton family without one would drop out of
+    that check unseen."""
+    missing = [n for n, fam in registry.families().items() if "triton" in fam.backends and fam.fla is None]
+    assert not missing, missing
