@@ -62,39 +62,27 @@ class DataBundle:
 @dataclass(frozen=True)
 class DatasetSpec:
     """One registry entry: `build(**settings)` takes every setting of `conf/data/<name>.yaml` (all its keys but
-    `name` and the `_`-prefixed interpolation helpers) as a keyword-only argument without a default, and returns
-    the bundle. The yaml is the only place the values are written down (tests/zoo/test_data_defaults.py)."""
+    `name` and the `_`-prefixed interpolation helpers) and returns the bundle. Its keyword-only arguments (no
+    defaults) are settings; a `**settings` catch-all passes the rest on to `forwards`, whose keyword-only arguments
+    are the rest of the settings, so a signature is written once. The yaml is the only place the values are written
+    down (tests/zoo/test_data_defaults.py)."""
 
     build: Callable[..., DataBundle]
+    forwards: Callable | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The settings `build` takes, from its signature."""
-        return tuple(inspect.signature(self.build).parameters)
+        """The settings `build` takes, from its signature and that of `forwards`."""
+        params = list(inspect.signature(self.build).parameters.values())
+        own = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+        passed = list(inspect.signature(self.forwards).parameters) if self.forwards is not None else []
+        return tuple(dict.fromkeys(own + passed))
 
 
-def _mqar(
-    *,
-    vocab_size: int,
-    seq_len: int,
-    num_kv_pairs: int,
-    train_size: int,
-    test_size: int,
-    seed: int,
-    power_a: float,
-    random_non_queries: bool,
-) -> DataBundle:
-    tokenizer = IntTokenizer(vocab_size)
-    splits = build_mqar_splits(
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_kv_pairs=num_kv_pairs,
-        train_size=train_size,
-        test_size=test_size,
-        seed=seed,
-        power_a=power_a,
-        random_non_queries=random_non_queries,
-    )
+def _mqar(**settings) -> DataBundle:
+    """Every setting is one of `build_mqar_splits`."""
+    tokenizer = IntTokenizer(settings["vocab_size"])
+    splits = build_mqar_splits(**settings)
     return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
 
 
@@ -141,49 +129,19 @@ def _text(
     )
 
 
-def _hf(
-    *,
-    path: str,
-    config_name: str | None,
-    data_files,
-    split: str,
-    val_split: str | None,
-    text_field: str,
-    streaming: bool,
-    max_bytes: int | None,
-    max_docs: int | None,
-    cache_dir: str | None,
-    tokenizer: str,
-    bpe_vocab_size: int,
-    vocab_size: int | None,
-    seq_len: int,
-    val_fraction: float,
-    seed: int,
-) -> DataBundle:
+def _hf(*, tokenizer: str, bpe_vocab_size: int, vocab_size: int | None, seq_len: int, **source) -> DataBundle:
+    """The tokenizer settings here; the dataset's (`source`) are those of `hf_documents`."""
     check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before the dataset is read (or downloaded)
-    train_docs, val_docs = hf_documents(
-        path=path,
-        config_name=config_name,
-        data_files=data_files,
-        split=split,
-        val_split=val_split,
-        text_field=text_field,
-        streaming=streaming,
-        max_bytes=max_bytes,
-        max_docs=max_docs,
-        cache_dir=cache_dir,
-        val_fraction=val_fraction,
-        seed=seed,
-    )
+    train_docs, val_docs = hf_documents(**source)
     return _lm_bundle(
         train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size, bpe_vocab_size=bpe_vocab_size, seq_len=seq_len
     )
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mqar": DatasetSpec(_mqar),
+    "mqar": DatasetSpec(_mqar, forwards=build_mqar_splits),
     "text": DatasetSpec(_text),
-    "hf": DatasetSpec(_hf),
+    "hf": DatasetSpec(_hf, forwards=hf_documents),
     "passkey": DatasetSpec(_passkey),
     "copy": DatasetSpec(_copy),
 }
