@@ -48,6 +48,7 @@ class ModelSchema:
     tie_embeddings: bool = MISSING
     norm_eps: float = MISSING
     init_std: float = MISSING
+    learned_positions: int | None = MISSING  # learned absolute position embeddings for this many positions
 
 
 # -- data/ ------------------------------------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class EarlyStopConfig:
     mode: str = MISSING  # max | min
     threshold: float = MISSING
     patience: int = MISSING
+    stop_sweeping: list[str] = MISSING  # config keys a multirun sweeps to reach the target (e.g. [train.lr])
 
 
 @dataclass
@@ -273,6 +275,7 @@ class EvalConfig:
     max_examples: int | None = MISSING
     state_bytes_at: list[int] = MISSING
     ar_ngram: dict[str, int] = MISSING  # tokenizer type -> n of the AR-slice n-grams (zoo.evals.ar_slice)
+    repeat: bool = MISSING  # text data: val/ppl_repeat, each eval block's first half shown twice (zoo.evals.repeat)
     recall: RecallConfig = MISSING
     lm_eval: LMEvalConfig = MISSING
     final: FinalEvalConfig = MISSING

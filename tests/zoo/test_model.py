@@ -84,6 +84,13 @@ LAYOUTS = {
     "swa": ("transformer", "model.n_layers=2", "model.attn.window_size=5", "model.attn.num_kv_heads=2"),
     "gla": ("gla", "model.n_layers=2", "model.mixers.gla.chunk_size=8"),
     "hybrid_gla": ("hybrid_gla", "model.n_layers=3", "model.attn.layers=[1]", "model.mixers.gla.chunk_size=8"),
+    # Zoology's attention: learned absolute positions, no rotary
+    "learned_positions": (
+        "transformer",
+        "model.n_layers=2",
+        "model.learned_positions=32",
+        "model.attn.rope_theta=null",
+    ),
 }
 
 
@@ -114,6 +121,36 @@ def test_chunked_prefill_matches_parallel(layout):
             cache = out.cache
             pieces.append(out.logits)
     assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-5, name=f"{layout} chunked prefill")
+
+
+def test_logits_mask_computes_only_the_masked_positions():
+    model = small_model("transformer", "model.n_layers=2")
+    ids = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(4))
+    mask = torch.rand(3, 10, generator=torch.Generator().manual_seed(5)) < 0.3
+    with torch.no_grad():
+        full = model(ids).logits
+        picked = model(ids, logits_mask=mask).logits
+    assert picked.shape == (int(mask.sum()), 97)
+    assert_close(picked, full[mask], rtol=1e-5, atol=1e-6, name="masked logits")
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, logits_to_keep=1, logits_mask=mask)
+
+
+def test_learned_positions_refuse_longer_sequences_and_follow_each_row():
+    model = small_model(*LAYOUTS["learned_positions"])
+    with pytest.raises(ValueError, match="past model.learned_positions=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    # Without rotary the positions come only from the table: shifting a sequence changes its logits.
+    ids = torch.randint(1, 97, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        alone = model(ids).logits[:, -1]
+        after = model(torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], 1)).logits[:, -1]
+        assert not torch.allclose(alone, after, atol=1e-4)
+        # Left padding: the short row's positions start at its first real token, as when it is alone.
+        mask = torch.cat([torch.zeros(1, 4), torch.ones(1, 8)], 1).long()
+        batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], 1), ids.new_ones(1, 12)])
+        out = model.prefill(batch, attention_mask=torch.cat([mask, torch.ones_like(mask)]))
+    assert_close(out.logits[0, -1], alone[0], rtol=1e-4, atol=1e-5, name="left-padded row vs alone")
 
 
 def _cache_bytes(obj) -> int:

@@ -49,6 +49,7 @@ class ModelConfig:
     layers: list[str] | None = None
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
     mlp: str = "swiglu"  # conf/ always sets it; the default only keeps older checkpoints' config.json loading
+    learned_positions: int | None = None  # as mlp: older checkpoints have none
 
     @classmethod
     def from_any(cls, cfg) -> ModelConfig:

@@ -17,7 +17,7 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.config import ModelConfig
-from zoo.model.layers import RMSNorm
+from zoo.model.layers import RMSNorm, positions_after
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
 from zoo.model.mlps import get_mlp
@@ -98,6 +98,12 @@ class HybridLM(nn.Module):
             raise ConfigError(f"model.head_dim={config.head_dim} does not divide model.d_model={config.d_model}")
         self.layer_mixers = names
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.learned_positions is not None and config.learned_positions < 1:
+            raise ConfigError(f"model.learned_positions must be null or >= 1, got {config.learned_positions}")
+        # Learned absolute positions (Zoology's attention models, GPT-2's wpe), added to the token embeddings.
+        self.pos_embed = (
+            None if config.learned_positions is None else nn.Embedding(config.learned_positions, config.d_model)
+        )
         self.blocks = nn.ModuleList(build_block(config, name, i) for i, name in enumerate(names))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -117,26 +123,52 @@ class HybridLM(nn.Module):
         return Cache(layers=[block.init_cache() for block in self.blocks])
 
     def forward(
-        self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False, logits_to_keep: int = 0
+        self,
+        input_ids: torch.Tensor,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+        logits_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """`input_ids` `[B, T]` -> logits `[B, T, vocab]`. With `use_cache` (or a `cache`) the returned
         cache continues the sequences: prefill-then-decode gives the logits of one parallel forward.
         `logits_to_keep=N > 0` runs only the last N positions through the final norm and the LM head
-        (logits `[B, N, vocab]`): a long prompt would otherwise materialize T x vocab logits."""
+        (logits `[B, N, vocab]`): a long prompt would otherwise materialize T x vocab logits.
+        `logits_mask`, a BoolTensor `[B, T]`, computes logits only where it is True, returned as `[n, vocab]` in
+        the order of `x[logits_mask]`: training on sparse labels (MQAR labels 4 of 64 positions) then skips the
+        LM head everywhere else, which is most of a small model's cost at a large vocabulary."""
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
         if cache is None and use_cache:
             cache = self.init_cache()
         x = self.embed(input_ids)  # (B, T, d)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(self._positions(input_ids, cache))
         for i, block in enumerate(self.blocks):
             x, layer_cache = block(x, cache.layers[i] if cache is not None else None)
             if cache is not None:
                 cache.layers[i] = layer_cache
         if cache is not None:
             cache.seen_tokens = cache.seen_tokens + input_ids.shape[1]  # not in place: may be a [B] tensor
-        if logits_to_keep:
+        if logits_mask is not None:
+            if logits_to_keep:
+                raise ValueError("give logits_to_keep or logits_mask, not both")
+            x = x[logits_mask]
+        elif logits_to_keep:
             x = x[:, -logits_to_keep:]
         return LMOutput(logits=self.lm_head(self.norm(x)), cache=cache)
+
+    def _positions(self, input_ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """Absolute positions of `input_ids` (continuing the cache's rows), checked against the learned table."""
+        start = 0 if cache is None else cache.seen_tokens  # int, or [B] per row in a stacked cache
+        positions = positions_after(start, input_ids.shape[1], input_ids.device)
+        limit = self.pos_embed.num_embeddings
+        if int(positions.max()) >= limit:
+            raise ValueError(
+                f"position {int(positions.max())} is past model.learned_positions={limit}: a model with learned "
+                f"absolute positions reads at most {limit} tokens per sequence"
+            )
+        return positions
 
     # -- inference -------------------------------------------------------------------------------
     @torch.no_grad()  # not inference_mode: callers may continue the returned cache outside of it

@@ -230,7 +230,7 @@ class Attention(Mixer):
         head_dim: int,
         num_kv_heads: int | None,
         window_size: int | None,
-        rope_theta: float,
+        rope_theta: float | None,
         qkv_bias: bool,
     ):
         super().__init__(layer_idx)
@@ -254,7 +254,8 @@ class Attention(Mixer):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         start = cache.offset if cache is not None else 0  # int, or [B] per row in a stacked cache
         positions = positions_after(start, T, x.device)  # (T,) or (B, T)
-        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        if self.rope_theta is not None:
+            q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D): the cache's layout
         key_mask = None
         if cache is not None:
