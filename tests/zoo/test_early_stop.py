@@ -165,3 +165,28 @@ def test_a_sweep_folder_of_another_config_is_left_alone(tmp_path):
     assert read_results(out / "0") == {"status": "completed", "config_sha": "0" * 16}
     assert read_results(out / "1")["status"] == "completed"
     assert OmegaConf.load(out / "1" / ".hydra" / "config.yaml").train.lr == 2e-3
+
+
+def test_a_point_at_its_target_is_not_swept_further(tmp_path):
+    """`train.early_stop.stop_sweeping=[train.lr]`: once one lr of a point reached the target, the point's other lrs
+    are skipped; a point that never reached it tries them all. Here the target (mqar/loss <= threshold) is reached
+    at the first evaluation with threshold 100 and never with -1."""
+    out = tmp_path / "grid"
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "zoo.train", "-m", f"hydra.sweep.dir={out}", *TINY, "train.max_steps=2"]
+    cmd += ["train.eval_every=1", "train.early_stop.metric=mqar/loss", "train.early_stop.mode=min"]
+    cmd += ["train.early_stop.stop_sweeping=[train.lr]", "train.early_stop.threshold=100,-1", "train.lr=1e-3,2e-3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {}
+    for job in range(4):
+        overrides = OmegaConf.load(out / str(job) / ".hydra" / "overrides.yaml")
+        jobs[tuple(sorted(overrides))] = read_results(out / str(job))
+    reached = {k: v for k, v in jobs.items() if "train.early_stop.threshold=100" in k}
+    missed = {k: v for k, v in jobs.items() if "train.early_stop.threshold=-1" in k}
+    assert sorted(str(r.get("status")) for r in reached.values()) == ["None", "completed"], reached  # one ran, one not
+    assert all(r["status"] == "completed" and r["metrics"]["train/steps_to_target"] is None for r in missed.values())
+    assert "reached the target at this point, skipped" in proc.stdout + proc.stderr
+    bad = [*cmd[:-3], f"hydra.sweep.dir={tmp_path / 'bad'}", "train.early_stop.stop_sweeping=[train.nope]"]
+    bad = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
+    assert "stop_sweeping names 'train.nope', which is not a config key" in bad.stdout + bad.stderr

@@ -31,9 +31,10 @@ from zoo.data import build_dataset, iterate_batches
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.evals import final as final_eval
 from zoo.evals.ar_slice import ar_hits
+from zoo.evals.repeat import repeat_metrics
 from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import read_results, truncate_metrics, update_results
-from zoo.io.runs import CHECKPOINT, readable_dir, write_dir_atomically
+from zoo.io.runs import CHECKPOINT, RESULTS, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
 from zoo.rank import is_main
 from zoo.schemas import EarlyStopConfig, EvalConfig, TrainConfig, TrainRoot
@@ -111,11 +112,26 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean")
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
 
 
+def labelled_logits(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(logits [n, vocab], labels [n], mask [B, T])` of the labelled positions only: the LM head runs where
+    a loss is taken (MQAR labels a few positions per sequence), and the loss is the same as over all of them."""
+    mask = y != -100
+    return model(x, logits_mask=mask).logits, y[mask], mask
+
+
 @torch.no_grad()
 def evaluate(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, autocast) -> dict[str, float]:
     """Held-out metrics: MQAR accuracy at label positions only, or validation loss / perplexity per token and,
-    for text, bits per byte and perplexity per byte (total NLL over the UTF-8 bytes the tokens encode)."""
+    for text, bits per byte and perplexity per byte (total NLL over the UTF-8 bytes the tokens encode), the AR
+    slice and the repeated spans."""
     model.eval()
+    try:
+        return _held_out_metrics(model, data, name, eval_cfg, device, autocast)
+    finally:
+        model.train()
+
+
+def _held_out_metrics(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, autocast) -> dict[str, float]:
     inputs, labels = data.eval
     if eval_cfg.max_examples is not None:
         inputs, labels = inputs[: eval_cfg.max_examples], labels[: eval_cfg.max_examples]
@@ -126,17 +142,16 @@ def evaluate(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, aut
     for i in range(0, len(inputs), eval_cfg.batch_size):
         x, y = inputs[i : i + eval_cfg.batch_size].to(device), labels[i : i + eval_cfg.batch_size].to(device)
         with autocast():
-            logits = model(x).logits
-        mask = y != -100
-        correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
-        total += mask.sum().item()
-        nll = lm_loss(logits, y, reduction="none").view_as(y)  # 0 where the label is ignored
+            logits, targets, mask = labelled_logits(model, x, y)
+        correct += (logits.argmax(-1) == targets).sum().item()
+        total += len(targets)
+        nll = torch.zeros(y.shape, device=device)  # 0 where the label is ignored
+        nll[mask] = F.cross_entropy(logits.float(), targets, reduction="none")
         loss_sum += nll.sum().item()
         if n is not None:
             hits = ar_hits(torch.cat([x, y[:, -1:]], dim=1), n) & mask  # the block, then its last label
             ar["nll"] += nll[hits].sum().item()
             ar["count"] += int(hits.sum())
-    model.train()
     loss = loss_sum / max(total, 1)
     if data.metric == "accuracy":
         return {f"{name}/accuracy": correct / max(total, 1), f"{name}/loss": loss}
@@ -146,6 +161,8 @@ def evaluate(model: HybridLM, data, name: str, eval_cfg: EvalConfig, device, aut
         metrics["val/ar_fraction"] = ar["count"] / max(total, 1)
         metrics["val/ppl_ar"] = math.exp(min(ar["nll"] / ar["count"], 50.0)) if ar["count"] else float("nan")
         metrics["val/ppl_non_ar"] = math.exp(min(rest[0] / rest[1], 50.0)) if rest[1] else float("nan")
+    if data.metric == "ppl" and eval_cfg.repeat:
+        metrics |= repeat_metrics(model, inputs, labels, eval_cfg.batch_size, device, autocast)
     eval_bytes = getattr(data, "eval_bytes", None)  # text data: UTF-8 bytes behind each eval block's labels
     if eval_bytes is not None:  # per byte, models with different tokenizers compare
         nll_per_byte = loss_sum / max(int(eval_bytes[: len(inputs)].sum()), 1)
@@ -220,7 +237,14 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     log.info("model %s: %s params, layers %s, device %s", root.model.name, f"{n_params:,}", model.layer_mixers, device)
     run_info = {"model": {"layers": model.layer_mixers}, "backend": model.kernel_backends(), "device": str(device)}
     if dctx.is_main:
-        update_results(run_dir, {"params": n_params}, status="running", config_sha=config_sha(cfg), **run_info)
+        update_results(
+            run_dir,
+            {"params": n_params},
+            status="running",
+            config_sha=config_sha(cfg),
+            point_sha=point_sha(cfg),
+            **run_info,
+        )
     evals: dict[str, float] = {}
     t0 = time.perf_counter()
     model.train()
@@ -237,7 +261,8 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         x, y = x.to(device), y.to(device)
         count = dctx.global_count(y)  # labelled tokens in the whole global batch
         with autocast():
-            loss_sum = lm_loss(train_model(x).logits, y, reduction="sum")
+            logits, targets, _ = labelled_logits(train_model, x, y)
+            loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         loss = dctx.global_loss(loss_sum, count)  # the global batch's mean loss, the same on every rank
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}")
@@ -299,19 +324,56 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     return metrics
 
 
-def config_sha(cfg: DictConfig) -> str:
-    """A fingerprint of a job's resolved config (`train.resume` aside): the same job of a sweep run again has the
-    same one, so its run folder can be trusted to hold that job."""
+def config_sha(cfg: DictConfig, without: list[str] | tuple[str, ...] = ()) -> str:
+    """A fingerprint of a job's resolved config (`train.resume` and the dotted keys `without` aside): the same job
+    of a sweep run again has the same one, so its run folder can be trusted to hold that job."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.get("train", {}).pop("resume", None)
+    for key in without:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ConfigError(f"train.early_stop.stop_sweeping names {key!r}, which is not a config key")
+        del node[leaf]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resume_sweep_job(cfg: DictConfig, run_dir: Path, job: int) -> bool:
+def point_sha(cfg: DictConfig) -> str | None:
+    """The fingerprint of a job's point in a sweep: its config without `train.early_stop.stop_sweeping`'s keys."""
+    keys = list(cfg.train.early_stop.stop_sweeping)
+    return config_sha(cfg, keys) if keys else None
+
+
+def settled_by(cfg: DictConfig, sweep_dir: Path, run_dir: Path) -> Path | None:
+    """The run folder under `sweep_dir` that already reached the early-stop target at this job's point, if any."""
+    point = point_sha(cfg)
+    if point is None:
+        return None
+    for path in sorted(sweep_dir.glob(f"**/{RESULTS}")):
+        other = read_results(path.parent)
+        reached = other.get("metrics", {}).get("train/steps_to_target") is not None
+        if (
+            path.parent != run_dir
+            and other.get("point_sha") == point
+            and other.get("status") == "completed"
+            and reached
+        ):
+            return path.parent
+    return None
+
+
+def resume_sweep_job(cfg: DictConfig, run_dir: Path, job: int, sweep_dir: Path) -> bool:
     """Resumable sweeps: the state of a grid is what its run folders say. A job whose folder holds a completed run
     of the same config is skipped; a cut or failed one continues from its checkpoint; a folder holding another
-    config's run is left alone (its job is reported, not run). True when the job should run."""
+    config's run is left alone (its job is reported, not run); a job whose point another run already settled
+    (`train.early_stop.stop_sweeping`) is skipped. True when the job should run."""
     sha, prior = config_sha(cfg), read_results(run_dir)
+    settled = None if prior.get("status") == "completed" else settled_by(cfg, sweep_dir, run_dir)
+    if settled is not None:
+        log.info("job %s: %s reached the target at this point, skipped (train.early_stop.stop_sweeping)", job, settled)
+        return False
     if prior.get("config_sha", sha) != sha:  # folders written before fingerprints existed count as the same job
         log.error("job %s: %s holds a run of another config; left as it is (use another hydra.sweep.dir)", job, run_dir)
         return False
@@ -347,7 +409,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN and not resume_sweep_job(cfg, run_dir, hydra_cfg.job.num):
+    if hydra_cfg.mode == RunMode.MULTIRUN and not resume_sweep_job(
+        cfg, run_dir, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir)
+    ):
         return
     clear_failure(run_dir)  # a resumed run's old error is history, not its status
     try:
