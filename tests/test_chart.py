@@ -66,14 +66,18 @@ def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
     names = {p.name for p in written}
     assert {"recall_vs_state.png", "throughput.png"} <= names
     # the one completed run has val/ppl and an MQAR accuracy: it is its own Pareto front
-    assert "quality_vs_recall.png" in names and notes == []
+    assert "quality_vs_recall.png" in names
+    assert notes == [
+        "learning_curves.png not drawn: no completed run logged an evaluation (val/loss, val/ppl_ar, "
+        "val/ppl_repeat, mqar/accuracy) in metrics.jsonl"
+    ]  # these runs have no metrics.jsonl
 
 
 def test_plots_without_data_are_reported_not_drawn(tmp_path):
     fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
     _, written, notes = chart([tmp_path])
     assert {p.name for p in written} == {"tradeoff.csv", "tradeoff.md"}
-    assert len(notes) == 3 and all("not drawn" in n for n in notes)
+    assert len(notes) == 4 and all("not drawn" in n for n in notes)
 
 
 def test_no_run_folders_is_a_one_line_error(tmp_path, capsys):
@@ -88,3 +92,22 @@ def test_python_dash_m_zoo_chart(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| r | gla |" in proc.stdout and (tmp_path / "tradeoff.md").exists()
+
+
+def test_learning_curves_are_drawn_from_the_evaluations_in_metrics_jsonl(tmp_path):
+    from zoo.report.chart import learning_curve
+
+    for name, losses in (("transformer", [3.0, 2.0, 1.5]), ("gla", [3.0, 2.5, 2.2])):
+        run = tmp_path / name
+        overrides = [f"model={name}", "data=text", "data.seq_len=128", "train.batch_size=8"]
+        metrics = {"val/loss": losses[-1], "val/ppl_ar": 3.0, "train/steps_to_target": None}
+        fake_run(run, overrides, {"status": "completed", "metrics": metrics})
+        records = [{"step": 10 * (i + 1), "train/loss": 9.0} for i in range(3)]  # training records: not a curve
+        records += [{"step": 10 * (i + 1), "val/loss": v, "val/ppl_ar": 2 * v} for i, v in enumerate(losses)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = learning_curve(tmp_path / "gla")
+    assert curve["val/loss"] == [(10 * 8 * 128, 3.0), (20 * 8 * 128, 2.5), (30 * 8 * 128, 2.2)]
+    assert set(curve) == {"val/loss", "val/ppl_ar"}
+    rows, written, notes = chart([tmp_path], tmp_path / "out")
+    assert "learning_curves.png" in {p.name for p in written}
+    assert rows[0]["val_ppl_ar"] == 3.0 and rows[0]["steps_to_target"] is None

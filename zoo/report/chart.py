@@ -8,7 +8,10 @@ Writes into `--out` (default: the first folder):
   decode tokens/s per prompt length, status and error (failed runs appear with both);
 - `recall_vs_state.png`: each recall measure against the state bytes at 1k tokens (log x);
 - `quality_vs_recall.png`: validation perplexity against MQAR accuracy, the Pareto front marked;
-- `throughput.png`: prefill and decode tokens/s against the prompt length.
+- `throughput.png`: prefill and decode tokens/s against the prompt length;
+- `learning_curves.png`: the held-out metrics of every evaluation during training (validation loss, the AR slice's
+  perplexity `val/ppl_ar`, `val/ppl_repeat`, MQAR accuracy: each one any run logged) against training tokens
+  (steps x batch_size x data.seq_len), one line per run: quality per training token, architectures side by side.
 Points are labelled by architecture and attention layers. A metric a run did not record is left blank and a plot
 without data is not drawn (the command says which); plots show completed runs only.
 
@@ -29,10 +32,19 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from zoo.errors import ChartError
+from zoo.io.results import read_metrics
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 
 MQAR_METRICS = ("mqar/accuracy", "lm_eval/zoo_mqar/acc")  # in order of preference
 STATE_AT = {"state_bytes_1k": 1024, "state_bytes_64k": 65536}
+TEXT_METRICS = {  # column -> results.json metric (text runs: zoo.train.loop.evaluate)
+    "val_ppl": "val/ppl",
+    "val_ppl_ar": "val/ppl_ar",
+    "val_ppl_non_ar": "val/ppl_non_ar",
+    "val_ppl_repeat": "val/ppl_repeat",
+    "val_ppl_repeat_first": "val/ppl_repeat_first",
+}
+CURVES = ("val/loss", "val/ppl_ar", "val/ppl_repeat", "mqar/accuracy")  # learning_curves.png panels, in order
 PER_LENGTH = {  # column prefix -> results.json metric with @<len>
     "passkey_acc": "passkey/accuracy",
     "prefill_tok_s": "bench/prefill_tok_s",
@@ -90,10 +102,11 @@ def run_row(run: Path, root: Path) -> dict:
         "params": metrics.get("params"),
     }
     row |= {col: metrics.get(f"state/bytes@{n}") for col, n in STATE_AT.items()}
-    row["val_ppl"] = _number(metrics.get("val/ppl"))
+    row |= {col: _number(metrics.get(metric)) for col, metric in TEXT_METRICS.items()}
     source = next((m for m in MQAR_METRICS if _number(metrics.get(m)) is not None), None)
     row["mqar_acc"] = _number(metrics.get(source)) if source else None
     row["mqar_source"] = source
+    row |= {col: metrics.get(f"train/{col}") for col in ("steps_to_target", "tokens_to_target")}
     for prefix, metric in PER_LENGTH.items():
         for key, value in metrics.items():
             match = re.fullmatch(re.escape(metric) + r"@(\d+)", key)
@@ -146,7 +159,7 @@ def _cell(col: str, value) -> str:
         return f"{value / 2**10:,.1f} KiB" if value < 2**20 else f"{value / 2**20:,.1f} MiB"
     if col == "params":
         return f"{int(value):,}"
-    if col == "val_ppl":
+    if col.startswith("val_ppl"):
         return f"{value:,.2f}"
     if "tok_s" in col:
         return f"{value:,.0f}"
@@ -270,6 +283,50 @@ def plot_throughput(rows: list[dict], path: Path) -> str | None:
     return None
 
 
+def learning_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """`{metric: [(training tokens, value), ...]}` of a run folder's evaluations (metrics.jsonl), for `CURVES`."""
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    tokens_per_step = OmegaConf.select(cfg, "train.batch_size", default=0) * OmegaConf.select(
+        cfg, "data.seq_len", default=0
+    )
+    curve: dict[str, list[tuple[int, float]]] = {}
+    for record in read_metrics(run):
+        for metric in CURVES:
+            value = _number(record.get(metric))
+            if value is not None and "step" in record:
+                curve.setdefault(metric, []).append((record["step"] * tokens_per_step, value))
+    return curve
+
+
+def plot_learning_curves(rows: list[dict], curves: dict[str, dict], path: Path) -> str | None:
+    """One panel per metric in `CURVES` that any run logged: the metric against training tokens, a line per run."""
+    import matplotlib.pyplot as plt
+
+    panels = [m for m in CURVES if any(curves.get(r["run"], {}).get(m) for r in rows)]
+    if not panels:
+        return "no completed run logged an evaluation (" + ", ".join(CURVES) + ") in metrics.jsonl"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], panels, strict=True):
+        for r in rows:
+            points = curves.get(r["run"], {}).get(metric)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=label(r))
+        ax.set_xscale("log")
+        _log_axis(ax.xaxis)
+        if metric != "mqar/accuracy":
+            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
+        ax.set_xlabel("training tokens (log)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("learning curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
 PLOTS = {
     "recall_vs_state.png": plot_recall_vs_state,
     "quality_vs_recall.png": plot_quality_vs_recall,
@@ -292,8 +349,10 @@ def chart(folders: list[Path], out: Path | None = None) -> tuple[list[dict], lis
     (out / "tradeoff.md").write_text(markdown(rows, cols))
     written, notes = [out / "tradeoff.csv", out / "tradeoff.md"], []
     done = [r for r in rows if r["status"] == "completed"]
-    for name, draw in PLOTS.items():
-        missing = draw(done, out / name)
+    curves = {r["run"]: learning_curve(run) for r, run in zip(rows, find_runs(folders), strict=True)}
+    drawn = {name: draw(done, out / name) for name, draw in PLOTS.items()}
+    drawn["learning_curves.png"] = plot_learning_curves(done, curves, out / "learning_curves.png")
+    for name, missing in drawn.items():
         if missing:
             notes.append(f"{name} not drawn: {missing}")
         else:
