@@ -4,10 +4,13 @@
     python scripts/zoology_chart.py runs/zoology_mqar --out docs/results/zoology_mqar
 
 Reads every run folder below the given folders (`results.json` + `.hydra/config.yaml`), keeps the best
-learning rate per (architecture, attention layers, width) as Zoology does, and writes `zoology_mqar.csv`
-(every run), `zoology_mqar.md` (best per point, and the smallest width at which each architecture reaches
-`--threshold` accuracy) and `zoology_mqar.png` (accuracy vs d_model; accuracy vs state bytes at the MQAR
-sequence length), one line per architecture, dashed for the hybrid with one attention layer.
+learning rate per (setting, architecture, attention layers, width) as Zoology does (the higher accuracy; on a tie,
+the fewer steps to the target), and writes `zoology_mqar.csv` (every run), `zoology_mqar.md` (per setting
+(seq_len, kv pairs): best per point, its steps to the early-stop target, and the smallest width at which each
+architecture reaches `--threshold` accuracy) and `zoology_mqar.png` (a row per setting: accuracy vs d_model;
+accuracy vs state bytes at the MQAR sequence length), one line per architecture, dashed for the hybrid with one
+attention layer. Jobs that `train.early_stop.stop_sweeping` skipped (their point was settled) have no results.json
+and are not read.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ def load_runs(folders: list[Path]) -> list[dict]:
                 "attn_layers": attn,
                 "d_model": int(cfg.model.d_model),
                 "lr": float(cfg.train.lr),
+                "setting": (int(cfg.data.seq_len), int(cfg.data.num_kv_pairs)),
                 "accuracy": results.get("metrics", {}).get("mqar/accuracy"),
+                "steps_to_target": results.get("metrics", {}).get("train/steps_to_target"),
+                "steps": results.get("metrics", {}).get("train/steps"),
+                "time_s": results.get("metrics", {}).get("train/time_s"),
                 "state_bytes": model.state_bytes(int(cfg.data.seq_len)),
                 "params": results.get("metrics", {}).get("params"),
                 "status": results.get("status", "unknown"),
@@ -53,17 +60,23 @@ def load_runs(folders: list[Path]) -> list[dict]:
 
 
 def best_per_point(rows: list[dict]) -> list[dict]:
-    """The best learning rate of each (arch, hybrid, d_model); failed or unfinished runs are not candidates."""
+    """The best learning rate of each (setting, arch, hybrid, d_model): the higher accuracy, then the fewer steps to
+    the target; failed or unfinished runs are not candidates."""
     best: dict[tuple, dict] = {}
     for r in rows:
         if r["accuracy"] is None or r["status"] != "completed":
             continue
         if r["arch"] == "transformer" and r["attn_layers"]:
             continue  # a transformer "with one attention layer" is the same model
-        key = (r["arch"], r["hybrid"], r["d_model"])
-        if key not in best or r["accuracy"] > best[key]["accuracy"]:
+        key = (r["setting"], r["arch"], r["hybrid"], r["d_model"])
+        if key not in best or rank(r) > rank(best[key]):
             best[key] = r
-    return sorted(best.values(), key=lambda r: (r["arch"], r["hybrid"], r["d_model"]))
+    return sorted(best.values(), key=lambda r: (r["setting"], r["arch"], r["hybrid"], r["d_model"]))
+
+
+def rank(r: dict) -> tuple:
+    reached = r["steps_to_target"] is not None
+    return (r["accuracy"], reached, -(r["steps_to_target"] or 0))
 
 
 def label(r: dict) -> str:
@@ -75,18 +88,11 @@ def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    widths = sorted({r["d_model"] for r in best})
-    lines = [
-        f"| architecture | {' | '.join(f'd={w}' for w in widths)} | state bytes @ d={widths[-1]} | "
-        f"smallest d with acc >= {threshold} |",
-        "|---|" + "---:|" * (len(widths) + 2),
-    ]
-    for name in sorted({label(r) for r in best}):
-        pts = {r["d_model"]: r for r in best if label(r) == name}
-        cells = [f"{pts[w]['accuracy']:.3f}" if w in pts else "-" for w in widths]
-        passing = [w for w in widths if w in pts and pts[w]["accuracy"] >= threshold]
-        state = pts[max(pts)]["state_bytes"]
-        lines.append(f"| {name} | {' | '.join(cells)} | {state:,} | {passing[0] if passing else 'none'} |")
+    lines = []
+    for setting in sorted({r["setting"] for r in best}):
+        lines += setting_table([r for r in best if r["setting"] == setting], setting, threshold)
+    total = sum(r["time_s"] or 0 for r in rows)
+    lines.append(f"{len(rows)} runs, {total / 60:.1f} min of training in all (train/time_s summed over the runs).")
     unfinished = [r for r in rows if r["status"] != "completed"]
     if unfinished:
         lines.append("")
@@ -94,32 +100,55 @@ def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float
     (out / "zoology_mqar.md").write_text("\n".join(lines) + "\n")
 
 
-def plot(best: list[dict], path: Path, title: str) -> None:
+def setting_table(best: list[dict], setting: tuple[int, int], threshold: float) -> list[str]:
+    """Markdown lines of one setting: accuracy (and steps to the target) per width, best lr per point."""
+    widths = sorted({r["d_model"] for r in best})
+    lines = [
+        f"### seq_len {setting[0]}, {setting[1]} kv pairs",
+        "",
+        "accuracy (steps to the early-stop target, lr) per width, best lr per point",
+        "",
+        f"| architecture | {' | '.join(f'd={w}' for w in widths)} | state bytes @ d={widths[-1]} | "
+        f"smallest d with acc >= {threshold} |",
+        "|---|" + "---:|" * (len(widths) + 2),
+    ]
+    for name in sorted({label(r) for r in best}):
+        pts = {r["d_model"]: r for r in best if label(r) == name}
+        cells = [cell(pts[w]) if w in pts else "-" for w in widths]
+        passing = [w for w in widths if w in pts and pts[w]["accuracy"] >= threshold]
+        state = pts[max(pts)]["state_bytes"]
+        lines.append(f"| {name} | {' | '.join(cells)} | {state:,} | {passing[0] if passing else 'none'} |")
+    return [*lines, ""]
+
+
+def cell(r: dict) -> str:
+    steps = "not reached" if r["steps_to_target"] is None else f"{r['steps_to_target']} steps"
+    return f"{r['accuracy']:.3f} ({steps}, lr {r['lr']:g})"
+
+
+def plot(best: list[dict], path: Path, titles: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    settings = sorted(titles)
+    fig, axes = plt.subplots(len(settings), 2, figsize=(13, 5 * len(settings)), squeeze=False)
     archs = sorted({r["arch"] for r in best})
-    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(archs)}
-    for name in sorted({label(r) for r in best}):
-        pts = sorted((r for r in best if label(r) == name), key=lambda r: r["d_model"])
-        style = {"color": colors[pts[0]["arch"]], "linestyle": "--" if pts[0]["hybrid"] else "-", "marker": "o"}
-        ax1.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
-        ax2.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
-    ax1.set(xscale="log", xlabel="model width d_model", ylabel="MQAR accuracy", title="accuracy vs width")
-    ax2.set(
-        xscale="log",
-        xlabel="inference state bytes at the MQAR length",
-        ylabel="MQAR accuracy",
-        title="accuracy vs state size",
-    )
-    for ax in (ax1, ax2):
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
+    colors = {a: plt.cm.tab20(i % 20) for i, a in enumerate(archs)}
+    for (ax1, ax2), setting in zip(axes, settings, strict=True):
+        here = [r for r in best if r["setting"] == setting]
+        for name in sorted({label(r) for r in here}):
+            pts = sorted((r for r in here if label(r) == name), key=lambda r: r["d_model"])
+            style = {"color": colors[pts[0]["arch"]], "linestyle": "--" if pts[0]["hybrid"] else "-", "marker": "o"}
+            ax1.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
+            ax2.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
+        ax1.set(xscale="log", xlabel="model width d_model", ylabel="MQAR accuracy", title=titles[setting])
+        ax2.set(xscale="log", xlabel="inference state bytes at the MQAR length", ylabel="MQAR accuracy")
+        for ax in (ax1, ax2):
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(True, which="both", alpha=0.3)
+        ax2.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -137,13 +166,16 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     best = best_per_point(rows)
     write_tables(rows, best, out, args.threshold)
-    first = OmegaConf.load(Path(rows[0]["run"]) / ".hydra" / "config.yaml")
-    title = (
-        f"MQAR, seq_len {first.data.seq_len}, {first.data.num_kv_pairs} kv pairs, vocab {first.data.vocab_size}, "
-        f"{first.model.n_layers} layers, {first.train.max_steps} steps, "
-        f"best of lr {sorted({r['lr'] for r in rows})} per point"
-    )
-    plot(best, out / "zoology_mqar.png", title)
+    titles = {}
+    for setting in sorted({r["setting"] for r in best}):
+        here = [r for r in rows if r["setting"] == setting]
+        first = OmegaConf.load(Path(here[0]["run"]) / ".hydra" / "config.yaml")
+        titles[setting] = (
+            f"MQAR, seq_len {setting[0]}, {setting[1]} kv pairs, vocab {first.data.vocab_size}, "
+            f"{first.model.n_layers} layers, <= {first.train.max_steps} steps, "
+            f"best of lr {sorted({r['lr'] for r in here})} per point"
+        )
+    plot(best, out / "zoology_mqar.png", titles)
     print((out / "zoology_mqar.md").read_text())
     print(f"wrote {out / 'zoology_mqar.csv'}, {out / 'zoology_mqar.md'}, {out / 'zoology_mqar.png'}")
 

@@ -22,11 +22,12 @@ def load_script():
     return module
 
 
-def fake_run(root: Path, name: str, overrides: list[str], accuracy: float | None, status: str = "completed"):
+def fake_run(root: Path, name: str, overrides: list[str], accuracy: float | None, status="completed", steps=None):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose(["+experiment=zoology_mqar", *overrides]), run / ".hydra" / "config.yaml")
-    metrics = {} if accuracy is None else {"mqar/accuracy": accuracy}
+    metrics = {} if accuracy is None else {"mqar/accuracy": accuracy, "train/steps_to_target": steps}
+    metrics["train/time_s"] = 30.0
     (run / "results.json").write_text(json.dumps({"metrics": metrics, "status": status}))
 
 
@@ -36,14 +37,22 @@ def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
     fake_run(tmp_path, "gla-hyb", ["model=gla", "model.attn.layers=[1]", "model.d_model=64"], 0.99)
     fake_run(tmp_path, "attn", ["model=transformer", "model.d_model=64"], 1.0)
     fake_run(tmp_path, "broken", ["model=retnet", "model.d_model=64"], None, status="failed")
+    # a second setting; at equal accuracy the lr that reached the target in fewer steps is the point's best
+    longer = ["data.seq_len=128", "data.num_kv_pairs=8", "model=transformer", "model.d_model=64"]
+    fake_run(tmp_path, "attn-128-slow", [*longer, "train.lr=1e-3"], 0.995, steps=900)
+    fake_run(tmp_path, "attn-128-fast", [*longer, "train.lr=3e-3"], 0.995, steps=300)
     chart = load_script()
     chart.main([str(tmp_path), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "zoology_mqar.md").read_text()
-    assert "| gla | 0.500 | 0.950 |" in table and table.split("| gla |")[1].split("\n")[0].endswith("| 128 |")
-    assert "| gla + attn | 0.990 | - |" in table and "| transformer | 1.000 | - |" in table
+    short, long = table.split("### seq_len 128, 8 kv pairs")
+    gla = "| gla | 0.500 (not reached, lr 0.003) | 0.950 (not reached, lr 0.001) |"
+    assert gla in short and short.split("| gla |")[1].split("\n")[0].endswith("| 128 |")
+    assert "| gla + attn | 0.990 (not reached, lr 0.001) | - |" in short and "| transformer | 1.000 (" in short
+    assert "| transformer | 0.995 (300 steps, lr 0.003) |" in long
     assert "- not completed:" in table and "broken (status: failed)" in table
+    assert "9 runs, 4.5 min of training in all" in table
     assert (tmp_path / "out" / "zoology_mqar.png").stat().st_size > 10_000
-    assert len((tmp_path / "out" / "zoology_mqar.csv").read_text().splitlines()) == 8  # header + 7 runs
+    assert len((tmp_path / "out" / "zoology_mqar.csv").read_text().splitlines()) == 10  # header + 9 runs
 
 
 def test_experiment_composes_into_the_documented_grid():

@@ -309,19 +309,12 @@ def test_zoo_train_data_hf_reports_bits_per_byte(tmp_path):
 # ---------------------------------------------------------------------------------------------------- metrics
 
 
-class EvalCfg:
-    max_examples = None
-    batch_size = 4
-    ar_ngram = {"byte": 8, "bpe": 2}
-
-
 def tiny_eval(bundle, vocab_size):
-    cfg = compose(
-        ["model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1", f"model.vocab_size={vocab_size}"]
-    )
+    model_args = ["model=gla", "model.d_model=32", "model.head_dim=8", "model.n_layers=1"]
+    cfg = compose([*model_args, f"model.vocab_size={vocab_size}", "eval.max_examples=null", "eval.batch_size=4"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    return evaluate(model, bundle, "text", EvalCfg(), torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    return evaluate(model, bundle, "text", cfg.eval, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
 
 
 def test_per_byte_metrics_equal_per_token_for_byte_tokens(tmp_path):
