@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from tests.helpers import assert_close
+from zoo.errors import ConfigError
 from zoo.model.config import mixer_defaults
+from zoo.model.lm import build_mixer
 from zoo.model.mixers.attention import Attention, attend, reference_attention
 from zoo.model.mixers.swa import SlidingWindowAttention
 
@@ -170,3 +172,19 @@ def test_a_cache_continued_under_autograd_keeps_its_gradients():
     layer(x)[0].square().sum().backward()
     assert cache._buf is None
     assert_close(g_chunks, x.grad, rtol=1e-10, atol=1e-12, name="grad through the cache")
+
+
+def test_num_heads_sets_the_head_count_instead_of_head_dim():
+    layer = Attention(32, 0, n_layers=1, head_dim=8, **conf(num_heads=2))
+    assert (layer.num_heads, layer.head_dim, layer.q_proj.out_features) == (2, 16, 32)
+    assert layer.cache_tensors(5)[0][0] == (2, 5, 16)
+    with pytest.raises(ConfigError, match="num_heads must divide d_model: 3 does not divide 32"):
+        Attention(32, 0, n_layers=1, head_dim=8, **conf(num_heads=3))
+
+
+def test_a_checkpoint_from_before_num_heads_builds_as_before():
+    options = {k: v for k, v in conf().items() if k != "num_heads"}
+    layer = build_mixer("attn", 32, 0, 1, 8, options)
+    assert (layer.num_heads, layer.head_dim) == (4, 8)
+    with pytest.raises(ConfigError, match=r"missing option\(s\) \['rope_theta'\]"):
+        build_mixer("attn", 32, 0, 1, 8, {k: v for k, v in options.items() if k != "rope_theta"})

@@ -84,12 +84,13 @@ LAYOUTS = {
     "swa": ("transformer", "model.n_layers=2", "model.attn.window_size=5", "model.attn.num_kv_heads=2"),
     "gla": ("gla", "model.n_layers=2", "model.mixers.gla.chunk_size=8"),
     "hybrid_gla": ("hybrid_gla", "model.n_layers=3", "model.attn.layers=[1]", "model.mixers.gla.chunk_size=8"),
-    # Zoology's attention: learned absolute positions, no rotary
+    # Zoology's attention: one head, learned absolute positions, no rotary
     "learned_positions": (
         "transformer",
         "model.n_layers=2",
         "model.learned_positions=32",
         "model.attn.rope_theta=null",
+        "model.attn.num_heads=1",
     ),
 }
 

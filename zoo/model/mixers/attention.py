@@ -215,9 +215,9 @@ def _one_query_attention(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -
 
 @register("attn")
 class Attention(Mixer):
-    """Multi-head causal attention with RoPE and grouped-query heads (`num_kv_heads` < heads). Its cache (`KVCache`)
-    keeps keys and values in the activations' dtype: all of them (the state grows with the sequence), or the last
-    `window_size` with a window (it does not)."""
+    """Multi-head causal attention with RoPE and grouped-query heads (`num_kv_heads` < heads); `num_heads` sets the
+    head count instead of `model.head_dim`. Its cache (`KVCache`) keeps keys and values in the activations' dtype:
+    all of them (the state grows with the sequence), or the last `window_size` with a window (it does not)."""
 
     preallocates = True  # KVCache.reserve: `HybridLM.prefill(max_length=...)` allocates the keys once
 
@@ -232,10 +232,16 @@ class Attention(Mixer):
         window_size: int | None,
         rope_theta: float | None,
         qkv_bias: bool,
+        num_heads: int | None = None,  # the default: checkpoints from before the option
     ):
         super().__init__(layer_idx)
-        self.head_dim = head_dim
-        self.num_heads = check_divides("head_dim must divide d_model", d_model, head_dim, layer_idx)
+        if num_heads is None:  # heads of model.head_dim, as every mixer
+            self.num_heads = check_divides("head_dim must divide d_model", d_model, head_dim, layer_idx)
+            self.head_dim = head_dim
+        else:  # its own head count (Zoology's attention has one head at every width)
+            self.head_dim = check_divides("num_heads must divide d_model", d_model, num_heads, layer_idx)
+            self.num_heads = num_heads
+        head_dim = self.head_dim
         self.num_kv_heads = num_kv_heads or self.num_heads
         check_divides("num_kv_heads must divide the number of heads", self.num_heads, self.num_kv_heads, layer_idx)
         if window_size is not None and window_size < 1:

@@ -24,8 +24,9 @@ class SlidingWindowAttention(Attention):
         num_kv_heads: int | None,
         rope_theta: float,
         qkv_bias: bool,
+        num_heads: int | None = None,  # the default: checkpoints from before the option
     ):
         if window_size is None:
             raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (mixer 'attn' is full attention)")
-        options = {"num_kv_heads": num_kv_heads, "rope_theta": rope_theta, "qkv_bias": qkv_bias}
+        options = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "rope_theta": rope_theta, "qkv_bias": qkv_bias}
         super().__init__(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, window_size=window_size, **options)
