@@ -9,6 +9,7 @@ import torch
 import zoo
 from tests.helpers import assert_close
 from zoo.config import compose, conf_dir
+from zoo.errors import ConfigError
 from zoo.model.config import mixer_defaults
 from zoo.model.lm import build_mixer
 
@@ -84,6 +85,7 @@ LAYOUTS = {
     "swa": ("transformer", "model.n_layers=2", "model.attn.window_size=5", "model.attn.num_kv_heads=2"),
     "gla": ("gla", "model.n_layers=2", "model.mixers.gla.chunk_size=8"),
     "hybrid_gla": ("hybrid_gla", "model.n_layers=3", "model.attn.layers=[1]", "model.mixers.gla.chunk_size=8"),
+    "no_mlp": ("gla", "model.n_layers=2", "model.mixers.gla.chunk_size=8", "model.mlp=none"),
     # Zoology's attention: one head, learned absolute positions, no rotary
     "learned_positions": (
         "transformer",
@@ -229,3 +231,13 @@ def test_optimize_for_decode_changes_layout_not_values(tmp_path):
     model.save_pretrained(tmp_path / "col")
     saved = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("row", "col")]
     assert saved[0] == saved[1]
+
+
+def test_mlp_none_builds_blocks_of_their_mixer_alone():
+    plain, bare = small_model("gla"), small_model("gla", "model.mlp=none")
+    assert all(b.mlp is None and b.mlp_norm is None for b in bare.blocks)
+    mlp_params = sum(p.numel() for b in plain.blocks for p in [*b.mlp.parameters(), *b.mlp_norm.parameters()])
+    assert sum(p.numel() for p in bare.parameters()) == sum(p.numel() for p in plain.parameters()) - mlp_params
+    assert bare.state_bytes(100) == plain.state_bytes(100)  # SwiGLU keeps no state either
+    with pytest.raises(ConfigError, match="unknown mlp 'nope'; valid mlps: none, rwkv_cmix, swiglu"):
+        small_model("gla", "model.mlp=nope")

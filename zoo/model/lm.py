@@ -20,7 +20,7 @@ from zoo.model.config import ModelConfig
 from zoo.model.layers import RMSNorm, positions_after
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
-from zoo.model.mlps import get_mlp
+from zoo.model.mlps import build_mlp
 
 
 @dataclass
@@ -49,24 +49,28 @@ class LMOutput:
 class Block(nn.Module):
     """Pre-norm residual block; it never branches on the mixer type."""
 
-    def __init__(self, mixer: Mixer, mlp: nn.Module, d_model: int, eps: float):
+    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float):
         super().__init__()
         self.mixer_norm = RMSNorm(d_model, eps)
         self.mixer = mixer
-        self.mlp_norm = RMSNorm(d_model, eps)
+        self.mlp_norm = None if mlp is None else RMSNorm(d_model, eps)  # mlp None: the mixer alone (model.mlp none)
         self.mlp = mlp
 
     def init_cache(self) -> LayerCache:
-        return LayerCache(self.mixer.init_cache(), self.mlp.init_cache())
+        return LayerCache(self.mixer.init_cache(), None if self.mlp is None else self.mlp.init_cache())
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None):
         y, mixer_cache = self.mixer(self.mixer_norm(x), None if cache is None else cache.mixer)
         x = x + y
-        y, mlp_cache = self.mlp(self.mlp_norm(x), None if cache is None else cache.mlp)
-        return x + y, (None if cache is None else LayerCache(mixer_cache, mlp_cache))
+        mlp_cache = None
+        if self.mlp is not None:
+            y, mlp_cache = self.mlp(self.mlp_norm(x), None if cache is None else cache.mlp)
+            x = x + y
+        return x, (None if cache is None else LayerCache(mixer_cache, mlp_cache))
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
-        return self.mixer.state_bytes(seq_len, batch_size) + self.mlp.state_bytes(batch_size)
+        mlp = 0 if self.mlp is None else self.mlp.state_bytes(batch_size)
+        return self.mixer.state_bytes(seq_len, batch_size) + mlp
 
 
 def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict) -> Mixer:
@@ -86,7 +90,7 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
 def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
     d, n = config.d_model, config.n_layers
     mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
-    mlp = get_mlp(config.mlp)(d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio)
+    mlp = build_mlp(config.mlp, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio)
     return Block(mixer, mlp, d, config.norm_eps)
 
 

@@ -4,13 +4,15 @@ Every MLP follows one contract: `MLP(d_model, layer_idx, *, n_layers, mlp_ratio)
 `forward(x, cache=None) -> (y, cache)`, `init_cache()` and `state_bytes(batch_size=1)`. Most are
 stateless (`init_cache()` is None); RWKV's channel mix shifts tokens and so keeps the previous one.
 An MLP's only option, `mlp_ratio`, is a model field (`conf/model/*.yaml`) that every MLP takes: there is no
-`conf/mlp/` group, and so no per-MLP defaults to keep in one place.
+`conf/mlp/` group, and so no per-MLP defaults to keep in one place. `model.mlp: none` builds blocks of their
+mixer alone (Zoology's MQAR models, Mamba's blocks).
 """
 
 from __future__ import annotations
 
 import torch
 
+from zoo.errors import ConfigError
 from zoo.io.safety import Registry
 from zoo.model.layers import SwiGLU, swiglu_hidden
 
@@ -18,11 +20,23 @@ MLPS: Registry = Registry("mlp")
 register_mlp = MLPS.register  # class decorator: `@register_mlp("<name>")`
 
 
+NO_MLP = "none"  # model.mlp for blocks without a channel mixer
+
+
 def get_mlp(name: str) -> type:
     """The MLP class registered as `name`; a ConfigError naming the valid choices otherwise."""
     import zoo.model.mixers  # noqa: F401  (mixer modules register the MLPs that belong to them)
 
-    return MLPS.lookup(name)
+    if name not in MLPS:
+        raise ConfigError(f"unknown mlp {name!r}; valid mlps: {', '.join(sorted([*MLPS, NO_MLP]))}")
+    return MLPS[name]
+
+
+def build_mlp(name: str, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float) -> torch.nn.Module | None:
+    """Layer `layer_idx`'s MLP, or None for `none` (the block is then its mixer alone)."""
+    if name == NO_MLP:
+        return None
+    return get_mlp(name)(d_model, layer_idx, n_layers=n_layers, mlp_ratio=mlp_ratio)
 
 
 @register_mlp("swiglu")
