@@ -111,3 +111,12 @@ def test_learning_curves_are_drawn_from_the_evaluations_in_metrics_jsonl(tmp_pat
     rows, written, notes = chart([tmp_path], tmp_path / "out")
     assert "learning_curves.png" in {p.name for p in written}
     assert rows[0]["val_ppl_ar"] == 3.0 and rows[0]["steps_to_target"] is None
+
+
+def test_runs_that_would_share_a_label_are_named_by_their_folders():
+    from zoo.report.chart import labels
+
+    rows = [{"run": f"pos{p}", "architecture": "transformer", "attn_layers": 2, "n_layers": 2} for p in (0, 64)]
+    assert labels(rows) == {"pos0": "pos0", "pos64": "pos64"}
+    rows[1] |= {"architecture": "gla", "attn_layers": 0}
+    assert labels(rows) == {"pos0": "transformer", "pos64": "gla"}

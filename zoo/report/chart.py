@@ -145,6 +145,14 @@ def label(row: dict) -> str:
     return f"{row['architecture']} +attn[{row['attn_at']}]"
 
 
+def labels(rows: list[dict]) -> dict[str, str]:
+    """`{run: label}`; the run folders' names where two runs would share a label (a sweep over other settings)."""
+    by_run = {r["run"]: label(r) for r in rows}
+    if len(set(by_run.values())) < len(by_run):
+        return {run: run for run in by_run}
+    return by_run
+
+
 def write_csv(rows: list[dict], cols: list[str], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols)
@@ -305,12 +313,13 @@ def plot_learning_curves(rows: list[dict], curves: dict[str, dict], path: Path) 
     panels = [m for m in CURVES if any(curves.get(r["run"], {}).get(m) for r in rows)]
     if not panels:
         return "no completed run logged an evaluation (" + ", ".join(CURVES) + ") in metrics.jsonl"
+    names = labels(rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=True):
         for r in rows:
             points = curves.get(r["run"], {}).get(metric)
             if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=label(r))
+                ax.plot(*zip(*points, strict=True), marker=".", label=names[r["run"]])
         ax.set_xscale("log")
         _log_axis(ax.xaxis)
         if metric != "mqar/accuracy":
