@@ -108,7 +108,7 @@ def setting_table(best: list[dict], setting: tuple[int, int], threshold: float) 
         "",
         "accuracy (steps to the early-stop target, lr) per width, best lr per point",
         "",
-        f"| architecture | {' | '.join(f'd={w}' for w in widths)} | state bytes @ d={widths[-1]} | "
+        f"| architecture | {' | '.join(f'd={w}' for w in widths)} | state bytes (widest run) | "
         f"smallest d with acc >= {threshold} |",
         "|---|" + "---:|" * (len(widths) + 2),
     ]
@@ -117,7 +117,8 @@ def setting_table(best: list[dict], setting: tuple[int, int], threshold: float) 
         cells = [cell(pts[w]) if w in pts else "-" for w in widths]
         passing = [w for w in widths if w in pts and pts[w]["accuracy"] >= threshold]
         state = pts[max(pts)]["state_bytes"]
-        lines.append(f"| {name} | {' | '.join(cells)} | {state:,} | {passing[0] if passing else 'none'} |")
+        widest = f"{state:,} (d={max(pts)})"
+        lines.append(f"| {name} | {' | '.join(cells)} | {widest} | {passing[0] if passing else 'none'} |")
     return [*lines, ""]
 
 
@@ -143,7 +144,8 @@ def plot(best: list[dict], path: Path, titles: dict) -> None:
             style = {"color": colors[pts[0]["arch"]], "linestyle": "--" if pts[0]["hybrid"] else "-", "marker": "o"}
             ax1.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
             ax2.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], label=name, **style)
-        ax1.set(xscale="log", xlabel="model width d_model", ylabel="MQAR accuracy", title=titles[setting])
+        ax1.set(xscale="log", xlabel="model width d_model", ylabel="MQAR accuracy")
+        ax1.set_title(titles[setting], fontsize=9, loc="left")
         ax2.set(xscale="log", xlabel="inference state bytes at the MQAR length", ylabel="MQAR accuracy")
         for ax in (ax1, ax2):
             ax.set_ylim(-0.02, 1.02)
@@ -172,8 +174,8 @@ def main(argv=None) -> None:
         first = OmegaConf.load(Path(here[0]["run"]) / ".hydra" / "config.yaml")
         titles[setting] = (
             f"MQAR, seq_len {setting[0]}, {setting[1]} kv pairs, vocab {first.data.vocab_size}, "
-            f"{first.model.n_layers} layers, <= {first.train.max_steps} steps, "
-            f"best of lr {sorted({r['lr'] for r in here})} per point"
+            f"{first.model.n_layers} layers, <= {first.train.max_steps} steps\n"
+            f"best per point of the lrs run: {', '.join(f'{lr:g}' for lr in sorted({r['lr'] for r in here}))}"
         )
     plot(best, out / "zoology_mqar.png", titles)
     print((out / "zoology_mqar.md").read_text())
