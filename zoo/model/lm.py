@@ -80,9 +80,9 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ConfigError(f"layer {layer_idx}: mixer {name!r} got unknown option(s) {unknown}; valid: {valid}")
-    required = {p for p in valid if params[p].default is inspect.Parameter.empty}
-    missing = sorted(required - set(kwargs))
-    if missing:  # conf/mixer/<name>.yaml sets every option; a default only serves older checkpoints' config.json
+    kwargs = {**cls.added_options, **kwargs}  # a checkpoint from before an option gets its older behaviour
+    missing = sorted(set(valid) - set(kwargs))
+    if missing:  # constructors have no defaults: conf/mixer/<name>.yaml sets every option
         raise ConfigError(f"layer {layer_idx}: mixer {name!r} is missing option(s) {missing} (conf/mixer/{name}.yaml)")
     return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
 

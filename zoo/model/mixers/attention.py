@@ -220,6 +220,7 @@ class Attention(Mixer):
     all of them (the state grows with the sequence), or the last `window_size` with a window (it does not)."""
 
     preallocates = True  # KVCache.reserve: `HybridLM.prefill(max_length=...)` allocates the keys once
+    added_options = {"num_heads": None}  # before num_heads, the heads came from model.head_dim
 
     def __init__(
         self,
@@ -232,7 +233,7 @@ class Attention(Mixer):
         window_size: int | None,
         rope_theta: float | None,
         qkv_bias: bool,
-        num_heads: int | None = None,  # the default: checkpoints from before the option
+        num_heads: int | None,
     ):
         super().__init__(layer_idx)
         if num_heads is None:  # heads of model.head_dim, as every mixer

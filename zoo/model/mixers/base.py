@@ -41,6 +41,10 @@ class Mixer(nn.Module, abc.ABC):
     preallocates: bool = False
     """True when `init_cache()` returns a cache with a `reserve` field: the tokens to make room for at its first
     allocation (`HybridLM.prefill(max_length=...)`)."""
+    added_options: dict = {}
+    """Options added after checkpoints were published, with the value that gives the older behaviour: a config.json
+    written before an option existed builds as it did (`build_mixer` fills it in). The constructor still has no
+    default, and conf/mixer/<name>.yaml sets every option for new configs."""
 
     def __init__(self, layer_idx: int):
         super().__init__()

@@ -24,7 +24,7 @@ class SlidingWindowAttention(Attention):
         num_kv_heads: int | None,
         rope_theta: float,
         qkv_bias: bool,
-        num_heads: int | None = None,  # the default: checkpoints from before the option
+        num_heads: int | None,
     ):
         if window_size is None:
             raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (mixer 'attn' is full attention)")
