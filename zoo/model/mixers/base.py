@@ -14,6 +14,13 @@ from torch import nn
 import kernels
 from zoo.errors import ConfigError
 
+if not hasattr(kernels, "resolve_backend"):  # another distribution's `kernels` came first on the import path
+    raise ImportError(
+        f"`import kernels` found {getattr(kernels, '__file__', kernels)}, not hybrid zoo's kernel library: Hugging "
+        "Face's `kernels` package (a dependency of transformers >= 5.25) has the same import name. "
+        "pip install 'transformers<5.25' && pip uninstall -y kernels"
+    )
+
 
 class Mixer(nn.Module, abc.ABC):
     """Base class of token mixers.
