@@ -178,7 +178,7 @@ def test_num_heads_sets_the_head_count_instead_of_head_dim():
     layer = Attention(32, 0, n_layers=1, head_dim=8, **conf(num_heads=2))
     assert (layer.num_heads, layer.head_dim, layer.q_proj.out_features) == (2, 16, 32)
     assert layer.cache_tensors(5)[0][0] == (2, 5, 16)
-    with pytest.raises(ConfigError, match="num_heads must divide d_model: 3 does not divide 32"):
+    with pytest.raises(ConfigError, match="num_heads must divide the attn key dim: 3 does not divide 32"):
         Attention(32, 0, n_layers=1, head_dim=8, **conf(num_heads=3))
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.model.layers import positions_after, rotary
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, check_divides, per_sequence
+from zoo.model.mixers.base import Mixer, check_divides, per_sequence, split_heads
 
 
 @dataclass
@@ -236,13 +236,9 @@ class Attention(Mixer):
         num_heads: int | None,
     ):
         super().__init__(layer_idx)
-        if num_heads is None:  # heads of model.head_dim, as every mixer
-            self.num_heads = check_divides("head_dim must divide d_model", d_model, head_dim, layer_idx)
-            self.head_dim = head_dim
-        else:  # its own head count (Zoology's attention has one head at every width)
-            self.head_dim = check_divides("num_heads must divide d_model", d_model, num_heads, layer_idx)
-            self.num_heads = num_heads
-        head_dim = self.head_dim
+        # heads of model.head_dim, or num_heads of their own (Zoology's attention has one head at every width)
+        self.num_heads, head_dim, _ = split_heads(self.name, layer_idx, d_model, d_model, num_heads, head_dim)
+        self.head_dim = head_dim
         self.num_kv_heads = num_kv_heads or self.num_heads
         check_divides("num_kv_heads must divide the number of heads", self.num_heads, self.num_kv_heads, layer_idx)
         if window_size is not None and window_size < 1:
