@@ -35,6 +35,7 @@ def load_runs(folders: list[Path]) -> list[dict]:
             continue
         cfg = OmegaConf.load(cfg_path)
         results = json.loads(results_path.read_text())
+        metrics = results.get("metrics", {})
         with torch.device("meta"):  # shapes only: the state size at the MQAR length
             model = zoo.build_model(cfg.model)
         attn = list(cfg.model.attn.layers or [])
@@ -46,12 +47,12 @@ def load_runs(folders: list[Path]) -> list[dict]:
                 "d_model": int(cfg.model.d_model),
                 "lr": float(cfg.train.lr),
                 "setting": (int(cfg.data.seq_len), int(cfg.data.num_kv_pairs)),
-                "accuracy": results.get("metrics", {}).get("mqar/accuracy"),
-                "steps_to_target": results.get("metrics", {}).get("train/steps_to_target"),
-                "steps": results.get("metrics", {}).get("train/steps"),
-                "time_s": results.get("metrics", {}).get("train/time_s"),
+                "accuracy": metrics.get("mqar/accuracy"),
+                "steps_to_target": metrics.get("train/steps_to_target"),
+                "steps": metrics.get("train/steps"),
+                "time_s": metrics.get("train/time_s"),
                 "state_bytes": model.state_bytes(int(cfg.data.seq_len)),
-                "params": results.get("metrics", {}).get("params"),
+                "params": metrics.get("params"),
                 "status": results.get("status", "unknown"),
                 "run": str(run),
             }

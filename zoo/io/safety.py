@@ -35,10 +35,12 @@ class Registry(dict):
 
         return wrap
 
-    def lookup(self, name: str) -> type:
-        """The class registered as `name`; a ConfigError naming the valid choices otherwise."""
+    def lookup(self, name: str, also_valid: tuple[str, ...] = ()) -> type:
+        """The class registered as `name`; a ConfigError naming the valid choices otherwise (with `also_valid`, the
+        names a caller handles before the registry, such as model.mlp `none`)."""
         if name not in self:
-            raise ConfigError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self))}")
+            valid = ", ".join(sorted([*self, *also_valid]))
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self[name]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from zoo.errors import ConfigError
 from zoo.io.safety import Registry
 from zoo.model.layers import SwiGLU, swiglu_hidden
 
@@ -27,9 +26,7 @@ def get_mlp(name: str) -> type:
     """The MLP class registered as `name`; a ConfigError naming the valid choices otherwise."""
     import zoo.model.mixers  # noqa: F401  (mixer modules register the MLPs that belong to them)
 
-    if name not in MLPS:
-        raise ConfigError(f"unknown mlp {name!r}; valid mlps: {', '.join(sorted([*MLPS, NO_MLP]))}")
-    return MLPS[name]
+    return MLPS.lookup(name, also_valid=(NO_MLP,))
 
 
 def build_mlp(name: str, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float) -> torch.nn.Module | None:
