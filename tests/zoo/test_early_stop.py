@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from zoo.config import compose, typed
 from zoo.errors import ConfigError
 from zoo.io.results import read_metrics, read_results
-from zoo.train.loop import lr_at, run_training
+from zoo.train.loop import job_config, lr_at, resume_sweep_job, run_training, same_job, settled_by
 
 TINY = [
     "model=gla",
@@ -190,3 +190,50 @@ def test_a_point_at_its_target_is_not_swept_further(tmp_path):
     bad = [*cmd[:-3], f"hydra.sweep.dir={tmp_path / 'bad'}", "train.early_stop.stop_sweeping=[train.nope]"]
     bad = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
     assert "stop_sweeping names 'train.nope', which is not a config key" in bad.stdout + bad.stderr
+
+
+def _recorded(cfg, reached=True, drop=(), **values):
+    """A completed run's results.json as a run of `cfg` would have written it, with `values` set in its config
+    (`model__d_model=32` sets model.d_model) and the dotted keys `drop` absent from it (options that did not
+    exist when the run was written)."""
+    config = job_config(cfg)
+    for key, value in [*((k.replace("__", "."), v) for k, v in values.items()), *((k, None) for k in drop)]:
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if key in drop:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return {"status": "completed", "config": config, "metrics": {"train/steps_to_target": 100 if reached else None}}
+
+
+def _write(run_dir, results):
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_a_recorded_config_without_an_option_added_since_is_the_same_job(tmp_path):
+    """Options added to conf/ after a run was written (by the project rule, defaulting to the old behaviour) do not
+    make a finished grid's runs another config's; a changed value does."""
+    cfg = compose([*TINY, "train.early_stop.stop_sweeping=[train.lr]"])
+    _write(tmp_path / "same", _recorded(cfg, drop=["model.attn.num_heads", "eval.repeat"]))
+    assert not resume_sweep_job(cfg, tmp_path / "same", 0, tmp_path)  # completed: skipped
+    _write(tmp_path / "other", _recorded(cfg, model__d_model=32))
+    assert not resume_sweep_job(cfg, tmp_path / "other", 1, tmp_path)  # another config: left alone
+    assert read_results(tmp_path / "other")["config"]["model"]["d_model"] == 32
+    assert same_job({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}, "d": 3})
+    assert not same_job({"a": {"b": 1}}, {"a": {"b": 2}})
+    assert not same_job({"a": [1, 2]}, {"a": [1, 3]})
+
+
+def test_a_point_is_settled_by_a_run_that_differs_only_in_the_swept_keys(tmp_path):
+    cfg = compose([*TINY, "train.lr=1e-3", "train.early_stop.stop_sweeping=[train.lr]"])
+    _write(tmp_path / "lr0.01", _recorded(cfg, train__lr=1e-2, reached=False))
+    assert settled_by(cfg, tmp_path, tmp_path / "mine") is None  # not at the target: the point is open
+    _write(tmp_path / "d32", _recorded(cfg, model__d_model=32, train__lr=3e-3))
+    assert settled_by(cfg, tmp_path, tmp_path / "mine") is None  # another point
+    _write(tmp_path / "lr0.003", _recorded(cfg, train__lr=3e-3, drop=["model.attn.num_heads"]))
+    assert settled_by(cfg, tmp_path, tmp_path / "mine") == tmp_path / "lr0.003"
+    assert resume_sweep_job(cfg, tmp_path / "mine", 2, tmp_path) is False

@@ -241,6 +241,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             run_dir,
             {"params": n_params},
             status="running",
+            config=job_config(cfg),
             config_sha=config_sha(cfg),
             point_sha=point_sha(cfg),
             **run_info,
@@ -324,20 +325,28 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     return metrics
 
 
-def config_sha(cfg: DictConfig, without: list[str] | tuple[str, ...] = ()) -> str:
-    """A fingerprint of a job's resolved config (`train.resume` and the dotted keys `without` aside): the same job
-    of a sweep run again has the same one, so its run folder can be trusted to hold that job."""
-    data = OmegaConf.to_container(cfg, resolve=True)
+def job_config(cfg: DictConfig, without: list[str] | tuple[str, ...] = ()) -> dict:
+    """A job's resolved config as JSON data, without `train.resume` (a resumed run is the same job) and the
+    dotted keys `without`, which must be config keys."""
+    data = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True), default=str))
     data.get("train", {}).pop("resume", None)
     for key in without:
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
+        if not _drop(data, key):
             raise ConfigError(f"train.early_stop.stop_sweeping names {key!r}, which is not a config key")
-        del node[leaf]
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return data
+
+
+def _drop(data: dict, key: str) -> bool:
+    """Remove the dotted `key` from the nested dict `data`; whether it was there."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.get(part) if isinstance(data, dict) else None
+    return isinstance(data, dict) and data.pop(leaf, _drop) is not _drop
+
+
+def config_sha(cfg: DictConfig, without: list[str] | tuple[str, ...] = ()) -> str:
+    """A fingerprint of `job_config(cfg, without)`, kept in results.json for people and for older readers."""
+    return hashlib.sha256(json.dumps(job_config(cfg, without), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def point_sha(cfg: DictConfig) -> str | None:
@@ -346,20 +355,43 @@ def point_sha(cfg: DictConfig) -> str | None:
     return config_sha(cfg, keys) if keys else None
 
 
+def same_job(recorded: dict, current: dict) -> bool:
+    """Whether a run folder's recorded job config is the current job's. Only keys both have are compared: an
+    option added to conf/ after the run was written defaults to the behaviour from before it existed (the rule for
+    added options, docs/architecture.md), so a grid finished over several sittings survives new options."""
+    for key in recorded.keys() & current.keys():
+        old, new = recorded[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            if not same_job(old, new):
+                return False
+        elif old != new:
+            return False
+    return True
+
+
+def _matches(results: dict, cfg: DictConfig, without: list[str]) -> bool | None:
+    """Whether the run `results` (a results.json) holds the job `cfg` (`without` some keys): by its recorded
+    `config`, else by the fingerprints that folders written before it kept; None when it recorded neither."""
+    if "config" in results:
+        recorded = json.loads(json.dumps(results["config"]))  # a copy, to drop `without` from
+        for key in without:
+            _drop(recorded, key)
+        return same_job(recorded, job_config(cfg, without))
+    sha = results.get("point_sha" if without else "config_sha")
+    if sha is None:
+        return None
+    return sha == (point_sha(cfg) if without else config_sha(cfg))
+
+
 def settled_by(cfg: DictConfig, sweep_dir: Path, run_dir: Path) -> Path | None:
     """The run folder under `sweep_dir` that already reached the early-stop target at this job's point, if any."""
-    point = point_sha(cfg)
-    if point is None:
+    keys = list(cfg.train.early_stop.stop_sweeping)
+    if not keys:
         return None
     for path in sorted(sweep_dir.glob(f"**/{RESULTS}")):
         other = read_results(path.parent)
         reached = other.get("metrics", {}).get("train/steps_to_target") is not None
-        if (
-            path.parent != run_dir
-            and other.get("point_sha") == point
-            and other.get("status") == "completed"
-            and reached
-        ):
+        if path.parent != run_dir and other.get("status") == "completed" and reached and _matches(other, cfg, keys):
             return path.parent
     return None
 
@@ -369,12 +401,12 @@ def resume_sweep_job(cfg: DictConfig, run_dir: Path, job: int, sweep_dir: Path) 
     of the same config is skipped; a cut or failed one continues from its checkpoint; a folder holding another
     config's run is left alone (its job is reported, not run); a job whose point another run already settled
     (`train.early_stop.stop_sweeping`) is skipped. True when the job should run."""
-    sha, prior = config_sha(cfg), read_results(run_dir)
+    prior = read_results(run_dir)
     settled = None if prior.get("status") == "completed" else settled_by(cfg, sweep_dir, run_dir)
     if settled is not None:
         log.info("job %s: %s reached the target at this point, skipped (train.early_stop.stop_sweeping)", job, settled)
         return False
-    if prior.get("config_sha", sha) != sha:  # folders written before fingerprints existed count as the same job
+    if _matches(prior, cfg, []) is False:  # folders written before fingerprints existed count as the same job
         log.error("job %s: %s holds a run of another config; left as it is (use another hydra.sweep.dir)", job, run_dir)
         return False
     if prior.get("status") == "completed":
