@@ -123,7 +123,14 @@ def test_a_misspelt_key_in_a_yaml_file_fails(tmp_path):
 
 
 def test_from_mapping_checks_a_plain_dict_against_the_schema():
-    section = {"seq_lens": [8], "num_kv_pairs": [2], "num_examples": 4, "batch_size": 4, "seed": 0}
+    section = {
+        "seq_lens": [8],
+        "num_kv_pairs": [2],
+        "random_non_queries": True,
+        "num_examples": 4,
+        "batch_size": 4,
+        "seed": 0,
+    }
     assert from_mapping(schemas.MqarRecall, section, "eval.recall.mqar").seq_lens == [8]
     with pytest.raises(ConfigError, match=r"unknown config key 'eval.recall.mqar.seqlens'; valid keys .*seq_lens"):
         from_mapping(schemas.MqarRecall, {**section, "seqlens": [8]}, "eval.recall.mqar")

@@ -181,6 +181,7 @@ class TrainConfig:
 class MqarRecall:
     seq_lens: list[int] = MISSING
     num_kv_pairs: list[int] = MISSING
+    random_non_queries: bool = MISSING  # as data.mqar's: random tokens (true) or zeros between the queries
     num_examples: int = MISSING
     batch_size: int = MISSING
     seed: int = MISSING

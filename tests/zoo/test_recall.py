@@ -153,7 +153,14 @@ class ConstantLM(LookupLM):
 
 
 SUITE = {
-    "mqar": {"seq_lens": [64, 128], "num_kv_pairs": [4, 16], "num_examples": 16, "batch_size": 8, "seed": 0},
+    "mqar": {
+        "seq_lens": [64, 128],
+        "num_kv_pairs": [4, 16],
+        "random_non_queries": True,
+        "num_examples": 16,
+        "batch_size": 8,
+        "seed": 0,
+    },
     "copy": {"lengths": [4, 16], "num_examples": 8, "batch_size": 8, "exact_threshold": 0.9, "seed": 0},
     "passkey": {
         "lengths": [300, 700],
@@ -188,6 +195,27 @@ def test_perfect_recall_oracle_scores_one():
     metrics, rows, notes = run_suite(LookupLM(257), ByteTokenizer(), ["passkey", "niah"], SUITE, "cpu")
     assert metrics == {"passkey/accuracy@300": 1.0, "passkey/accuracy@700": 1.0, "niah/accuracy@600": 1.0}
     assert sorted({r["depth"] for r in rows if r["task"] == "passkey"}) == [0.0, 0.5, 1.0]
+
+
+class RecordingLM(LookupLM):
+    """A lookup model that keeps the inputs it was shown."""
+
+    def forward(self, input_ids, cache=None, use_cache=False):
+        self.seen.append(input_ids)
+        return super().forward(input_ids, cache, use_cache)
+
+
+@pytest.mark.parametrize("random_non_queries", [True, False])
+def test_mqar_recall_fills_between_the_queries_as_configured(random_non_queries):
+    """eval.recall.mqar.random_non_queries: a model trained on zeros between the queries (Zoology's Fig. 2 data) is
+    evaluated on the same layout, not on random fillers it never saw."""
+    model = RecordingLM(512)
+    model.seen = []
+    suite = {"mqar": {**SUITE["mqar"], "random_non_queries": random_non_queries}}
+    metrics, _, _ = run_suite(model, IntTokenizer(512), ["mqar"], suite, "cpu")
+    assert set(metrics.values()) == {1.0}
+    zeros = torch.cat([x.flatten() for x in model.seen]).eq(0).float().mean().item()
+    assert (zeros < 0.05) if random_non_queries else (zeros > 0.2), zeros
 
 
 def test_constant_model_scores_chance():

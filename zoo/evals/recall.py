@@ -178,7 +178,14 @@ def mqar_task(model, tokenizer, cfg: MqarRecall, device) -> TaskResult:
             if 4 * n > seq_len:
                 result.notes.append(f"mqar@{seq_len}x{n}: skipped: 4 * num_kv_pairs > seq_len")
                 continue
-            x, y = mqar(tokenizer.vocab_size, seq_len, n, cfg.num_examples, seed=cfg.seed)
+            x, y = mqar(
+                tokenizer.vocab_size,
+                seq_len,
+                n,
+                cfg.num_examples,
+                seed=cfg.seed,
+                random_non_queries=cfg.random_non_queries,
+            )
             acc, _ = label_accuracy(model, x, y, cfg.batch_size, device)
             result.metrics[f"mqar/accuracy@{seq_len}x{n}"] = acc
             result.rows.append({"task": "mqar", "seq_len": seq_len, "num_kv_pairs": n, "accuracy": acc})
