@@ -68,8 +68,10 @@ def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
     # the one completed run has val/ppl and an MQAR accuracy: it is its own Pareto front
     assert "quality_vs_recall.png" in names
     assert notes == [
+        "text_recall.png not drawn: no completed run has val/ppl_non_ar with val/ppl_ar or val/ppl_repeat "
+        "(text runs' evaluation)",
         "learning_curves.png not drawn: no completed run logged an evaluation (val/loss, val/ppl_ar, "
-        "val/ppl_repeat, mqar/accuracy) in metrics.jsonl"
+        "val/ppl_repeat, mqar/accuracy) in metrics.jsonl",
     ]  # these runs have no metrics.jsonl
 
 
@@ -77,7 +79,7 @@ def test_plots_without_data_are_reported_not_drawn(tmp_path):
     fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
     _, written, notes = chart([tmp_path])
     assert {p.name for p in written} == {"tradeoff.csv", "tradeoff.md"}
-    assert len(notes) == 4 and all("not drawn" in n for n in notes)
+    assert len(notes) == 5 and all("not drawn" in n for n in notes)
 
 
 def test_no_run_folders_is_a_one_line_error(tmp_path, capsys):
@@ -120,3 +122,24 @@ def test_runs_that_would_share_a_label_are_named_by_their_folders():
     assert labels(rows) == {"pos0": "pos0", "pos64": "pos64"}
     rows[1] |= {"architecture": "gla", "attn_layers": 0}
     assert labels(rows) == {"pos0": "transformer", "pos64": "gla"}
+
+
+def test_text_runs_chart_quality_against_recall_and_cost(tmp_path):
+    for name, attn, ar, repeat in (("transformer", "[]", 2.0, 1.2), ("gla", "[]", 6.0, 9.0), ("gla", "[1]", 3.0, 2.0)):
+        metrics = {
+            "val/ppl_non_ar": 20.0,
+            "val/ppl_ar": ar,
+            "val/ppl_repeat": repeat,
+            "state/bytes@1024": 4096 if attn == "[]" and name == "gla" else 65536,
+            "bench/decode_tok_s@1024": 100.0,
+            "bench/decode_tok_s@4096": 80.0,
+        }
+        run = tmp_path / f"{name}-{attn}"
+        fake_run(
+            run,
+            [f"model={name}", "data=text", f"model.attn.layers={attn}"],
+            {"status": "completed", "metrics": metrics},
+        )
+    rows, written, notes = chart([tmp_path], tmp_path / "out")
+    assert "text_recall.png" in {p.name for p in written}, notes
+    assert {r["run"]: r["val_ppl_repeat"] for r in rows} == {"gla-[1]": 2.0, "gla-[]": 9.0, "transformer-[]": 1.2}

@@ -9,6 +9,8 @@ Writes into `--out` (default: the first folder):
 - `recall_vs_state.png`: each recall measure against the state bytes at 1k tokens (log x);
 - `quality_vs_recall.png`: validation perplexity against MQAR accuracy, the Pareto front marked;
 - `throughput.png`: prefill and decode tokens/s against the prompt length;
+- `text_recall.png` (text runs): quality (`val/ppl_non_ar`) against recall (`val/ppl_ar`, `val/ppl_repeat`), and
+  `val/ppl_repeat` against cost (state bytes at 1k tokens, decode tokens/s at the longest prompt measured);
 - `learning_curves.png`: the held-out metrics of every evaluation during training (validation loss, the AR slice's
   perplexity `val/ppl_ar`, `val/ppl_repeat`, MQAR accuracy: each one any run logged) against training tokens
   (steps x batch_size x data.seq_len), one line per run: quality per training token, architectures side by side.
@@ -261,6 +263,50 @@ def plot_quality_vs_recall(rows: list[dict], path: Path) -> str | None:
     return None
 
 
+def plot_text_recall(rows: list[dict], path: Path) -> str | None:
+    """Text models: quality (perplexity off the AR slice, `val/ppl_non_ar`) against recall (`val/ppl_ar` on the
+    tokens that complete an n-gram seen earlier, `val/ppl_repeat` on a block's second copy), and recall against
+    cost (state bytes at 1k tokens, decode tokens/s at the longest prompt measured). Lower perplexity is better."""
+    import matplotlib.pyplot as plt
+
+    def decode_speed(r):
+        speeds = sorted((int(k.split("@")[1]), v) for k, v in r.items() if k.startswith("decode_tok_s@") and v)
+        return speeds[-1] if speeds else (None, None)
+
+    longest = max((decode_speed(r)[0] or 0 for r in rows), default=0)
+    panels = [
+        ("val_ppl_non_ar", "val_ppl_ar", "perplexity off the AR slice", "AR-slice perplexity"),
+        ("val_ppl_non_ar", "val_ppl_repeat", "perplexity off the AR slice", "second-copy perplexity"),
+        ("state_bytes_1k", "val_ppl_repeat", "state bytes at 1k tokens", "second-copy perplexity"),
+        ("decode", "val_ppl_repeat", f"decode tokens/s after {longest} tokens", "second-copy perplexity"),
+    ]
+
+    def value(r, col):
+        return decode_speed(r)[1] if col == "decode" and decode_speed(r)[0] == longest else r.get(col)
+
+    panels = [(x, y, xl, yl, [r for r in rows if value(r, x) and value(r, y)]) for x, y, xl, yl in panels]
+    panels = [panel for panel in panels if panel[-1]]
+    if not panels:
+        return "no completed run has val/ppl_non_ar with val/ppl_ar or val/ppl_repeat (text runs' evaluation)"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), squeeze=False)
+    for ax, (x, y, xlabel, ylabel, sel) in zip(axes[0], panels, strict=True):
+        for r in sel:
+            ax.scatter(value(r, x), value(r, y), color="tab:red" if r["attn_layers"] else "tab:blue")
+            _annotate(ax, value(r, x), value(r, y), label(r))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
+        ax.set_xlabel(f"{xlabel} (log)")
+        ax.set_ylabel(f"{ylabel} (log)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("text models: quality vs recall vs cost (red: with attention)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
 def plot_throughput(rows: list[dict], path: Path) -> str | None:
     """Prefill and decode tokens/s against the prompt length, one line per run."""
     import matplotlib.pyplot as plt
@@ -340,6 +386,7 @@ PLOTS = {
     "recall_vs_state.png": plot_recall_vs_state,
     "quality_vs_recall.png": plot_quality_vs_recall,
     "throughput.png": plot_throughput,
+    "text_recall.png": plot_text_recall,
 }
 
 
