@@ -70,6 +70,7 @@ def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
     assert notes == [
         "text_recall.png not drawn: no completed run has val/ppl_non_ar with val/ppl_ar or val/ppl_repeat "
         "(text runs' evaluation)",
+        "mqar_grid.png not drawn: no completed run has the recall suite's mqar/accuracy@<seq_len>x<pairs>",
         "learning_curves.png not drawn: no completed run logged an evaluation (val/loss, val/ppl_ar, "
         "val/ppl_repeat, mqar/accuracy) in metrics.jsonl",
     ]  # these runs have no metrics.jsonl
@@ -79,7 +80,7 @@ def test_plots_without_data_are_reported_not_drawn(tmp_path):
     fake_run(tmp_path / "r", ["model=gla"], {"status": "completed", "metrics": {"params": 10}})
     _, written, notes = chart([tmp_path])
     assert {p.name for p in written} == {"tradeoff.csv", "tradeoff.md"}
-    assert len(notes) == 5 and all("not drawn" in n for n in notes)
+    assert len(notes) == 6 and all("not drawn" in n for n in notes)
 
 
 def test_no_run_folders_is_a_one_line_error(tmp_path, capsys):
@@ -143,3 +144,23 @@ def test_text_runs_chart_quality_against_recall_and_cost(tmp_path):
     rows, written, notes = chart([tmp_path], tmp_path / "out")
     assert "text_recall.png" in {p.name for p in written}, notes
     assert {r["run"]: r["val_ppl_repeat"] for r in rows} == {"gla-[1]": 2.0, "gla-[]": 9.0, "transformer-[]": 1.2}
+
+
+def test_the_recall_suites_mqar_grid_is_a_column_per_cell_and_a_heatmap(tmp_path):
+    for name, attn, accs in (
+        ("gla", "[]", (1.0, 0.4, 0.1)),
+        ("gla", "[1]", (1.0, 0.9, 0.8)),
+        ("transformer", "[]", (1.0,) * 3),
+    ):
+        cells = {"mqar/accuracy@64x4": accs[0], "mqar/accuracy@128x16": accs[1], "mqar/accuracy@512x64": accs[2]}
+        metrics = {**cells, "state/bytes@1024": 4096, "bench/decode_tok_s@1024": 100.0}
+        fake_run(
+            tmp_path / f"{name}-{attn}",
+            [f"model={name}", f"model.attn.layers={attn}"],
+            {"status": "completed", "metrics": metrics},
+        )
+    rows, written, notes = chart([tmp_path], tmp_path / "out")
+    assert "mqar_grid.png" in {p.name for p in written}, notes
+    header = (tmp_path / "out" / "tradeoff.md").read_text().splitlines()[0]
+    assert header.index("mqar_acc@64x4") < header.index("mqar_acc@128x16") < header.index("mqar_acc@512x64")
+    assert {r["run"]: r["mqar_acc@128x16"] for r in rows} == {"gla-[1]": 0.9, "gla-[]": 0.4, "transformer-[]": 1.0}

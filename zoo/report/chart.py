@@ -9,6 +9,8 @@ Writes into `--out` (default: the first folder):
 - `recall_vs_state.png`: each recall measure against the state bytes at 1k tokens (log x);
 - `quality_vs_recall.png`: validation perplexity against MQAR accuracy, the Pareto front marked;
 - `throughput.png`: prefill and decode tokens/s against the prompt length;
+- `mqar_grid.png` (runs with the recall suite's MQAR grid, `mqar/accuracy@<seq_len>x<pairs>`): accuracy per run and
+  cell, and the mean over the cells against state bytes and decode tokens/s;
 - `text_recall.png` (text runs): quality (`val/ppl_non_ar`) against recall (`val/ppl_ar`, `val/ppl_repeat`), and
   `val/ppl_repeat` against cost (state bytes at 1k tokens, decode tokens/s at the longest prompt measured);
 - `learning_curves.png`: the held-out metrics of every evaluation during training (validation loss, the AR slice's
@@ -18,8 +20,8 @@ Points are labelled by architecture and attention layers. A metric a run did not
 without data is not drawn (the command says which); plots show completed runs only.
 
 MQAR accuracy is the held-out `mqar/accuracy` of a run trained on MQAR, else lm-eval's `lm_eval/zoo_mqar/acc`
-(the column `mqar_source` says which); the per-cell `mqar/accuracy@<seq_len>x<pairs>` of the recall suite stay
-in results.json.
+(the column `mqar_source` says which); the recall suite's per-cell `mqar/accuracy@<seq_len>x<pairs>` are the
+columns `mqar_acc@<seq_len>x<pairs>`.
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ def run_row(run: Path, root: Path) -> dict:
             match = re.fullmatch(re.escape(metric) + r"@(\d+)", key)
             if match:
                 row[f"{prefix}@{match.group(1)}"] = _number(value)
+    for key, value in metrics.items():
+        match = re.fullmatch(r"mqar/accuracy@(\d+)x(\d+)", key)
+        if match:
+            row[f"mqar_acc@{match.group(1)}x{match.group(2)}"] = _number(value)
     row["status"] = results.get("status", "unknown")
     row["error"] = f"{error.get('type', 'Error')}: {message}" if error else None
     return row
@@ -135,9 +141,16 @@ def columns(rows: list[dict]) -> list[str]:
         return sorted({int(k.split("@")[1]) for r in rows for k in r if k.split("@")[0] in prefixes})
 
     bench = lengths("prefill_tok_s", "decode_tok_s")
-    per_length = [f"passkey_acc@{n}" for n in lengths("passkey_acc")]
+    per_length = mqar_cells(rows)
+    per_length += [f"passkey_acc@{n}" for n in lengths("passkey_acc")]
     per_length += [f"{prefix}@{n}" for prefix in ("prefill_tok_s", "decode_tok_s") for n in bench]
     return fixed + per_length + ["status", "error"]
+
+
+def mqar_cells(rows: list[dict]) -> list[str]:
+    """The recall suite's MQAR columns `mqar_acc@<seq_len>x<pairs>` any run has, by sequence length, then pairs."""
+    cells = {k for r in rows for k in r if k.startswith("mqar_acc@")}
+    return sorted(cells, key=lambda k: tuple(int(n) for n in k.split("@")[1].split("x")))
 
 
 def label(row: dict) -> str:
@@ -263,6 +276,11 @@ def plot_quality_vs_recall(rows: list[dict], path: Path) -> str | None:
     return None
 
 
+def _decode_speeds(row: dict) -> list[tuple[int, float]]:
+    """`[(prompt length, decode tokens/s), ...]` a run measured, by length."""
+    return sorted((int(k.split("@")[1]), v) for k, v in row.items() if k.startswith("decode_tok_s@") and v)
+
+
 def plot_text_recall(rows: list[dict], path: Path) -> str | None:
     """Text models: quality (perplexity off the AR slice, `val/ppl_non_ar`) against recall (`val/ppl_ar` on the
     tokens that complete an n-gram seen earlier, `val/ppl_repeat` on a block's second copy), and recall against
@@ -270,7 +288,7 @@ def plot_text_recall(rows: list[dict], path: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     def decode_speed(r):
-        speeds = sorted((int(k.split("@")[1]), v) for k, v in r.items() if k.startswith("decode_tok_s@") and v)
+        speeds = _decode_speeds(r)
         return speeds[-1] if speeds else (None, None)
 
     longest = max((decode_speed(r)[0] or 0 for r in rows), default=0)
@@ -294,13 +312,64 @@ def plot_text_recall(rows: list[dict], path: Path) -> str | None:
             ax.scatter(value(r, x), value(r, y), color="tab:red" if r["attn_layers"] else "tab:blue")
             _annotate(ax, value(r, x), value(r, y), label(r))
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_yscale("log")  # matplotlib's own labels: perplexities often span less than a decade
         _log_axis(ax.xaxis)
-        _log_axis(ax.yaxis)
         ax.set_xlabel(f"{xlabel} (log)")
         ax.set_ylabel(f"{ylabel} (log)")
         ax.grid(alpha=0.3)
     fig.suptitle("text models: quality vs recall vs cost (red: with attention)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
+    """The recall suite's MQAR grid (eval.final.recall: mqar): accuracy per run and (seq_len, kv pairs) cell as a
+    heatmap, and the accuracy of every cell against state bytes at 1k tokens and decode tokens/s, one panel
+    per cell beyond the smallest (where a fixed state runs out)."""
+    import matplotlib.pyplot as plt
+
+    cells = mqar_cells(rows)
+    sel = [r for r in rows if any(r.get(c) is not None for c in cells)]
+    if not sel:
+        return "no completed run has the recall suite's mqar/accuracy@<seq_len>x<pairs>"
+    names = labels(sel)
+    heat_w, height = max(4.0, 0.55 * len(cells) + 2.5), max(3.5, 0.35 * len(sel) + 1.5)
+    fig, axes = plt.subplots(1, 3, figsize=(heat_w + 10, height), gridspec_kw={"width_ratios": [heat_w, 5, 5]})
+    grid = [[r.get(c) if r.get(c) is not None else float("nan") for c in cells] for r in sel]
+    image = axes[0].imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i, values in enumerate(grid):
+        for j, v in enumerate(values):
+            if v == v:
+                axes[0].text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    axes[0].set_xticks(range(len(cells)), [c.split("@")[1] for c in cells], rotation=60, fontsize=7)
+    axes[0].set_yticks(range(len(sel)), [names[r["run"]] for r in sel], fontsize=7)
+    axes[0].set_xlabel("MQAR seq_len x kv pairs")
+    fig.colorbar(image, ax=axes[0], fraction=0.04)
+    common = [c for c in cells if all(r.get(c) is not None for r in sel)] or cells
+    mean = {r["run"]: sum(r.get(c) or 0.0 for c in common) / len(common) for r in sel}
+    speeds = {r["run"]: dict(_decode_speeds(r)) for r in sel}
+    longest = max((max(v, default=0) for v in speeds.values()), default=0)
+    for ax, (xlabel, x_of) in zip(
+        axes[1:],
+        (
+            ("state bytes at 1k tokens (log)", lambda r: r.get("state_bytes_1k")),
+            (f"decode tokens/s after {longest} tokens (log)", lambda r: speeds[r["run"]].get(longest)),
+        ),
+        strict=True,
+    ):
+        for r in sel:
+            if x_of(r):
+                ax.scatter(x_of(r), mean[r["run"]], color="tab:red" if r["attn_layers"] else "tab:blue")
+                _annotate(ax, x_of(r), mean[r["run"]], names[r["run"]])
+        ax.set_xscale("log")
+        _log_axis(ax.xaxis)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"mean MQAR accuracy over {len(common)} cells")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    fig.suptitle("MQAR recall grid (red: with attention)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -387,6 +456,7 @@ PLOTS = {
     "quality_vs_recall.png": plot_quality_vs_recall,
     "throughput.png": plot_throughput,
     "text_recall.png": plot_text_recall,
+    "mqar_grid.png": plot_mqar_grid,
 }
 
 
