@@ -216,6 +216,17 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _finish(fig, path: Path, title: str | None = None) -> None:
+    """Title, lay out, write and close a figure (a plot function then returns None: it was drawn)."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _annotate(ax, x, y, text) -> None:
     ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
@@ -242,11 +253,7 @@ def plot_recall_vs_state(rows: list[dict], path: Path) -> str | None:
         ax.set_ylabel(measure.replace("_", " "))
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
-    fig.suptitle("recall vs state size")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _finish(fig, path, "recall vs state size")
 
 
 def plot_quality_vs_recall(rows: list[dict], path: Path) -> str | None:
@@ -270,10 +277,7 @@ def plot_quality_vs_recall(rows: list[dict], path: Path) -> str | None:
     ax.set_xlim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _finish(fig, path)
 
 
 def _decode_speeds(row: dict) -> list[tuple[int, float]]:
@@ -317,17 +321,13 @@ def plot_text_recall(rows: list[dict], path: Path) -> str | None:
         ax.set_xlabel(f"{xlabel} (log)")
         ax.set_ylabel(f"{ylabel} (log)")
         ax.grid(alpha=0.3)
-    fig.suptitle("text models: quality vs recall vs cost (red: with attention)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _finish(fig, path, "text models: quality vs recall vs cost (red: with attention)")
 
 
 def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
     """The recall suite's MQAR grid (eval.final.recall: mqar): accuracy per run and (seq_len, kv pairs) cell as a
-    heatmap, and the accuracy of every cell against state bytes at 1k tokens and decode tokens/s, one panel
-    per cell beyond the smallest (where a fixed state runs out)."""
+    heatmap, and each run's mean accuracy over the cells every run has against state bytes at 1k tokens and
+    decode tokens/s at the longest prompt measured."""
     import matplotlib.pyplot as plt
 
     cells = mqar_cells(rows)
@@ -369,11 +369,7 @@ def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
         ax.set_ylabel(f"mean MQAR accuracy over {len(common)} cells")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
-    fig.suptitle("MQAR recall grid (red: with attention)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _finish(fig, path, "MQAR recall grid (red: with attention)")
 
 
 def plot_throughput(rows: list[dict], path: Path) -> str | None:
@@ -400,10 +396,7 @@ def plot_throughput(rows: list[dict], path: Path) -> str | None:
         ax.set_ylabel(prefix.replace("_tok_s", " tokens/s"))
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _finish(fig, path)
 
 
 def learning_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -444,11 +437,7 @@ def plot_learning_curves(rows: list[dict], curves: dict[str, dict], path: Path) 
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle("learning curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _finish(fig, path, "learning curves")
 
 
 PLOTS = {
