@@ -8,13 +8,14 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from zoo.bench.cli import run
-from zoo.bench.measure import PeakMemory
+from zoo.bench.measure import PeakMemory, time_cell
 from zoo.bench.report import targets, with_efficiency
 
 TINY = {
@@ -116,6 +117,26 @@ def test_targets_compare_the_named_cells():
     assert "gla / transformer prefill @8192: 0.83 (target >= 1: MISSED)" in checks
     assert "gla peak memory @8192 / @512: 1.05 (target <= 1.1: met)" in checks
     assert "transformer peak" not in checks  # the KV cache grows: not a flat-state architecture
+
+
+class _OneSlowStep:
+    """A runner whose decode steps take 1 ms, except one that takes 200 ms (a step preempted on a busy machine)."""
+
+    def state_bytes(self, seq_len, batch_size=1):
+        return 0
+
+    def prefill(self, ids, total_len):
+        return 0, torch.zeros(ids.shape[0], 8)
+
+    def step(self, cache, ids, position):
+        time.sleep(0.2 if cache == 3 else 0.001)
+        return cache + 1, torch.zeros(ids.shape[0], 8)
+
+
+def test_decode_speed_follows_the_median_step_not_one_slow_step():
+    cell = time_cell(_OneSlowStep(), vocab=8, batch=1, length=4, gen=16, device=torch.device("cpu"), seed=0)
+    assert cell["decode_s"] < 0.1  # 16 steps at ~1 ms; the total of all 16 would be over 0.2 s
+    assert cell["decode_tok_s"] == pytest.approx(16 / cell["decode_s"])
 
 
 def test_peak_memory_sees_an_allocation():

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,12 +97,17 @@ def time_cell(runner, vocab: int, batch: int, length: int, gen: int, device, see
         nxt = logits.argmax(-1, keepdim=True)  # the first generated token
         sync(device)
         prefill_s = time.perf_counter() - start
-        start = time.perf_counter()
+        steps = []
         for i in range(gen):
+            start = time.perf_counter()
             cache, logits = runner.step(cache, nxt, length + i)
             nxt = logits.argmax(-1, keepdim=True)
-        sync(device)
-        decode_s = time.perf_counter() - start
+            sync(device)
+            steps.append(time.perf_counter() - start)
+        # `gen` steps at the median step's pace: a step or two preempted on a busy machine does not set the
+        # number, as it did when one 16-step total was timed (a sync per step is small next to a decode step's
+        # kernel launches on a GPU, and free on the CPU)
+        decode_s = gen * statistics.median(steps)
     return {
         "prefill_s": prefill_s,
         "prefill_tok_s": batch * length / prefill_s,
