@@ -73,6 +73,7 @@ class MqarData(DataConfig):
     test_size: int = MISSING
     power_a: float = MISSING
     random_non_queries: bool = MISSING
+    mix_kv_pairs: list[int] = MISSING  # more kv counts: each set is split evenly over num_kv_pairs and these
 
 
 @dataclass

@@ -239,6 +239,30 @@ def test_build_text_splits(tmp_path):
 # ---------------------------------------------------------------------------------------------------- registry
 
 
+def test_mqar_mix_of_kv_counts():
+    kw = dict(vocab_size=256, seq_len=64, train_size=101, test_size=30, seed=3, power_a=0.01, random_non_queries=False)
+    s = build_mqar_splits(num_kv_pairs=4, mix_kv_pairs=[8, 16], **kw)
+    for (x, y), size in ((s["train"], 101), (s["test"], 30)):
+        n = (y != IGNORE_INDEX).sum(1)  # a row's kv count is its number of queries
+        counts = {k: int((n == k).sum()) for k in (4, 8, 16)}
+        assert sum(counts.values()) == size and max(counts.values()) - min(counts.values()) <= 1
+        for k in (4, 8, 16):
+            check_mqar_layout(x[n == k], y[n == k], 256, 64, k, False)
+        assert not (n[: size // 3] == 4).all()  # shuffled, not in blocks
+    train_rows = {tuple(r) for r in s["train"][0].tolist()}
+    assert not any(tuple(r) in train_rows for r in s["test"][0].tolist())
+    again = build_mqar_splits(num_kv_pairs=4, mix_kv_pairs=[8, 16], **kw)
+    assert torch.equal(again["train"][0], s["train"][0]) and torch.equal(again["test"][1], s["test"][1])
+    plain = build_mqar_splits(num_kv_pairs=4, mix_kv_pairs=[], **kw)  # no mix: exactly the old sets
+    assert torch.equal(plain["train"][0], mqar(256, 64, 4, 101, seed=3, random_non_queries=False)[0])
+    with pytest.raises(ConfigError, match="distinct"):
+        build_mqar_splits(num_kv_pairs=4, mix_kv_pairs=[4, 8], **kw)
+    with pytest.raises(ConfigError, match=r"4 \* num_kv_pairs <= seq_len"):
+        build_mqar_splits(num_kv_pairs=4, mix_kv_pairs=[32], **kw)
+    with pytest.raises(ConfigError, match="cannot hold one sequence of each"):
+        build_mqar_splits(num_kv_pairs=4, mix_kv_pairs=[8, 16], **{**kw, "test_size": 2})
+
+
 def test_build_data_mqar():
     cfg = dict(vocab_size=256, seq_len=64, num_kv_pairs=4, train_size=64, test_size=32, seed=0)
     b = build_data("mqar", **cfg)  # power_a and random_non_queries from conf/data/mqar.yaml

@@ -8,6 +8,7 @@ on a seeded numpy Generator so that a set is a pure function of its arguments.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -82,19 +83,56 @@ def build_mqar_splits(
     seed: int,
     power_a: float,
     random_non_queries: bool,
+    mix_kv_pairs: Sequence[int] = (),
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Train and test MQAR sets: `{"train": (x, y), "test": (x, y)}`, each `[size, seq_len]`.
 
     `train` is exactly `mqar(..., seed=seed)`; `test` comes from an independent stream of the same seed
     (numpy spawn key 1), which no integer seed reproduces, so a test set is never some other run's train set.
+
+    `mix_kv_pairs` adds kv counts: each set is then split as evenly as rows allow over `num_kv_pairs` and
+    these (in that order, each part from its own sub-stream), and its rows are shuffled. Zoology trains on
+    several settings at once in the same way; a model trained on one kv count learns a lookup for that many
+    pairs and little about more.
     """
-    _check_mqar_args(vocab_size, seq_len, num_kv_pairs, train_size, power_a, what="train_size")
-    _check_mqar_args(vocab_size, seq_len, num_kv_pairs, test_size, power_a, what="test_size")
-    args = (vocab_size, seq_len, num_kv_pairs)
+    counts = [num_kv_pairs, *mix_kv_pairs]
+    if len(set(counts)) != len(counts):
+        raise ConfigError(f"MQAR kv counts must be distinct: num_kv_pairs={num_kv_pairs}, mix_kv_pairs={list(mix_kv_pairs)}")
+    for size, what in ((train_size, "train_size"), (test_size, "test_size")):
+        if mix_kv_pairs and size < len(counts):
+            raise ConfigError(f"MQAR {what}={size} cannot hold one sequence of each of the kv counts {counts}")
+        for n in counts:
+            _check_mqar_args(vocab_size, seq_len, n, size, power_a, what=what)
+    if not mix_kv_pairs:
+        args = (vocab_size, seq_len, num_kv_pairs)
+        return {
+            "train": _mqar(make_rng(seed), *args, train_size, power_a, random_non_queries),
+            "test": _mqar(make_rng(seed, 1), *args, test_size, power_a, random_non_queries),
+        }
     return {
-        "train": _mqar(make_rng(seed), *args, train_size, power_a, random_non_queries),
-        "test": _mqar(make_rng(seed, 1), *args, test_size, power_a, random_non_queries),
+        name: _mqar_mix(make_rng(seed, split), vocab_size, seq_len, counts, size, power_a, random_non_queries)
+        for split, (name, size) in enumerate((("train", train_size), ("test", test_size)))
     }
+
+
+def _mqar_mix(
+    rng: np.random.Generator,
+    vocab_size: int,
+    seq_len: int,
+    counts: list[int],
+    num_examples: int,
+    power_a: float,
+    random_non_queries: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`num_examples` rows split over the kv `counts` (the first parts one row larger when it does not divide)."""
+    base, extra = divmod(num_examples, len(counts))
+    streams = rng.spawn(len(counts) + 1)  # one per part, and one for the shuffle
+    parts = [
+        _mqar(streams[i], vocab_size, seq_len, n, base + (i < extra), power_a, random_non_queries)
+        for i, n in enumerate(counts)
+    ]
+    order = torch.from_numpy(streams[-1].permutation(num_examples))
+    return torch.cat([x for x, _ in parts])[order], torch.cat([y for _, y in parts])[order]
 
 
 def _check_mqar_args(
