@@ -112,6 +112,7 @@ class LookupLM(torch.nn.Module):
     def __init__(self, vocab_size: int, max_match: int = 24):
         super().__init__()
         self.vocab_size, self.max_match = vocab_size, max_match
+        self.max_positions = None  # no position table: any length
 
     def init_cache(self):
         return None
@@ -282,3 +283,23 @@ def test_zoo_eval_writes_metrics_into_the_run_folder(tmp_path):
     assert results["metrics"]["passkey/accuracy@300"] == metrics["passkey/accuracy@300"]
     assert any("mqar: skipped" in n for n in results["recall_notes"])
     assert (run / "recall.csv").read_text().startswith("task,length,depth,accuracy")
+
+
+def test_lengths_past_a_learned_position_table_are_skipped_with_a_reason():
+    """A model with learned positions reads at most its table's rows: the recall suite skips longer settings with
+    a note (as it skips any that do not fit) and evaluates the rest."""
+    model = LookupLM(512)
+    model.max_positions = 64
+    metrics, _, notes = run_suite(model, IntTokenizer(512), ["mqar", "copy"], SUITE, "cpu")
+    assert {k for k in metrics if k.startswith("mqar/")} == {"mqar/accuracy@64x4", "mqar/accuracy@64x16"}
+    assert metrics["copy/max_exact_len"] == 16  # 2 * 16 tokens fit
+    assert notes == ["mqar@128: skipped: 128 tokens > model.learned_positions=64"]
+    model.max_positions = 31
+    metrics, _, notes = run_suite(model, IntTokenizer(512), ["copy"], SUITE, "cpu")
+    assert notes == ["copy@16 and longer: skipped: 32 tokens > model.learned_positions=31"]
+    assert metrics == {"copy/accuracy@4": 1.0, "copy/exact@4": 1.0, "copy/max_exact_len": 4}
+    model = LookupLM(257)
+    model.max_positions = 305  # passkey@300 reads its prompt and 4 of the 5 answer digits
+    metrics, _, notes = run_suite(model, ByteTokenizer(), ["passkey"], SUITE, "cpu")
+    assert metrics == {"passkey/accuracy@300": 1.0}
+    assert notes == ["passkey@700: skipped: 704 tokens > model.learned_positions=305"]

@@ -89,8 +89,12 @@ def zoo_train(tmp_path, *overrides):
         (["model.head_dim=48"], "does not divide"),
         (["data.seq_len=32", "data.num_kv_pairs=16"], "num_kv_pairs"),
         (["+train.lrr=1"], "unknown config key 'train.lrr'; valid keys under 'train': batch_size, betas,"),
+        (
+            ["model.learned_positions=64", "eval.final.bench.lengths=[32,64]", "eval.final.bench.gen_len=16"],
+            "eval.final.bench.lengths [64] plus gen_len=16 are past model.learned_positions=64: set",
+        ),
     ],
-    ids=["mixer", "attn-index", "head-size", "mqar-fit", "train-typo"],
+    ids=["mixer", "attn-index", "head-size", "mqar-fit", "train-typo", "bench-past-positions"],
 )
 def test_bad_config_stops_with_one_line(tmp_path, overrides, message):
     proc = zoo_train(tmp_path, *overrides)
@@ -98,6 +102,7 @@ def test_bad_config_stops_with_one_line(tmp_path, overrides, message):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("zoo-train: error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()  # before step 0
 
 
 def test_unknown_architecture_lists_the_choices(tmp_path):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from zoo.bench.measure import ZooRunner, time_cell
 from zoo.config import typed
+from zoo.errors import ConfigError
 from zoo.evals.recall import run_suite
 from zoo.io.results import update_results
 from zoo.rank import is_main
@@ -32,6 +33,19 @@ def wanted(eval_cfg: EvalConfig | DictConfig) -> bool:
     """Whether `eval.final` asks for anything (`eval_cfg` is `eval`, typed or a composed node)."""
     final = (typed(eval_cfg) if isinstance(eval_cfg, DictConfig) else eval_cfg).final
     return bool(final.recall) or bool(final.lm_eval) or bool(final.bench.lengths)
+
+
+def check_fits(model, eval_cfg: EvalConfig) -> None:
+    """Refuse, before any training, a throughput length that `model` cannot read (a learned position table
+    shorter than the prompt plus its generated tokens): the job would otherwise fail after training. Recall
+    lengths past the table are skipped with a note instead, as the suite skips any task that does not fit."""
+    bench, limit = eval_cfg.final.bench, model.max_positions
+    too_long = [n for n in bench.lengths if limit is not None and n + bench.gen_len > limit]
+    if too_long:
+        raise ConfigError(
+            f"eval.final.bench.lengths {too_long} plus gen_len={bench.gen_len} are past model.learned_positions="
+            f"{limit}: set eval.final.bench.lengths to values <= {limit - bench.gen_len}, or [] for no throughput"
+        )
 
 
 def measure_throughput(model, bench_cfg: FinalBenchConfig, device) -> dict[str, float]:

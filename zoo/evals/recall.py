@@ -98,6 +98,14 @@ def _grows(model: HybridLM) -> bool:
     return model.state_bytes(2048) > model.state_bytes(1024) if declared is None else declared
 
 
+def past_positions(model: HybridLM, num_tokens: int) -> str | None:
+    """Why `model` cannot read a sequence of `num_tokens` (its learned position table is shorter), or None."""
+    limit = model.max_positions
+    if limit is not None and num_tokens > limit:
+        return f"{num_tokens} tokens > model.learned_positions={limit}"
+    return None
+
+
 class Budget:
     """Memory and time limits for long prompts: which lengths an architecture can run, and why not."""
 
@@ -129,7 +137,7 @@ def _needle_task(name, make, answer_len, model, tokenizer, cfg: PasskeyRecall | 
     result = TaskResult()
     budget = Budget(model, cfg.batch_size, cfg.memory_budget_gb, cfg.time_budget_s)
     for length in tqdm(cfg.lengths, desc=name, leave=False):
-        reason = budget.refuse(length)
+        reason = past_positions(model, length + answer_len - 1) or budget.refuse(length)  # the answer's last token is not read
         if reason:
             result.notes.append(f"{name}@{length}: skipped: {reason}")
             result.rows.append({"task": name, "length": length, "accuracy": None, "note": reason})
@@ -174,6 +182,10 @@ def mqar_task(model, tokenizer, cfg: MqarRecall, device) -> TaskResult:
     _need(tokenizer, IntTokenizer, "mqar")
     result = TaskResult()
     for seq_len in cfg.seq_lens:
+        reason = past_positions(model, seq_len)
+        if reason:
+            result.notes.append(f"mqar@{seq_len}: skipped: {reason}")
+            continue
         for n in cfg.num_kv_pairs:
             if 4 * n > seq_len:
                 result.notes.append(f"mqar@{seq_len}x{n}: skipped: 4 * num_kv_pairs > seq_len")
@@ -196,6 +208,10 @@ def copy_task(model, tokenizer, cfg: CopyRecall, device) -> TaskResult:
     _need(tokenizer, IntTokenizer, "copy")
     result, max_exact, unbroken = TaskResult(), 0, True
     for length in sorted(cfg.lengths):
+        reason = past_positions(model, 2 * length)
+        if reason:  # and so is every longer one
+            result.notes.append(f"copy@{length} and longer: skipped: {reason}")
+            break
         x, y = copy_examples(cfg.num_examples, length, tokenizer.vocab_size, seed=cfg.seed + length)
         acc, exact = label_accuracy(model, x, y, cfg.batch_size, device)
         result.metrics[f"copy/accuracy@{length}"] = acc

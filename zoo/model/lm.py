@@ -167,7 +167,7 @@ class HybridLM(nn.Module):
         """Absolute positions of `input_ids` (continuing the cache's rows), checked against the learned table."""
         start = 0 if cache is None else cache.seen_tokens  # int, or [B] per row in a stacked cache
         positions = positions_after(start, input_ids.shape[1], input_ids.device)
-        limit = self.pos_embed.num_embeddings
+        limit = self.max_positions
         if int(positions.max()) >= limit:
             raise ValueError(
                 f"position {int(positions.max())} is past model.learned_positions={limit}: a model with learned "
@@ -280,6 +280,11 @@ class HybridLM(nn.Module):
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""
         return sum(block.state_bytes(seq_len, batch_size) for block in self.blocks)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model reads: its learned position table's rows, or None (no table)."""
+        return None if self.pos_embed is None else self.pos_embed.num_embeddings
 
     @property
     def state_grows(self) -> bool:

@@ -213,6 +213,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg.model).to(device)
     model.tokenizer = data.tokenizer
+    final_eval.check_fits(model, eval_cfg)  # before step 0, not after the whole budget
     use_bf16 = device.type == "cuda"
 
     def autocast():
