@@ -97,7 +97,9 @@ def build_mqar_splits(
     """
     counts = [num_kv_pairs, *mix_kv_pairs]
     if len(set(counts)) != len(counts):
-        raise ConfigError(f"MQAR kv counts must be distinct: num_kv_pairs={num_kv_pairs}, mix_kv_pairs={list(mix_kv_pairs)}")
+        raise ConfigError(
+            f"MQAR kv counts must be distinct: num_kv_pairs={num_kv_pairs}, mix_kv_pairs={list(mix_kv_pairs)}"
+        )
     for size, what in ((train_size, "train_size"), (test_size, "test_size")):
         if mix_kv_pairs and size < len(counts):
             raise ConfigError(f"MQAR {what}={size} cannot hold one sequence of each of the kv counts {counts}")

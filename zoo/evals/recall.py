@@ -137,7 +137,8 @@ def _needle_task(name, make, answer_len, model, tokenizer, cfg: PasskeyRecall | 
     result = TaskResult()
     budget = Budget(model, cfg.batch_size, cfg.memory_budget_gb, cfg.time_budget_s)
     for length in tqdm(cfg.lengths, desc=name, leave=False):
-        reason = past_positions(model, length + answer_len - 1) or budget.refuse(length)  # the answer's last token is not read
+        # the answer's last token is never read, so the model sees length + answer_len - 1 tokens
+        reason = past_positions(model, length + answer_len - 1) or budget.refuse(length)
         if reason:
             result.notes.append(f"{name}@{length}: skipped: {reason}")
             result.rows.append({"task": name, "length": length, "accuracy": None, "note": reason})
