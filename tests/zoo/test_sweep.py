@@ -193,7 +193,7 @@ def sweep_jobs(experiment: str) -> tuple[list[list[str]], dict]:
     return jobs, params
 
 
-@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 16), ("tradeoff", 22)])
+@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 14), ("tradeoff", 22)])
 def test_sweep_experiments_compose_and_every_job_builds(experiment, n_jobs):
     jobs, _ = sweep_jobs(experiment)
     assert len(jobs) == n_jobs
@@ -205,7 +205,7 @@ def test_sweep_experiments_compose_and_every_job_builds(experiment, n_jobs):
             model = zoo.build_model(cfg.model)
         attn_counts.add(model.layer_mixers.count("attn"))
     if experiment == "hybrid_ratio":
-        assert attn_counts == {0, 1, 2, 4}
+        assert attn_counts == {0, 1, 2}
     else:
         assert compose([f"+experiment={experiment}"]).data.name == "text"
 
