@@ -119,6 +119,7 @@ def test_mqar_splits():
         seed=7,
         power_a=0.01,
         random_non_queries=True,
+        mix_kv_pairs=[],
     )
     (xtr, ytr), (xte, yte) = s["train"], s["test"]
     assert xtr.shape == (100, 64) and xte.shape == (50, 64)
@@ -268,7 +269,7 @@ def test_build_data_mqar():
     b = build_data("mqar", **cfg)  # power_a and random_non_queries from conf/data/mqar.yaml
     assert b.train[0].shape == (64, 64) and b.eval[0].shape == (32, 64)
     assert b.tokenizer == IntTokenizer(256) and b.vocab_size == 256 and b.metric == "accuracy"
-    splits = build_mqar_splits(**cfg, power_a=0.01, random_non_queries=True)
+    splits = build_mqar_splits(**cfg, power_a=0.01, random_non_queries=True, mix_kv_pairs=[])
     assert torch.equal(b.eval[0], splits["test"][0])
     assert build_data(name="mqar", **cfg, power_a=1.0, random_non_queries=False).train[0][:, -1].eq(0).any()
 

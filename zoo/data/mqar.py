@@ -83,7 +83,7 @@ def build_mqar_splits(
     seed: int,
     power_a: float,
     random_non_queries: bool,
-    mix_kv_pairs: Sequence[int] = (),
+    mix_kv_pairs: Sequence[int],
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Train and test MQAR sets: `{"train": (x, y), "test": (x, y)}`, each `[size, seq_len]`.
 
