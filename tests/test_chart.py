@@ -10,7 +10,7 @@ import sys
 from omegaconf import OmegaConf
 
 from zoo.config import compose
-from zoo.report.chart import chart, main, pareto_front
+from zoo.report.chart import chart, main, mean_cells, pareto_front
 
 
 def fake_run(folder, overrides: list[str], results: dict) -> None:
@@ -164,3 +164,11 @@ def test_the_recall_suites_mqar_grid_is_a_column_per_cell_and_a_heatmap(tmp_path
     header = (tmp_path / "out" / "tradeoff.md").read_text().splitlines()[0]
     assert header.index("mqar_acc@64x4") < header.index("mqar_acc@128x16") < header.index("mqar_acc@512x64")
     assert {r["run"]: r["mqar_acc@128x16"] for r in rows} == {"gla-[1]": 0.9, "gla-[]": 0.4, "transformer-[]": 1.0}
+
+
+def test_the_grid_mean_is_over_the_fullest_runs_cells_and_leaves_out_runs_with_fewer():
+    grid = {"mqar_acc@64x4": 1.0, "mqar_acc@128x16": 0.5}
+    rows = [{"run": "pure", **grid}, {"run": "hybrid", **grid}, {"run": "table64", "mqar_acc@64x4": 1.0}]
+    common, kept, left_out = mean_cells(rows, list(grid))
+    assert common == list(grid)
+    assert [r["run"] for r in kept] == ["pure", "hybrid"] and [r["run"] for r in left_out] == ["table64"]

@@ -324,6 +324,16 @@ def plot_text_recall(rows: list[dict], path: Path) -> str | None:
     return _finish(fig, path, "text models: quality vs recall vs cost (red: with attention)")
 
 
+def mean_cells(rows: list[dict], cells: list[str]) -> tuple[list[str], list[dict], list[dict]]:
+    """The cells a mean accuracy is taken over: those of the run with the most cells, so that a run that skipped
+    cells (a position table shorter than the grid) does not shrink everyone's mean to its few cells. Returns
+    (those cells, the runs that have all of them, the runs left out)."""
+    fullest = max(rows, key=lambda r: sum(r.get(c) is not None for c in cells))
+    common = [c for c in cells if fullest.get(c) is not None]
+    kept = [r for r in rows if all(r.get(c) is not None for c in common)]
+    return common, kept, [r for r in rows if r not in kept]
+
+
 def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
     """The recall suite's MQAR grid (eval.final.recall: mqar): accuracy per run and (seq_len, kv pairs) cell as a
     heatmap, and each run's mean accuracy over the cells every run has against state bytes at 1k tokens and
@@ -347,8 +357,8 @@ def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
     axes[0].set_yticks(range(len(sel)), [names[r["run"]] for r in sel], fontsize=7)
     axes[0].set_xlabel("MQAR seq_len x kv pairs")
     fig.colorbar(image, ax=axes[0], fraction=0.04)
-    common = [c for c in cells if all(r.get(c) is not None for r in sel)] or cells
-    mean = {r["run"]: sum(r.get(c) or 0.0 for c in common) / len(common) for r in sel}
+    common, sel, left_out = mean_cells(sel, cells)
+    mean = {r["run"]: sum(r[c] for c in common) / len(common) for r in sel}
     speeds = {r["run"]: dict(_decode_speeds(r)) for r in sel}
     longest = max((max(v, default=0) for v in speeds.values()), default=0)
     for ax, (xlabel, x_of) in zip(
@@ -367,6 +377,8 @@ def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
         _log_axis(ax.xaxis)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"mean MQAR accuracy over {len(common)} cells")
+        if left_out:
+            ax.set_title("not here (fewer cells): " + ", ".join(names[r["run"]] for r in left_out), fontsize=7)
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     return _finish(fig, path, "MQAR recall grid (red: with attention)")
