@@ -10,7 +10,8 @@ Writes into `--out` (default: the first folder):
 - `quality_vs_recall.png`: validation perplexity against MQAR accuracy, the Pareto front marked;
 - `throughput.png`: prefill and decode tokens/s against the prompt length;
 - `mqar_grid.png` (runs with the recall suite's MQAR grid, `mqar/accuracy@<seq_len>x<pairs>`): accuracy per run and
-  cell, and the mean over the cells against state bytes and decode tokens/s;
+  cell, and the mean over the cells against state bytes and decode tokens/s (the mean over the cells of the run
+  with the most; a run that skipped some, e.g. past its position table, is left out of the mean and named);
 - `text_recall.png` (text runs): quality (`val/ppl_non_ar`) against recall (`val/ppl_ar`, `val/ppl_repeat`), and
   `val/ppl_repeat` against cost (state bytes at 1k tokens, decode tokens/s at the longest prompt measured);
 - `learning_curves.png`: the held-out metrics of every evaluation during training (validation loss, the AR slice's
@@ -336,7 +337,7 @@ def mean_cells(rows: list[dict], cells: list[str]) -> tuple[list[str], list[dict
 
 def plot_mqar_grid(rows: list[dict], path: Path) -> str | None:
     """The recall suite's MQAR grid (eval.final.recall: mqar): accuracy per run and (seq_len, kv pairs) cell as a
-    heatmap, and each run's mean accuracy over the cells every run has against state bytes at 1k tokens and
+    heatmap, and each run's mean accuracy over the cells of `mean_cells` against state bytes at 1k tokens and
     decode tokens/s at the longest prompt measured."""
     import matplotlib.pyplot as plt
 
