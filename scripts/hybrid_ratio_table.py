@@ -1,6 +1,6 @@
-"""The condensed table of docs/results/hybrid_ratio/README.md, read from the run folders' results.json: one row per
-run, with its held-out accuracy, steps to the target, training seconds, state bytes, decode tokens/s and a few
-cells of the recall grid, and the mean over all of a run's cells when it has the whole grid.
+"""The condensed table of docs/results/hybrid_ratio/README.md, from the same rows as `zoo-chart`'s tradeoff.csv: one
+row per completed run, with its held-out accuracy, steps to the target, training seconds, state bytes, decode
+tokens/s and a few cells of the recall grid, and the mean over the cells `zoo-chart`'s mqar_grid.png averages.
 
     python scripts/hybrid_ratio_table.py docs/results/hybrid_ratio/runs
 """
@@ -8,27 +8,29 @@ cells of the recall grid, and the mean over all of a run's cells when it has the
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from zoo.report.chart import load_rows, mean_cells, mqar_cells
 
 CELLS = ["64x16", "128x32", "256x16", "512x4", "512x16", "512x32", "512x64"]
 
 
-def row(results: dict, grid_size: int) -> str:
-    m, cfg = results["metrics"], results["config"]
-    attn = [i for i, name in enumerate(results["model"]["layers"]) if name == "attn"]
-    if len(attn) == len(results["model"]["layers"]):
-        point = f"all attention ({cfg['model']['learned_positions']}-row position table)"
-    else:
-        point = f"{cfg['model']['name']} attn {attn}"
-    grid = {k.split("@")[1]: v for k, v in m.items() if k.startswith("mqar/accuracy@")}
-    mean = f"{sum(grid.values()) / len(grid):.3f}" if len(grid) == grid_size else f"({len(grid)} cells)"
-    steps = m.get("train/steps_to_target") or f"not reached ({m['train/steps']})"
-    decode = m.get("bench/decode_tok_s@4096")
-    cells = " | ".join(f"{grid[c]:.2f}" if c in grid else "-" for c in CELLS)
+def point(row: dict) -> str:
+    if row["attn_layers"] == row["n_layers"]:
+        return f"all attention ({row['learned_positions']}-row position table)"
+    return f"{row['architecture']} attn [{', '.join(row['attn_at'].split())}]"
+
+
+def line(row: dict, common: list[str]) -> str:
+    grid = {c: row.get(f"mqar_acc@{c}") for c in CELLS}
+    have = [c for c in common if row.get(c) is not None]
+    mean = f"{sum(row[c] for c in common) / len(common):.3f}" if len(have) == len(common) else f"({len(have)} cells)"
+    steps = row["steps_to_target"] or f"not reached ({row['steps']})"
+    decode = row.get("decode_tok_s@4096")
+    cells = " | ".join("-" if v is None else f"{v:.2f}" for v in grid.values())
     return (
-        f"| {point} | {cfg['train']['lr']:g} | {m['mqar/accuracy']:.3f} | {steps} | {m['train/time_s']:.0f} | "
-        f"{m['state/bytes@1024']:,} | {f'{decode:.0f}' if decode else '-'} | {cells} | {mean} |"
+        f"| {point(row)} | {row['lr']:g} | {row['mqar_acc']:.3f} | {steps} | {row['train_s']:.0f} | "
+        f"{row['state_bytes_1k']:,} | {'-' if decode is None else f'{decode:.0f}'} | {cells} | {mean} |"
     )
 
 
@@ -36,19 +38,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path)
     args = parser.parse_args(argv)
-    runs = [json.loads(p.read_text()) for p in sorted(args.runs.glob("*/results.json"))]
-    runs = [r for r in runs if r.get("status") == "completed"]
-    grid_size = max(sum(k.startswith("mqar/accuracy@") for k in r["metrics"]) for r in runs)
+    rows = [r for r in load_rows([args.runs]) if r["status"] == "completed"]
+    common, _, _ = mean_cells(rows, mqar_cells(rows))
     print(
         "| point | lr | held-out acc | steps to 0.99 | train s | state bytes @1k | decode tok/s @4k | "
         + " | ".join(CELLS)
-        + f" | mean of {grid_size} cells |"
+        + f" | mean of {len(common)} cells |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CELLS) + "---:|")
-    for r in runs:
-        print(row(r, grid_size))
-    total = sum(r["metrics"]["train/time_s"] for r in runs)
-    print(f"\n{len(runs)} runs, {total / 60:.1f} min of training in all (train/time_s summed).")
+    for row in rows:
+        print(line(row, common))
+    total = sum(r["train_s"] for r in rows)
+    print(f"\n{len(rows)} runs, {total / 60:.1f} min of training in all (train/time_s summed).")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
                 "state/bytes@1024": 4096,
                 "state/bytes@65536": 262144,
                 "bench/decode_tok_s@4096": 50.0,
+                "train/steps": 300,
+                "train/time_s": 42.5,
             },
         },
     )
@@ -60,6 +62,7 @@ def test_the_table_has_what_the_runs_recorded_and_blanks_elsewhere(tmp_path):
     assert (a["architecture"], a["attn_layers"], a["attn_at"], a["n_layers"]) == ("gla", "2", "1 3", "4")
     assert float(a["mqar_acc"]) == 0.25 and a["mqar_source"] == "lm_eval/zoo_mqar/acc"
     assert float(a["passkey_acc@1024"]) == 1.0 and float(a["decode_tok_s@4096"]) == 50.0
+    assert (a["steps"], float(a["train_s"]), float(a["lr"])) == ("300", 42.5, compose(["model=gla"]).train.lr)
     assert a["prefill_tok_s@4096"] == "" and a["error"] == ""  # not measured: blank
     assert b["status"] == "failed" and b["error"] == "OutOfMemoryError: CUDA out of memory."
     assert b["val_ppl"] == "" and b["state_bytes_1k"] == "" and b["attn_layers"] == "0"  # a NaN is not a value

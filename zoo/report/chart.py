@@ -4,8 +4,9 @@ plots of every run folder below the given folders.
 A run folder is a folder with `results.json` and `.hydra/config.yaml` (what `zoo-train` writes, single or `-m`).
 Writes into `--out` (default: the first folder):
 - `tradeoff.csv` and `tradeoff.md`: one row per run: architecture, attention layers (count and indices), params,
-  state bytes at 1k / 64k tokens, validation perplexity, MQAR accuracy, passkey accuracy per length, prefill and
-  decode tokens/s per prompt length, status and error (failed runs appear with both);
+  lr, position-table rows, training steps, steps and tokens to the early-stop target, training seconds, state
+  bytes at 1k / 64k tokens, validation perplexity, MQAR accuracy, passkey accuracy per length, prefill and decode
+  tokens/s per prompt length, status and error (failed runs appear with both);
 - `recall_vs_state.png`: each recall measure against the state bytes at 1k tokens (log x);
 - `quality_vs_recall.png`: validation perplexity against MQAR accuracy, the Pareto front marked;
 - `throughput.png`: prefill and decode tokens/s against the prompt length;
@@ -105,13 +106,16 @@ def run_row(run: Path, root: Path) -> dict:
         "attn_at": None if attn is None else " ".join(map(str, attn)),
         "d_model": OmegaConf.select(cfg, "model.d_model", default=None),
         "params": metrics.get("params"),
+        "lr": OmegaConf.select(cfg, "train.lr", default=None),
+        "learned_positions": OmegaConf.select(cfg, "model.learned_positions", default=None),
     }
     row |= {col: metrics.get(f"state/bytes@{n}") for col, n in STATE_AT.items()}
     row |= {col: _number(metrics.get(metric)) for col, metric in TEXT_METRICS.items()}
     source = next((m for m in MQAR_METRICS if _number(metrics.get(m)) is not None), None)
     row["mqar_acc"] = _number(metrics.get(source)) if source else None
     row["mqar_source"] = source
-    row |= {col: metrics.get(f"train/{col}") for col in ("steps_to_target", "tokens_to_target")}
+    row |= {col: metrics.get(f"train/{col}") for col in ("steps", "steps_to_target", "tokens_to_target")}
+    row["train_s"] = _number(metrics.get("train/time_s"))
     for prefix, metric in PER_LENGTH.items():
         for key, value in metrics.items():
             match = re.fullmatch(re.escape(metric) + r"@(\d+)", key)
