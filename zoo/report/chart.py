@@ -189,9 +189,9 @@ def _cell(col: str, value) -> str:
         return f"{int(value):,}"
     if col.startswith("val_ppl"):
         return f"{value:,.2f}"
-    if "tok_s" in col:
+    if "tok_s" in col or col == "train_s":
         return f"{value:,.0f}"
-    if col.endswith("acc") or col.startswith("passkey_acc"):
+    if col.endswith("acc") or col.startswith(("passkey_acc", "mqar_acc@")):
         return f"{value:.3f}"
     text = str(value).replace("|", "\\|")
     return text if len(text) <= 80 else text[:77] + "..."
