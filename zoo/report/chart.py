@@ -215,10 +215,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _log_axis(axis) -> None:
-    """A log axis labelled at its decades only (matplotlib's minor labels overlap on short ranges)."""
-    from matplotlib.ticker import NullFormatter
+    """A log axis labelled at its decades when it spans one or more (matplotlib's minor labels overlap there), else
+    at 1, 2 and 5 times each power of ten, so that an axis within one decade still has numbers. Call it after
+    plotting: it reads the axis's range."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    axis.set_minor_formatter(NullFormatter())
+    lo, hi = sorted(axis.get_view_interval())
+    if lo > 0 and hi / lo < 10:
+        axis.set_minor_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(FormatStrFormatter("%g"))
+    else:
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _finish(fig, path: Path, title: str | None = None) -> None:
@@ -447,7 +454,7 @@ def plot_learning_curves(rows: list[dict], curves: dict[str, dict], path: Path) 
                 ax.plot(*zip(*points, strict=True), marker=".", label=names[r["run"]])
         ax.set_xscale("log")
         _log_axis(ax.xaxis)
-        if metric != "mqar/accuracy":
+        if metric not in ("mqar/accuracy", "val/loss"):  # a loss is a log already
             ax.set_yscale("log")
             _log_axis(ax.yaxis)
         ax.set_xlabel("training tokens (log)")
