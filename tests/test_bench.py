@@ -139,6 +139,24 @@ def test_decode_speed_follows_the_median_step_not_one_slow_step():
     assert cell["decode_tok_s"] == pytest.approx(16 / cell["decode_s"])
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_step_clock_times_each_step(device):
+    from zoo.bench.measure import StepClock
+
+    device = torch.device(device)
+    clock = StepClock(device)
+    for i in range(3):
+        time.sleep(0.05 if i == 1 else 0.0)  # host time between two marks: on CUDA the events see the gap too
+        torch.ones(64, 64, device=device).sum()
+        clock.mark()
+    seconds = clock.seconds()
+    assert len(seconds) == 3 and min(seconds) >= 0
+    assert seconds[1] >= 0.04 and seconds[1] == max(seconds)
+
+
 def test_peak_memory_sees_an_allocation():
     with PeakMemory(torch.device("cpu")) as small:
         torch.ones(1024).sum()

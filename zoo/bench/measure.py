@@ -8,6 +8,7 @@ import resource
 import statistics
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -86,6 +87,32 @@ class ZooRunner:
         return out.cache, out.logits[:, -1]
 
 
+class StepClock:
+    """The seconds of each step of a loop, from `mark()` called at the end of every step (the clock starts at
+    construction). On a GPU each mark records a CUDA event, and `seconds()` synchronizes once: a host sync per step
+    would stall every decoded token's kernel launches on the host and time that stall too. Elsewhere the host
+    clock is the device's."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+        self.mark()
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in pairwise(self.marks)]  # elapsed_time is in ms
+        return [b - a for a, b in pairwise(self.marks)]
+
+
 @torch.inference_mode()
 def time_cell(runner, vocab: int, batch: int, length: int, gen: int, device, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed + length)
@@ -97,17 +124,14 @@ def time_cell(runner, vocab: int, batch: int, length: int, gen: int, device, see
         nxt = logits.argmax(-1, keepdim=True)  # the first generated token
         sync(device)
         prefill_s = time.perf_counter() - start
-        steps = []
+        clock = StepClock(device)
         for i in range(gen):
-            start = time.perf_counter()
             cache, logits = runner.step(cache, nxt, length + i)
             nxt = logits.argmax(-1, keepdim=True)
-            sync(device)
-            steps.append(time.perf_counter() - start)
+            clock.mark()
         # `gen` steps at the median step's pace: a step or two preempted on a busy machine does not set the
-        # number, as it did when one 16-step total was timed (a sync per step is small next to a decode step's
-        # kernel launches on a GPU, and free on the CPU)
-        decode_s = gen * statistics.median(steps)
+        # number, as it did when one 16-step total was timed
+        decode_s = gen * statistics.median(clock.seconds())
     return {
         "prefill_s": prefill_s,
         "prefill_tok_s": batch * length / prefill_s,
