@@ -215,9 +215,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _log_axis(axis) -> None:
-    """A log axis labelled at its decades when it spans one or more (matplotlib's minor labels overlap there), else
-    at 1, 2 and 5 times each power of ten, so that an axis within one decade still has numbers. Call it after
-    plotting: it reads the axis's range."""
+    """A log axis that spans a decade or more is labelled at its decades only (matplotlib's minor labels overlap
+    there); a shorter one keeps plain-number labels (minor ticks at 1, 2 and 5 times a power of ten, and whatever
+    major ticks matplotlib places), so that it still has numbers. Call it after plotting: it reads the range."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     lo, hi = sorted(axis.get_view_interval())
