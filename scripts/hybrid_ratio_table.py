@@ -21,10 +21,10 @@ def point(row: dict) -> str:
     return f"{row['architecture']} attn [{', '.join(row['attn_at'].split())}]"
 
 
-def line(row: dict, common: list[str]) -> str:
+def line(row: dict, common: list[str], has_all: bool) -> str:
     grid = {c: row.get(f"mqar_acc@{c}") for c in CELLS}
-    have = [c for c in common if row.get(c) is not None]
-    mean = f"{sum(row[c] for c in common) / len(common):.3f}" if len(have) == len(common) else f"({len(have)} cells)"
+    cells_run = sum(row.get(c) is not None for c in common)
+    mean = f"{sum(row[c] for c in common) / len(common):.3f}" if has_all else f"({cells_run} cells)"
     steps = row["steps_to_target"] or f"not reached ({row['steps']})"
     decode = row.get("decode_tok_s@4096")
     cells = " | ".join("-" if v is None else f"{v:.2f}" for v in grid.values())
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     parser.add_argument("runs", type=Path)
     args = parser.parse_args(argv)
     rows = [r for r in load_rows([args.runs]) if r["status"] == "completed"]
-    common, _, _ = mean_cells(rows, mqar_cells(rows))
+    common, kept, _ = mean_cells(rows, mqar_cells(rows))
     print(
         "| point | lr | held-out acc | steps to 0.99 | train s | state bytes @1k | decode tok/s @4k | "
         + " | ".join(CELLS)
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CELLS) + "---:|")
     for row in rows:
-        print(line(row, common))
+        print(line(row, common, row in kept))
     total = sum(r["train_s"] for r in rows)
     print(f"\n{len(rows)} runs, {total / 60:.1f} min of training in all (train/time_s summed).")
 
