@@ -9,7 +9,8 @@ the fewer steps to the target), and writes `zoology_mqar.csv` (every run), `zool
 (seq_len, kv pairs): best per point, its steps to the early-stop target, and the smallest width at which each
 architecture reaches `--threshold` accuracy) and `zoology_mqar.png` (a row per setting: accuracy vs d_model;
 accuracy vs state bytes at the MQAR sequence length), one line per architecture, dashed for the hybrid with one
-attention layer. Jobs that `train.early_stop.stop_sweeping` skipped (their point was settled) have no results.json
+attention layer. Widths run at more than one setting also get a table of accuracy per setting in the markdown and
+`zoology_mqar_settings.png` (accuracy against the setting at that width: where a fixed state runs out). Jobs that `train.early_stop.stop_sweeping` skipped (their point was settled) have no results.json
 and are not read.
 """
 
@@ -92,6 +93,8 @@ def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float
     lines = []
     for setting in sorted({r["setting"] for r in best}):
         lines += setting_table([r for r in best if r["setting"] == setting], setting, threshold)
+    for width in compared_widths(best):
+        lines += width_table([r for r in best if r["d_model"] == width], width)
     total = sum(r["time_s"] or 0 for r in rows)
     lines.append(f"{len(rows)} runs, {total / 60:.1f} min of training in all (train/time_s summed over the runs).")
     unfinished = [r for r in rows if r["status"] != "completed"]
@@ -120,6 +123,28 @@ def setting_table(best: list[dict], setting: tuple[int, int], threshold: float) 
         state = pts[max(pts)]["state_bytes"]
         widest = f"{state:,} (d={max(pts)})"
         lines.append(f"| {name} | {' | '.join(cells)} | {widest} | {passing[0] if passing else 'none'} |")
+    return [*lines, ""]
+
+
+def compared_widths(best: list[dict]) -> list[int]:
+    """The widths run at more than one setting: at those the grid shows what a longer sequence with more pairs costs
+    each architecture at a fixed width."""
+    return sorted(w for w in {r["d_model"] for r in best} if len({r["setting"] for r in best if r["d_model"] == w}) > 1)
+
+
+def width_table(best: list[dict], width: int) -> list[str]:
+    """Markdown lines of one width: accuracy per setting (columns ordered by sequence length, then pairs)."""
+    settings = sorted({r["setting"] for r in best})
+    lines = [
+        f"### d_model {width}: accuracy per setting (seq_len, kv pairs), best lr per point",
+        "",
+        f"| architecture | {' | '.join(f'{s}' for s in settings)} |",
+        "|---|" + "---:|" * len(settings),
+    ]
+    for name in sorted({label(r) for r in best}):
+        pts = {r["setting"]: r for r in best if label(r) == name}
+        cells = [f"{pts[s]['accuracy']:.3f}" if s in pts else "-" for s in settings]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return [*lines, ""]
 
 
@@ -156,6 +181,34 @@ def plot(best: list[dict], path: Path, titles: dict) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_settings(best: list[dict], path: Path, title: str) -> None:
+    """Accuracy against the setting at each width run at more than one: a fixed state filling up as the sequence
+    and the number of pairs grow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = compared_widths(best)
+    fig, axes = plt.subplots(1, len(widths), figsize=(7 * len(widths), 5), squeeze=False)
+    archs = sorted({r["arch"] for r in best})
+    colors = {a: plt.cm.tab20(i % 20) for i, a in enumerate(archs)}
+    for ax, width in zip(axes[0], widths, strict=True):
+        here = [r for r in best if r["d_model"] == width]
+        settings = sorted({r["setting"] for r in here})
+        for name in sorted({label(r) for r in here}):
+            pts = sorted((r for r in here if label(r) == name), key=lambda r: r["setting"])
+            style = {"color": colors[pts[0]["arch"]], "linestyle": "--" if pts[0]["hybrid"] else "-", "marker": "o"}
+            ax.plot([settings.index(r["setting"]) for r in pts], [r["accuracy"] for r in pts], label=name, **style)
+        ax.set_xticks(range(len(settings)), [f"seq {t}, {n} pairs" for t, n in settings])
+        ax.set(ylim=(-0.02, 1.02), ylabel="MQAR accuracy (best lr)", title=f"d_model {width}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
@@ -179,8 +232,18 @@ def main(argv=None) -> None:
             f"best per point of the lrs run: {', '.join(f'{lr:g}' for lr in sorted({r['lr'] for r in here}))}"
         )
     plot(best, out / "zoology_mqar.png", titles)
+    written = [out / "zoology_mqar.csv", out / "zoology_mqar.md", out / "zoology_mqar.png"]
+    if compared_widths(best):
+        lrs = ", ".join(
+            f"{s}: {' '.join(f'{lr:g}' for lr in sorted({r['lr'] for r in rows if r['setting'] == s}))}"
+            for s in sorted(titles)
+        )
+        plot_settings(
+            best, out / "zoology_mqar_settings.png", f"MQAR accuracy per setting at a fixed width; lrs run {lrs}"
+        )
+        written.append(out / "zoology_mqar_settings.png")
     print((out / "zoology_mqar.md").read_text())
-    print(f"wrote {out / 'zoology_mqar.csv'}, {out / 'zoology_mqar.md'}, {out / 'zoology_mqar.png'}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 if __name__ == "__main__":

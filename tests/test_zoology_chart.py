@@ -49,6 +49,11 @@ def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
     assert gla in short and short.split("| gla |")[1].split("\n")[0].endswith("| 128 |")
     assert "| gla + attn | 0.990 (not reached, lr 0.001) | - |" in short and "| transformer | 1.000 (" in short
     assert "| transformer | 0.995 (300 steps, lr 0.003) |" in long
+    # width 64 ran at both settings: its accuracy per setting, in a table and a chart
+    by_setting = table.split("### d_model 64: accuracy per setting")[1]
+    assert "| architecture | (64, 4) | (128, 8) |" in by_setting and "| transformer | 1.000 | 0.995 |" in by_setting
+    assert "| gla | 0.500 | - |" in by_setting and "### d_model 128" not in table
+    assert (tmp_path / "out" / "zoology_mqar_settings.png").stat().st_size > 10_000
     assert "- not completed:" in table and "broken (status: failed)" in table
     assert "9 runs, 4.5 min of training in all" in table
     assert (tmp_path / "out" / "zoology_mqar.png").stat().st_size > 10_000
