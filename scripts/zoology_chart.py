@@ -10,8 +10,8 @@ the fewer steps to the target), and writes `zoology_mqar.csv` (every run), `zool
 architecture reaches `--threshold` accuracy) and `zoology_mqar.png` (a row per setting: accuracy vs d_model;
 accuracy vs state bytes at the MQAR sequence length), one line per architecture, dashed for the hybrid with one
 attention layer. Widths run at more than one setting also get a table of accuracy per setting in the markdown and
-`zoology_mqar_settings.png` (accuracy against the setting at that width: where a fixed state runs out). Jobs that `train.early_stop.stop_sweeping` skipped (their point was settled) have no results.json
-and are not read.
+`zoology_mqar_settings.png` (accuracy against the setting at that width: where a fixed state runs out). Jobs
+that `train.early_stop.stop_sweeping` skipped (their point was settled) have no results.json and are not read.
 """
 
 from __future__ import annotations
