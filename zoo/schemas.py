@@ -45,6 +45,7 @@ class ModelSchema:
     mixers: dict[str, Any] = MISSING  # mixer name -> kwargs over conf/mixer/<name>.yaml
     mlp: str = MISSING
     mlp_ratio: float = MISSING
+    mlp_hidden: int | None = MISSING  # the MLP's hidden size exactly, over mlp_ratio
     tie_embeddings: bool = MISSING
     norm_eps: float = MISSING
     init_std: float = MISSING

@@ -19,24 +19,38 @@ from zoo.model.mlps import MLPS
 from zoo.train.loop import lm_loss
 
 ARCHS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
-VARIANTS = [(arch, hybrid) for arch in ARCHS for hybrid in (False, True)]
-VARIANT_IDS = [f"{arch}{'+attn' if hybrid else ''}" for arch, hybrid in VARIANTS]
+PURE, HYBRID = (), ("model.attn.layers=[1]",)
+# Options that imported checkpoints need, on the architectures that use them: each passes the same harness
+FEATURES = {
+    "transformer-qwen3-attention": (
+        "transformer",
+        ("model.attn.qk_norm=true", "model.attn.num_heads=4", "model.attn.head_size=24", "model.attn.num_kv_heads=2")
+        + ("model.attn.rope_dim=8", "model.attn.qkv_bias=true", "model.attn.out_bias=true", "model.mlp_hidden=44"),
+    ),
+    "transformer-window-per-layer": (
+        "transformer",
+        ("model.layers=[swa,attn]", "+model.mixers.swa.window_size=5", "+model.attn.rope_scaling.rope_type=linear")
+        + ("+model.attn.rope_scaling.factor=4.0",),
+    ),
+}
+VARIANTS = [(arch, extra) for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES.values())
+VARIANT_IDS = [f"{arch}{'+attn' if extra else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES)
 SMALL = ["model.d_model=64", "model.head_dim=16", "data.vocab_size=97", "model.n_layers=2"]
 CHUNK = 8  # chunk size forced on every chunked mixer, so that the test lengths span several chunks
 VOCAB = 97
 
 
-def small_config(arch: str, hybrid: bool):
-    cfg = compose([f"model={arch}", *SMALL, f"model.attn.layers={[1] if hybrid else []}"])
+def small_config(arch: str, extra: tuple[str, ...]):
+    cfg = compose([f"model={arch}", *SMALL, *extra])
     for kwargs in cfg.model.mixers.values():
         if "chunk_size" in kwargs:
             kwargs.chunk_size = CHUNK
     return cfg.model
 
 
-def small_model(arch: str, hybrid: bool, seed: int = 0) -> zoo.HybridLM:
+def small_model(arch: str, extra: tuple[str, ...], seed: int = 0) -> zoo.HybridLM:
     torch.manual_seed(seed)
-    model = zoo.build_model(small_config(arch, hybrid)).eval()
+    model = zoo.build_model(small_config(arch, extra)).eval()
     # Zero-initialized projections (e.g. RWKV's LoRA first matrices) would hide bugs behind a path that
     # multiplies by zero: perturb every parameter so that every term of every mixer is exercised.
     with torch.no_grad():
@@ -49,7 +63,7 @@ def test_registry_table():
     """Every registered mixer has its config, a pure architecture and is covered by these tests."""
     used = {}
     for arch in ARCHS:
-        for name in zoo.build_model(small_config(arch, False)).layer_mixers:
+        for name in zoo.build_model(small_config(arch, PURE)).layer_mixers:
             used.setdefault(name, arch)
     for name in zoo.MIXERS:
         assert (conf_dir() / "mixer" / f"{name}.yaml").exists(), f"conf/mixer/{name}.yaml is missing"
@@ -57,12 +71,12 @@ def test_registry_table():
         assert pure in ARCHS, f"mixer {name!r} has no pure architecture conf/model/{pure}.yaml"
         assert name in used, f"mixer {name!r} is used by no architecture in conf/model/"
     for name in MLPS:
-        assert any(small_config(a, False).mlp == name for a in ARCHS), f"mlp {name!r} is used by no architecture"
+        assert any(small_config(a, PURE).mlp == name for a in ARCHS), f"mlp {name!r} is used by no architecture"
 
 
-@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
-def test_prefill_then_decode_matches_parallel(arch, hybrid):
-    model = small_model(arch, hybrid)
+@pytest.mark.parametrize(("arch", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_prefill_then_decode_matches_parallel(arch, extra):
+    model = small_model(arch, extra)
     ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids).logits
@@ -75,9 +89,9 @@ def test_prefill_then_decode_matches_parallel(arch, hybrid):
     assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{arch} prefill+decode")
 
 
-@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
-def test_prefill_in_two_pieces_matches_parallel(arch, hybrid):
-    model = small_model(arch, hybrid)
+@pytest.mark.parametrize(("arch", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_prefill_in_two_pieces_matches_parallel(arch, extra):
+    model = small_model(arch, extra)
     ids = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids).logits
@@ -89,7 +103,7 @@ def test_prefill_in_two_pieces_matches_parallel(arch, hybrid):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_recurrent_form_matches_parallel(arch):
     """Every token through the one-token (recurrent) path, from an empty cache, equals the parallel form."""
-    model = small_model(arch, False)
+    model = small_model(arch, PURE)
     ids = torch.randint(0, VOCAB, (1, 19), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(ids).logits
@@ -115,14 +129,14 @@ def _cache_bytes(obj) -> int:
 
 
 # every variant in fp32, and the pure ones (which cover every mixer) in bf16 too
-STATE_CASES = [(*v, torch.float32) for v in VARIANTS] + [(a, False, torch.bfloat16) for a in ARCHS]
+STATE_CASES = [(*v, torch.float32) for v in VARIANTS] + [(a, PURE, torch.bfloat16) for a in ARCHS]
 STATE_IDS = VARIANT_IDS + [f"{a}-bf16" for a in ARCHS]
 
 
-@pytest.mark.parametrize(("arch", "hybrid", "dtype"), STATE_CASES, ids=STATE_IDS)
-def test_state_bytes_is_the_real_cache(arch, hybrid, dtype):
+@pytest.mark.parametrize(("arch", "extra", "dtype"), STATE_CASES, ids=STATE_IDS)
+def test_state_bytes_is_the_real_cache(arch, extra, dtype):
     """In bf16 the KV cache, conv tails and previous tokens halve; recurrent states stay fp32."""
-    model = small_model(arch, hybrid).to(dtype)
+    model = small_model(arch, extra).to(dtype)
     for seq_len in (3, 70):
         with torch.no_grad():
             out = model(torch.zeros(2, seq_len, dtype=torch.long), use_cache=True)
@@ -132,7 +146,7 @@ def test_state_bytes_is_the_real_cache(arch, hybrid, dtype):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_state_bytes_flat_unless_full_attention(arch):
-    model = small_model(arch, False)
+    model = small_model(arch, PURE)
     for block in model.blocks:  # the declared property says what the bytes do
         assert block.mixer.state_grows == (block.mixer.state_bytes(2048) > block.mixer.state_bytes(1024))
     if arch == "transformer":
@@ -141,12 +155,12 @@ def test_state_bytes_flat_unless_full_attention(arch):
     else:
         assert not model.state_grows, f"pure {arch} keeps a cache that grows with the sequence"
         assert model.state_bytes(1024) == model.state_bytes(65536) == model.state_bytes(1_000_000)
-    assert small_model(arch, True).state_grows
+    assert small_model(arch, HYBRID).state_grows
 
 
-@pytest.mark.parametrize(("arch", "hybrid"), VARIANTS, ids=VARIANT_IDS)
-def test_a_few_mqar_steps_reduce_the_loss(arch, hybrid):
-    model = small_model(arch, hybrid).train()
+@pytest.mark.parametrize(("arch", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_a_few_mqar_steps_reduce_the_loss(arch, extra):
+    model = small_model(arch, extra).train()
     x, y = mqar(vocab_size=VOCAB, seq_len=32, num_kv_pairs=4, num_examples=64, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []

@@ -35,7 +35,7 @@ def make_layer(version: int, seed: int = 0, layer_idx: int = 1, n_layers: int = 
 
 def make_cmix(seed: int = 0) -> RWKVChannelMix:
     torch.manual_seed(seed)
-    mlp = RWKVChannelMix(D, 1, n_layers=3, mlp_ratio=3.5).double()
+    mlp = RWKVChannelMix(D, 1, n_layers=3, mlp_ratio=3.5, mlp_hidden=None).double()
     with torch.no_grad():
         for p in mlp.parameters():
             p.add_(torch.randn_like(p) * 0.1)

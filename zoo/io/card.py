@@ -171,11 +171,12 @@ def architecture_section(model) -> list[str]:
             f"Attention layers: {', '.join(map(str, attn))} ({len(attn)} of {len(kinds)}); "
             f"the other layers use {others}."
         )
+    mlp_size = f"ratio {cfg.mlp_ratio}" if cfg.mlp_hidden is None else f"hidden {cfg.mlp_hidden}"
     lines = [
         "## Architecture",
         "",
         f"{cfg.n_layers} layers, d_model {cfg.d_model}, head_dim {cfg.head_dim}, vocabulary {cfg.vocab_size:,}, "
-        f"{cfg.mlp} MLP (ratio {cfg.mlp_ratio}), {'tied' if cfg.tie_embeddings else 'untied'} embeddings. "
+        f"{cfg.mlp} MLP ({mlp_size}), {'tied' if cfg.tie_embeddings else 'untied'} embeddings. "
         "Each block is `x + mixer(norm(x))`, then `x + mlp(norm(x))`.",
         "",
         summary,

@@ -50,6 +50,7 @@ class ModelConfig:
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
     mlp: str = "swiglu"  # conf/ always sets it; the default only keeps older checkpoints' config.json loading
     learned_positions: int | None = None  # as mlp: older checkpoints have none
+    mlp_hidden: int | None = None  # as mlp; set, it overrides the mlp_ratio sizing (an imported intermediate_size)
 
     @classmethod
     def from_any(cls, cfg) -> ModelConfig:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoo.errors import ConfigError
 
 
 class RMSNorm(nn.Module):
@@ -47,12 +51,40 @@ def positions_after(start: int | torch.Tensor, length: int, device) -> torch.Ten
     return steps + start if isinstance(start, int) else start[:, None] + steps
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+def rope_frequencies(dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """The `dim / 2` RoPE angular frequencies `theta^(-2i/dim)` (fp32), optionally rescaled for a longer context:
+    `scaling` is None, `{"rope_type": "linear", "factor": f}` (every frequency divided by f: positions
+    interpolated) or Llama 3's `{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}`, which divides only the low frequencies (wavelengths longer than the
+    original context / low_freq_factor) by `factor`, keeps the high ones (shorter than context / high_freq_factor),
+    and blends linearly in the wavelength ratio between them. Other types are a ConfigError naming them."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    if scaling is None:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        factor, context = float(scaling["factor"]), float(scaling["original_max_position_embeddings"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        ratio = context / (2 * math.pi / inv_freq)  # how many wavelengths fit in the original context
+        blend = ((ratio - low) / (high - low)).clamp(0.0, 1.0)  # 0: low frequency (scaled), 1: high (kept)
+        return blend * inv_freq + (1 - blend) * inv_freq / factor
+    raise ConfigError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3): {scaling}")
+
+
+def rotary(
+    x: torch.Tensor, positions: torch.Tensor, theta: float, inv_freq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rotate `x` `[B, T, H, D]` by RoPE angles of absolute `positions`, `[T]` (shared by every row) or `[B, T]`
-    (one row of positions per sequence); rotate-half layout, fp32 math."""
+    (one row of positions per sequence); rotate-half layout, fp32 math. `inv_freq` `[D/2]` replaces the plain
+    frequencies of `theta` (a rescaled context: `rope_frequencies`)."""
     d = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # (D/2,)
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # ([B,] T, D/2)
+    if inv_freq is None:
+        inv_freq = rope_frequencies(d, theta)
+    angles = positions.to(torch.float32)[..., None] * inv_freq.to(x.device)  # ([B,] T, D/2)
     # ([B,] T, 1, D): broadcasts over the heads, and over the batch when positions are [T]
     cos = torch.cat([angles.cos(), angles.cos()], dim=-1).unsqueeze(-2)
     sin = torch.cat([angles.sin(), angles.sin()], dim=-1).unsqueeze(-2)

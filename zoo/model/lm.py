@@ -90,7 +90,7 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
 def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
     d, n = config.d_model, config.n_layers
     mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
-    mlp = build_mlp(config.mlp, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio)
+    mlp = build_mlp(config.mlp, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio, mlp_hidden=config.mlp_hidden)
     return Block(mixer, mlp, d, config.norm_eps)
 
 

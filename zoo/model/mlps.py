@@ -1,10 +1,11 @@
 """Channel mixers (the second sublayer of every block): a registry `name -> class`, like the mixers.
 
-Every MLP follows one contract: `MLP(d_model, layer_idx, *, n_layers, mlp_ratio)`,
+Every MLP follows one contract: `MLP(d_model, layer_idx, *, n_layers, mlp_ratio, mlp_hidden)`,
 `forward(x, cache=None) -> (y, cache)`, `init_cache()` and `state_bytes(batch_size=1)`. Most are
 stateless (`init_cache()` is None); RWKV's channel mix shifts tokens and so keeps the previous one.
-An MLP's only option, `mlp_ratio`, is a model field (`conf/model/*.yaml`) that every MLP takes: there is no
-`conf/mlp/` group, and so no per-MLP defaults to keep in one place. `model.mlp: none` builds blocks of their
+An MLP's only options, `mlp_ratio` and `mlp_hidden` (the hidden size exactly, when set: an imported checkpoint's
+`intermediate_size`), are model fields (`conf/model/*.yaml`) that every MLP takes: there is no `conf/mlp/` group,
+and so no per-MLP defaults to keep in one place. `model.mlp: none` builds blocks of their
 mixer alone (Zoology's MQAR models, Mamba's blocks).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from zoo.errors import ConfigError
 from zoo.io.safety import Registry
 from zoo.model.layers import SwiGLU, swiglu_hidden
 
@@ -29,19 +31,23 @@ def get_mlp(name: str) -> type:
     return MLPS.lookup(name, also_valid=(NO_MLP,))
 
 
-def build_mlp(name: str, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float) -> torch.nn.Module | None:
+def build_mlp(
+    name: str, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float, mlp_hidden: int | None
+) -> torch.nn.Module | None:
     """Layer `layer_idx`'s MLP, or None for `none` (the block is then its mixer alone)."""
     if name == NO_MLP:
         return None
-    return get_mlp(name)(d_model, layer_idx, n_layers=n_layers, mlp_ratio=mlp_ratio)
+    if mlp_hidden is not None and mlp_hidden < 1:
+        raise ConfigError(f"model.mlp_hidden must be null or >= 1, got {mlp_hidden}")
+    return get_mlp(name)(d_model, layer_idx, n_layers=n_layers, mlp_ratio=mlp_ratio, mlp_hidden=mlp_hidden)
 
 
 @register_mlp("swiglu")
 class SwiGLUMLP(SwiGLU):
-    """SwiGLU with hidden size `2/3 * mlp_ratio * d_model` (Llama's sizing); stateless."""
+    """SwiGLU with hidden size `2/3 * mlp_ratio * d_model` (Llama's sizing), or `mlp_hidden`; stateless."""
 
-    def __init__(self, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float):
-        super().__init__(d_model, swiglu_hidden(d_model, mlp_ratio))
+    def __init__(self, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float, mlp_hidden: int | None):
+        super().__init__(d_model, mlp_hidden or swiglu_hidden(d_model, mlp_ratio))
 
     def forward(self, x: torch.Tensor, cache=None):
         return super().forward(x), cache

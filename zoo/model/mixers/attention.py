@@ -1,4 +1,6 @@
-"""Causal softmax attention with RoPE, grouped-query heads and an optional sliding window.
+"""Causal softmax attention with RoPE, grouped-query heads and an optional sliding window; the options that
+published checkpoints use on top (Qwen3's per-head QK norm, partial and rescaled RoPE, projection biases, heads
+wider than d_model / num_heads) are config like the rest.
 
 Uses `flash_attn` when it is installed and the tensors are fp16/bf16 on CUDA, and
 `torch.nn.functional.scaled_dot_product_attention` otherwise. The cache keeps keys and values
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.model.layers import positions_after, rotary
+from zoo.model.layers import RMSNorm, positions_after, rope_frequencies, rotary
 from zoo.model.mixers import register
 from zoo.model.mixers.base import Mixer, check_divides, per_sequence, split_heads
 
@@ -217,10 +219,25 @@ def _one_query_attention(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -
 class Attention(Mixer):
     """Multi-head causal attention with RoPE and grouped-query heads (`num_kv_heads` < heads); `num_heads` sets the
     head count instead of `model.head_dim`. Its cache (`KVCache`) keeps keys and values in the activations' dtype:
-    all of them (the state grows with the sequence), or the last `window_size` with a window (it does not)."""
+    all of them (the state grows with the sequence), or the last `window_size` with a window (it does not).
+
+    Options (conf/mixer/attn.yaml documents each): `head_size` (heads of their own width, so that the projections
+    are `num_heads * head_size` wide, not d_model), `qk_norm` (RMSNorm over each head of q and k, before RoPE, eps
+    `norm_eps`: Qwen3, OLMo-Hybrid), `rope_dim` (rotate only the first `rope_dim` channels of each head: partial
+    RoPE), `rope_scaling` (`zoo.model.layers.rope_frequencies`), `qkv_bias` and `out_bias`."""
 
     preallocates = True  # KVCache.reserve: `HybridLM.prefill(max_length=...)` allocates the keys once
-    added_options = {"num_heads": None}  # before num_heads, the heads came from model.head_dim
+    # what configs written before each option meant: heads from model.head_dim, no QK norm, full unscaled RoPE,
+    # no output bias
+    added_options = {
+        "num_heads": None,
+        "head_size": None,
+        "qk_norm": False,
+        "norm_eps": 1.0e-6,
+        "rope_dim": None,
+        "rope_scaling": None,
+        "out_bias": False,
+    }
 
     def __init__(
         self,
@@ -234,10 +251,21 @@ class Attention(Mixer):
         rope_theta: float | None,
         qkv_bias: bool,
         num_heads: int | None,
+        head_size: int | None,
+        qk_norm: bool,
+        norm_eps: float,
+        rope_dim: int | None,
+        rope_scaling: dict | None,
+        out_bias: bool,
     ):
         super().__init__(layer_idx)
-        # heads of model.head_dim, or num_heads of their own (Zoology's attention has one head at every width)
-        self.num_heads, head_dim, _ = split_heads(self.name, layer_idx, d_model, d_model, num_heads, head_dim)
+        if head_size is None:
+            # heads of model.head_dim, or num_heads of their own (Zoology's attention has one head at every width)
+            self.num_heads, head_dim, _ = split_heads(self.name, layer_idx, d_model, d_model, num_heads, head_dim)
+        elif num_heads is None or head_size < 1:
+            raise ConfigError(f"layer {layer_idx}: head_size={head_size} needs num_heads, and must be >= 1")
+        else:  # heads of their own width: the projections are num_heads * head_size wide, whatever d_model is
+            self.num_heads, head_dim = num_heads, head_size
         self.head_dim = head_dim
         self.num_kv_heads = num_kv_heads or self.num_heads
         check_divides("num_kv_heads must divide the number of heads", self.num_heads, self.num_kv_heads, layer_idx)
@@ -245,10 +273,21 @@ class Attention(Mixer):
             raise ConfigError(f"layer {layer_idx}: window_size must be >= 1 or null, got {window_size}")
         self.window_size = window_size
         self.rope_theta = rope_theta
+        self.rope_dim = head_dim if rope_dim is None else rope_dim
+        if not 0 < self.rope_dim <= head_dim or self.rope_dim % 2:
+            raise ConfigError(
+                f"layer {layer_idx}: rope_dim must be even and in 1..{head_dim} (the head), got {rope_dim}"
+            )
+        # derived from the config, and kept fp32 on purpose: not a buffer, so that model.to(bf16) cannot round it
+        self.inv_freq = None if rope_theta is None else rope_frequencies(self.rope_dim, rope_theta, rope_scaling)
+        if rope_theta is None and rope_scaling is not None:
+            raise ConfigError(f"layer {layer_idx}: rope_scaling={rope_scaling} needs rotary (rope_theta is null)")
         self.q_proj = nn.Linear(d_model, self.num_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * head_dim, d_model, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * head_dim, d_model, bias=out_bias)
+        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -257,8 +296,10 @@ class Attention(Mixer):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         start = cache.offset if cache is not None else 0  # int, or [B] per row in a stacked cache
         positions = positions_after(start, T, x.device)  # (T,) or (B, T)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
-            q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+            q, k = self._rope(q, positions), self._rope(k, positions)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D): the cache's layout
         key_mask = None
         if cache is not None:
@@ -268,6 +309,13 @@ class Attention(Mixer):
             cache.offset = start + T
         o = attend(q, k, v, 0, self.window_size, key_mask, heads_first=True)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
+
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE on the first `rope_dim` channels of each head; the rest pass through (partial RoPE)."""
+        if self.rope_dim == self.head_dim:
+            return rotary(x, positions, self.rope_theta, self.inv_freq)
+        rotated = rotary(x[..., : self.rope_dim], positions, self.rope_theta, self.inv_freq)
+        return torch.cat([rotated, x[..., self.rope_dim :]], dim=-1)
 
     def kernel_backends(self) -> dict[str, str]:
         # On CUDA, training runs under bf16 autocast, so flash-attn serves it whenever it is installed.

@@ -171,11 +171,11 @@ class RWKV6TimeMix(LinearMixer):
 class RWKVChannelMix(nn.Module):
     """RWKV's channel mix `sigmoid(W_r x_r) * W_v(relu(W_k x_k)^2)` with a static token shift
     `x_□ = x_t + (x_{t-1} - x_t) * mu_□`. Hidden size `mlp_ratio * d_model`, rounded down to a multiple of
-    32 as RWKV-LM does (RWKV-6 uses 3.5)."""
+    32 as RWKV-LM does (RWKV-6 uses 3.5), or `mlp_hidden`."""
 
-    def __init__(self, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float):
+    def __init__(self, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float, mlp_hidden: int | None):
         super().__init__()
-        hidden = max(32, int(mlp_ratio * d_model) // 32 * 32)
+        hidden = mlp_hidden or max(32, int(mlp_ratio * d_model) // 32 * 32)
         self.d_model = d_model
         _, ratio_1_to_almost0 = _ratios(layer_idx, n_layers)
         c = torch.arange(d_model, dtype=torch.float32) / d_model

@@ -13,6 +13,8 @@ from zoo.model.mixers.attention import Attention
 
 @register("swa")
 class SlidingWindowAttention(Attention):
+    added_options = Attention.added_options
+
     def __init__(
         self,
         d_model: int,
@@ -25,8 +27,15 @@ class SlidingWindowAttention(Attention):
         rope_theta: float,
         qkv_bias: bool,
         num_heads: int | None,
+        head_size: int | None,
+        qk_norm: bool,
+        norm_eps: float,
+        rope_dim: int | None,
+        rope_scaling: dict | None,
+        out_bias: bool,
     ):
+        # the options are listed, not passed as **options: build_mixer reads the valid ones off this signature
         if window_size is None:
             raise ConfigError(f"layer {layer_idx}: mixer 'swa' needs a window_size (mixer 'attn' is full attention)")
-        options = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "rope_theta": rope_theta, "qkv_bias": qkv_bias}
-        super().__init__(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, window_size=window_size, **options)
+        options = {k: v for k, v in locals().items() if k not in ("self", "__class__", "d_model", "layer_idx")}
+        super().__init__(d_model, layer_idx, **options)
