@@ -72,7 +72,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "sentencepiece", "vocab_size": 3}))
-    with pytest.raises(ValueError, match=r"unknown tokenizer type 'sentencepiece'.*\['bpe', 'byte', 'int'\]"):
+    with pytest.raises(ValueError, match=r"unknown tokenizer type 'sentencepiece'.*\['bpe', 'byte', 'hf', 'int'\]"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -83,7 +83,7 @@ def test_load_errors(tmp_path):
 
 
 def test_registry():
-    assert sorted(TOKENIZERS) == ["bpe", "byte", "int"]
+    assert sorted(TOKENIZERS) == ["bpe", "byte", "hf", "int"]
     assert build_tokenizer("byte") == ByteTokenizer()
     assert build_tokenizer("int", vocab_size=10) == IntTokenizer(10)
     bpe = build_tokenizer("bpe", documents=["one two three two one"] * 5, vocab_size=270)

@@ -145,20 +145,6 @@ class BPETokenizer:
 
     type: ClassVar[str] = "bpe"
     EOS: ClassVar[str] = "<|endoftext|>"
-    # Top-level keys of Hugging Face's tokenizer JSON; anything else in a file is refused as tampering.
-    HF_KEYS: ClassVar[frozenset] = frozenset(
-        {
-            "version",
-            "truncation",
-            "padding",
-            "added_tokens",
-            "normalizer",
-            "pre_tokenizer",
-            "post_processor",
-            "decoder",
-            "model",
-        }
-    )
 
     def __init__(self, hf_tokenizer):
         self._hf = hf_tokenizer
@@ -240,19 +226,12 @@ class BPETokenizer:
     def from_dict(cls, d: Mapping[str, Any]) -> BPETokenizer:
         """Rebuild from `to_dict()` output. Hugging Face parses the `"hf"` part as data (Rust, serde): it can
         describe only built-in models, pre-tokenizers and decoders, never Python code."""
-        from tokenizers import Tokenizer as HFTokenizer
 
         _check_keys(d, {"type", "vocab_size", "eos_token_id", "hf"}, cls.type, required={"hf", "vocab_size"})
         hf = d["hf"]
         if not isinstance(hf, dict) or not isinstance(hf.get("model"), dict) or hf["model"].get("type") != "BPE":
             raise ValueError("bpe tokenizer: 'hf' must be a Hugging Face tokenizer JSON object with a BPE model")
-        unknown = sorted(set(hf) - cls.HF_KEYS)
-        if unknown:
-            raise ValueError(f"bpe tokenizer: unknown keys {unknown} in 'hf'; it takes {sorted(cls.HF_KEYS)}")
-        try:
-            tok = cls(HFTokenizer.from_str(json.dumps(hf)))
-        except Exception as e:  # the Rust parser's errors (bad merges, unknown component types, ...)
-            raise ValueError(f"bpe tokenizer: 'hf' is not a valid Hugging Face tokenizer: {e}") from None
+        tok = cls(parse_hf_json(hf, cls.type))
         if d["vocab_size"] != tok.vocab_size or d.get("eos_token_id", tok.eos_token_id) != tok.eos_token_id:
             raise ValueError(
                 f"bpe tokenizer: vocab_size={d['vocab_size']}, eos_token_id={d.get('eos_token_id')} disagree with "
@@ -263,15 +242,108 @@ class BPETokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         return _write_json(directory, self.to_dict())
 
+    def hf_json(self) -> str:
+        """Hugging Face's own `tokenizer.json` text (what a transformers export carries)."""
+        return self._hf.to_str()
 
-TOKENIZERS: dict[str, type] = {"bpe": BPETokenizer, "byte": ByteTokenizer, "int": IntTokenizer}
+
+# Top-level keys of Hugging Face's tokenizer JSON; anything else in a file is refused as tampering.
+HF_KEYS = frozenset(
+    {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder"}
+    | {"model"}
+)
+
+
+def parse_hf_json(hf: Any, kind: str):
+    """A `tokenizers.Tokenizer` from Hugging Face's tokenizer JSON (a dict). The Rust side parses it as data (serde):
+    it can describe only built-in models, normalizers, pre-tokenizers and decoders, never Python code."""
+    from tokenizers import Tokenizer as RustTokenizer
+
+    if not isinstance(hf, dict) or not isinstance(hf.get("model"), dict):
+        raise ValueError(f"{kind} tokenizer: expected a Hugging Face tokenizer JSON object with a 'model'")
+    unknown = sorted(set(hf) - HF_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{kind} tokenizer: unknown keys {unknown} in its Hugging Face JSON; it takes {sorted(HF_KEYS)}"
+        )
+    try:
+        return RustTokenizer.from_str(json.dumps(hf))
+    except Exception as e:  # the Rust parser's errors (bad merges, unknown component types, ...)
+        raise ValueError(f"{kind} tokenizer: not a valid Hugging Face tokenizer: {e}") from None
+
+
+class HFTokenizer:
+    """Any Hugging Face fast tokenizer (`tokenizer.json`: BPE, Unigram, WordPiece, ...), as an imported
+    transformers checkpoint carries it, with the eos / bos ids of its model config.
+
+    `encode` adds no special tokens (no bos): callers that want one put it in front themselves; `decode` skips
+    special tokens. Stored in the zoo's `tokenizer.json` under `"hf"`, as `BPETokenizer` is."""
+
+    type: ClassVar[str] = "hf"
+
+    def __init__(self, hf_tokenizer, eos_token_id: int | None, bos_token_id: int | None):
+        self._hf = hf_tokenizer
+        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_token_id, self.bos_token_id = eos_token_id, bos_token_id
+
+    @classmethod
+    def from_file(cls, path: Path, eos_token_id: int | None, bos_token_id: int | None) -> HFTokenizer:
+        try:
+            hf = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"not valid JSON: {e}") from None
+        return cls(parse_hf_json(hf, cls.type), eos_token_id, bos_token_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = _as_int_list(ids)
+        if any(i < 0 for i in ids):
+            raise ValueError(f"HFTokenizer.decode got negative ids {[i for i in ids if i < 0][:5]}")
+        return self._hf.decode([i for i in ids if i < self.vocab_size], skip_special_tokens=True)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HFTokenizer) and self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, eos_token_id={self.eos_token_id})"
+
+    def to_dict(self) -> dict[str, Any]:
+        ids = {"eos_token_id": self.eos_token_id, "bos_token_id": self.bos_token_id}
+        return {"type": self.type, "vocab_size": self.vocab_size, **ids, "hf": json.loads(self._hf.to_str())}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HFTokenizer:
+        _check_keys(d, {"type", "vocab_size", "eos_token_id", "bos_token_id", "hf"}, cls.type, required={"hf"})
+        tok = cls(parse_hf_json(d["hf"], cls.type), d.get("eos_token_id"), d.get("bos_token_id"))
+        if d.get("vocab_size", tok.vocab_size) != tok.vocab_size:
+            raise ValueError(
+                f"hf tokenizer: vocab_size={d['vocab_size']} disagrees with its vocabulary ({tok.vocab_size})"
+            )
+        return tok
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        return _write_json(directory, self.to_dict())
+
+    def hf_json(self) -> str:
+        return self._hf.to_str()
+
+
+TOKENIZERS: dict[str, type] = {"bpe": BPETokenizer, "byte": ByteTokenizer, "hf": HFTokenizer, "int": IntTokenizer}
 
 
 def build_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
     """`build_tokenizer("byte")`, `build_tokenizer("int", vocab_size=8192)`, and
     `build_tokenizer("bpe", documents=texts, vocab_size=4096)` (a BPE vocabulary is learnt: `BPETokenizer.train`)."""
-    if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
+    buildable = sorted(set(TOKENIZERS) - {"hf"})  # an hf tokenizer comes with the checkpoint that carries it
+    if name not in buildable:
+        raise ValueError(f"unknown tokenizer {name!r}; choose one of {buildable}")
     if name == "bpe":
         return BPETokenizer.train(**kwargs)
     return TOKENIZERS[name](**kwargs)

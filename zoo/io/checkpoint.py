@@ -12,6 +12,7 @@ Weights are one `model.safetensors`, or (for large models, see `zoo-publish --ma
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -42,6 +43,32 @@ def model_tensors(model) -> dict[str, torch.Tensor]:
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
+
+
+UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """`"5GB"` -> 5e9 bytes (decimal units as on the Hub; `GiB` etc. are binary); a bare number is bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and match.group(2).lower()
+    if not match or unit not in UNITS:
+        raise ValueError(f"invalid size {text!r}: use e.g. 5GB, 500MB, 2GiB or a number of bytes")
+    size = int(float(match.group(1)) * UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"invalid size {text!r}: must be more than 0 bytes")
+    return size
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -197,6 +224,13 @@ def load_weights(model, directory) -> None:
     """Load the weights (single file or shards) into `model`; the first missing, unexpected or mismatched
     tensor is named with the file it is in (or should be in)."""
     stored, sources, listing = read_weights(directory)
+    check_tensors(model, stored, sources, listing)
+    model.load_state_dict(stored, strict=False)  # strict=False only for the tied head, checked above
+
+
+def check_tensors(model, stored: dict[str, torch.Tensor], sources: dict[str, Path], listing: Path) -> None:
+    """Every tensor `model` stores is in `stored` with its shape and kind of dtype, and nothing else is; the first
+    that is not is a `CheckpointError` naming the file it came from (`sources`) or should be in (`listing`)."""
     expected = model_tensors(model)
     for name, tensor in expected.items():
         if name not in stored:
@@ -213,7 +247,6 @@ def load_weights(model, directory) -> None:
     for name in stored:
         if name not in expected:
             raise CheckpointError(f"{sources[name]}: unexpected tensor {name!r} not in the model")
-    model.load_state_dict(stored, strict=False)  # strict=False only for the tied head, checked above
 
 
 def resolve_pretrained(name_or_path) -> Path:
@@ -248,8 +281,13 @@ def load_checkpoint_tokenizer(directory: Path):
 
 
 def from_pretrained(name_or_path, device: str | torch.device = "cpu"):
-    """Build the model described by `config.json` and load its weights and tokenizer."""
+    """Build the model described by `config.json` and load its weights and tokenizer: a zoo checkpoint, or a
+    transformers checkpoint of a supported `model_type` (`zoo.io.hf`), mapped onto zoo modules."""
+    from zoo.io import hf  # it builds on this module
+
     directory = resolve_pretrained(name_or_path)
+    if hf.is_transformers_checkpoint(directory):
+        return hf.load_transformers_checkpoint(directory).to(device).eval()
     config = load_config(directory)
     try:
         model = HybridLM(config)

@@ -15,44 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 from zoo.errors import CheckpointError, ConfigError, PublishError
 from zoo.io.card import RunRecord, model_card, read_run
-from zoo.io.checkpoint import from_pretrained, read_weights, write_config, write_weights
+from zoo.io.checkpoint import from_pretrained, parse_size, read_weights, write_config, write_weights
 from zoo.io.results import RESULTS
 from zoo.io.runs import CONFIG, write_dir_atomically
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 CARD = "README.md"
-
-UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_size(text: str) -> int:
-    """`"5GB"` -> 5e9 bytes (decimal units as on the Hub; `GiB` etc. are binary); a bare number is bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match and match.group(2).lower()
-    if not match or unit not in UNITS:
-        raise ValueError(f"invalid size {text!r}: use e.g. 5GB, 500MB, 2GiB or a number of bytes")
-    size = int(float(match.group(1)) * UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"invalid size {text!r}: must be more than 0 bytes")
-    return size
 
 
 def check_out_dir(out: Path, run: RunRecord) -> None:

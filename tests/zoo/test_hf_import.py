@@ -1,0 +1,246 @@
+"""transformers checkpoints imported as zoo models, and zoo models exported to transformers: tiny random-init models
+of every supported class are built locally from their config classes and saved with `save_pretrained` (no
+downloads); the import must give transformers' logits, continue from its cache, and generate transformers' greedy
+tokens; export must load in transformers with the zoo's logits; every bad input names what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import zoo
+from tests.helpers import assert_close
+from zoo.config import compose
+from zoo.errors import CheckpointConfigError, CheckpointError
+from zoo.io.hf import ARCHS, export_transformers
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 101
+BASE = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 44,  # not a multiple of 8, nor what mlp_ratio would give
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "eos_token_id": 7,
+    "bos_token_id": 1,
+}
+# (config class, options over BASE): every supported model_type and the options that change its math
+CASES = {
+    "llama": ("LlamaConfig", {"tie_word_embeddings": True}),
+    "llama-untied-bias": ("LlamaConfig", {"attention_bias": True, "rms_norm_eps": 1e-5}),
+    "llama3-rope": (
+        "LlamaConfig",
+        {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8,
+            }
+        },
+    ),
+    "mistral-window": ("MistralConfig", {"sliding_window": 5}),
+    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),  # heads 16 wide at hidden 32: q is 64 wide
+    "qwen3-sliding-layers": (
+        "Qwen3Config",
+        {"head_dim": 16, "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+    ),
+}
+
+
+def hf_model(case: str, seed: int = 0):
+    name, options = CASES[case]
+    config = getattr(transformers, name)(**BASE, **options)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so that their mapping is checked
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Each case saved once: `{case: (folder, transformers model)}`."""
+    out = {}
+    for case in CASES:
+        folder = tmp_path_factory.mktemp(case)
+        model = hf_model(case)
+        model.save_pretrained(folder)
+        out[case] = (folder, model)
+    return out
+
+
+def ids(T=19, B=2, seed=1):
+    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def close_to(actual, expected, name):
+    scale = expected.abs().max().item()
+    assert_close(actual, expected, rtol=0, atol=1e-4 * scale, name=name)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_import_gives_the_logits_of_transformers(saved, case):
+    folder, reference = saved[case]
+    model = zoo.from_pretrained(folder)
+    x = ids()
+    with torch.no_grad():
+        close_to(model(x).logits, reference(x).logits, case)
+    assert sorted(ARCHS) == ["llama", "mistral", "qwen2", "qwen3"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_imported_prefill_then_decode_matches_parallel(saved, case):
+    model = zoo.from_pretrained(saved[case][0])
+    x = ids()
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :9], use_cache=True)
+        steps = [out.logits]
+        for t in range(9, x.shape[1]):
+            out = model(x[:, t : t + 1], cache=out.cache)
+            steps.append(out.logits)
+    assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{case} prefill+decode")
+
+
+@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers"])
+def test_greedy_generate_equals_transformers(saved, case):
+    folder, reference = saved[case]
+    model = zoo.from_pretrained(folder)
+    prompt = ids(T=6, B=1, seed=3)
+    ours = model.generate(prompt, max_new_tokens=12, eos_token_id=BASE["eos_token_id"])
+    theirs = reference.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0
+    )
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_sharded_checkpoint_imports(tmp_path):
+    reference = hf_model("qwen3")
+    reference.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
+    model = zoo.from_pretrained(tmp_path)
+    x = ids()
+    with torch.no_grad():
+        close_to(model(x).logits, reference(x).logits, "sharded")
+
+
+def test_tokenizer_and_special_ids_come_along(saved, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "a", "b", "ab", "c", "abc", "</s>"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    shutil.copytree(saved["llama"][0], tmp_path / "ckpt")
+    tok.save(str(tmp_path / "ckpt" / "tokenizer.json"))
+    model = zoo.from_pretrained(tmp_path / "ckpt")
+    assert model.tokenizer.encode("ab c abc") == [4, 5, 6]
+    assert model.tokenizer.decode([4, 5]) == "ab c"
+    assert (model.tokenizer.eos_token_id, model.tokenizer.bos_token_id) == (7, 1)
+    # zoo-convert writes a zoo checkpoint that keeps the tokenizer and the logits
+    from zoo.io.hf.cli import convert
+
+    assert convert([str(tmp_path / "ckpt"), "--out", str(tmp_path / "zoo")]) == 0
+    again = zoo.from_pretrained(tmp_path / "zoo")
+    assert json.loads((tmp_path / "zoo" / "config.json").read_text())["model_type"] == "hybrid_zoo"
+    assert again.tokenizer == model.tokenizer
+    with torch.no_grad():
+        assert torch.equal(again(ids()).logits, model(ids()).logits)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=transformer"],
+        ["model=transformer", "model.attn.window_size=6", "model.attn.num_kv_heads=2"],
+        ["model=transformer", "model.attn.qk_norm=true", "model.attn.norm_eps=1e-5", "model.attn.qkv_bias=true"]
+        + ["model.attn.out_bias=true"],
+    ],
+    ids=["llama", "mistral", "qwen3"],
+)
+def test_export_loads_in_transformers_and_round_trips(tmp_path, overrides):
+    small = ["model.d_model=64", "model.head_dim=16", "model.n_layers=2", "data.vocab_size=97"]
+    torch.manual_seed(0)
+    model = zoo.build_model(compose([*overrides, *small]).model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    export_transformers(model, tmp_path / "hf")
+    x = torch.randint(0, 97, (2, 15), generator=torch.Generator().manual_seed(0))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    back = zoo.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        ours = model(x).logits
+        close_to(theirs(x).logits, ours, "exported, in transformers")
+        assert torch.equal(back(x).logits, ours)
+
+
+def test_export_refuses_what_has_no_transformers_equivalent(tmp_path):
+    model = zoo.build_model(compose(["model=gla", "model.d_model=32", "model.head_dim=16", "model.n_layers=2"]).model)
+    with pytest.raises(CheckpointError, match="no transformers equivalent.*only attention layers.*'gla'"):
+        export_transformers(model, tmp_path / "out")
+    learned = zoo.build_model(
+        compose(["model=transformer", "model.d_model=32", "model.head_dim=16", "model.learned_positions=16"]).model
+    )
+    with pytest.raises(CheckpointError, match="learned_positions"):
+        export_transformers(learned, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def edit_config(folder, **changes):
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_type": "gpt2"}, r"model_type 'gpt2' is not supported; supported: llama, mistral, qwen2, qwen3"),
+        ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, r"auto_map.*trust_remote_code.*never runs code"),
+        ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported.*'silu'"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, r"rope_scaling=.*yarn"),
+        ({"mlp_bias": True}, r"mlp_bias=True is not supported"),
+        ({"quantization_config": {"quant_method": "gptq"}}, r"quantization_config"),
+    ],
+    ids=["model_type", "remote-code", "hidden_act", "rope-type", "mlp_bias", "quantized"],
+)
+def test_bad_configs_name_the_field(saved, tmp_path, changes, message):
+    shutil.copytree(saved["llama"][0], tmp_path / "ckpt")
+    edit_config(tmp_path / "ckpt", **changes)
+    with pytest.raises(CheckpointConfigError, match=message):
+        zoo.from_pretrained(tmp_path / "ckpt")
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_named(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    def with_tensors(edit) -> str:
+        folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(saved["llama-untied-bias"][0], folder)
+        tensors = load_file(folder / "model.safetensors")
+        edit(tensors)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(CheckpointError) as err:
+            zoo.from_pretrained(folder)
+        return str(err.value)
+
+    msg = with_tensors(lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    assert "missing tensor 'model.layers.1.mlp.up_proj.weight'" in msg and "blocks.1.mlp.gate_up.weight" in msg
+    msg = with_tensors(lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(2)}))
+    assert "unexpected tensor 'model.layers.0.extra.weight'" in msg
+    msg = with_tensors(lambda t: t.update({"model.layers.2.self_attn.k_proj.weight": torch.zeros(8, 32)}))
+    assert "'model.layers.2.self_attn.k_proj.weight' has shape (8, 32), the model expects (16, 32)" in msg
+    msg = with_tensors(lambda t: t.pop("lm_head.weight"))  # untied: the head must be there
+    assert "missing tensor 'lm_head.weight'" in msg
