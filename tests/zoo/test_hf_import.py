@@ -20,23 +20,22 @@ from zoo.io.hf import ARCHS, export_transformers
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 101
-BASE = {
-    "vocab_size": VOCAB,
-    "hidden_size": 32,
+COMMON = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 3, "eos_token_id": 7, "bos_token_id": 1}
+LLAMA = {
+    **COMMON,
     "intermediate_size": 44,  # not a multiple of 8, nor what mlp_ratio would give
-    "num_hidden_layers": 3,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "eos_token_id": 7,
-    "bos_token_id": 1,
 }
-# (config class, options over BASE): every supported model_type and the options that change its math
+MAMBA2 = {**COMMON, "num_heads": 8, "head_dim": 8, "state_size": 16, "n_groups": 2, "expand": 2, "conv_kernel": 4}
+# (config class, fields): every supported model_type and the options that change its math
 CASES = {
-    "llama": ("LlamaConfig", {"tie_word_embeddings": True}),
-    "llama-untied-bias": ("LlamaConfig", {"attention_bias": True, "rms_norm_eps": 1e-5}),
+    "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
+    "llama-untied-bias": ("LlamaConfig", {**LLAMA, "attention_bias": True, "rms_norm_eps": 1e-5}),
     "llama3-rope": (
         "LlamaConfig",
         {
+            **LLAMA,
             "rope_parameters": {
                 "rope_type": "llama3",
                 "rope_theta": 500000.0,
@@ -44,22 +43,24 @@ CASES = {
                 "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8,
-            }
+            },
         },
     ),
-    "mistral-window": ("MistralConfig", {"sliding_window": 5}),
-    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
-    "qwen3": ("Qwen3Config", {"head_dim": 16}),  # heads 16 wide at hidden 32: q is 64 wide
+    "mistral-window": ("MistralConfig", {**LLAMA, "sliding_window": 5}),
+    "qwen2": ("Qwen2Config", {**LLAMA, "tie_word_embeddings": True}),
+    "qwen3": ("Qwen3Config", {**LLAMA, "head_dim": 16}),  # heads 16 wide at hidden 32: q is 64 wide
     "qwen3-sliding-layers": (
         "Qwen3Config",
-        {"head_dim": 16, "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+        {**LLAMA, "head_dim": 16, "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
     ),
+    "mamba2": ("Mamba2Config", {**MAMBA2, "tie_word_embeddings": True}),
+    "mamba2-untied-no-conv-bias": ("Mamba2Config", {**MAMBA2, "use_conv_bias": False, "layer_norm_epsilon": 1e-6}),
 }
 
 
 def hf_model(case: str, seed: int = 0):
-    name, options = CASES[case]
-    config = getattr(transformers, name)(**BASE, **options)
+    name, fields = CASES[case]
+    config = getattr(transformers, name)(**fields)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so that their mapping is checked
@@ -96,7 +97,7 @@ def test_import_gives_the_logits_of_transformers(saved, case):
     x = ids()
     with torch.no_grad():
         close_to(model(x).logits, reference(x).logits, case)
-    assert sorted(ARCHS) == ["llama", "mistral", "qwen2", "qwen3"]
+    assert sorted(ARCHS) == ["llama", "mamba2", "mistral", "qwen2", "qwen3"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -113,12 +114,12 @@ def test_imported_prefill_then_decode_matches_parallel(saved, case):
     assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{case} prefill+decode")
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers"])
+@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2"])
 def test_greedy_generate_equals_transformers(saved, case):
     folder, reference = saved[case]
     model = zoo.from_pretrained(folder)
     prompt = ids(T=6, B=1, seed=3)
-    ours = model.generate(prompt, max_new_tokens=12, eos_token_id=BASE["eos_token_id"])
+    ours = model.generate(prompt, max_new_tokens=12, eos_token_id=COMMON["eos_token_id"])
     theirs = reference.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0
     )
@@ -165,8 +166,9 @@ def test_tokenizer_and_special_ids_come_along(saved, tmp_path):
         ["model=transformer", "model.attn.window_size=6", "model.attn.num_kv_heads=2"],
         ["model=transformer", "model.attn.qk_norm=true", "model.attn.norm_eps=1e-5", "model.attn.qkv_bias=true"]
         + ["model.attn.out_bias=true"],
+        ["model=mamba2", "model.mlp=none", "model.mixers.mamba2.d_state=16", "model.mixers.mamba2.ngroups=2"],
     ],
-    ids=["llama", "mistral", "qwen3"],
+    ids=["llama", "mistral", "qwen3", "mamba2"],
 )
 def test_export_loads_in_transformers_and_round_trips(tmp_path, overrides):
     small = ["model.d_model=64", "model.head_dim=16", "model.n_layers=2", "data.vocab_size=97"]
@@ -207,7 +209,7 @@ def edit_config(folder, **changes):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_type": "gpt2"}, r"model_type 'gpt2' is not supported; supported: llama, mistral, qwen2, qwen3"),
+        ({"model_type": "gpt2"}, r"model_type 'gpt2' is not supported; supported: llama, mamba2, mistral, qwen2"),
         ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, r"auto_map.*trust_remote_code.*never runs code"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported.*'silu'"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, r"rope_scaling=.*yarn"),

@@ -54,6 +54,14 @@ class HFConfig:
         return value
 
 
+def as_float(value: Any) -> float:
+    """A number from a config: transformers 5 writes infinities as `{"__float__": "Infinity"}`, older versions as the
+    bare `Infinity` that Python's json reads."""
+    if isinstance(value, dict) and "__float__" in value:
+        return float(value["__float__"])
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One zoo tensor and the transformers tensor(s) it is made of: a plain copy for one name; for several, their
