@@ -28,6 +28,7 @@ LLAMA = {
     "num_key_value_heads": 2,
 }
 MAMBA2 = {**COMMON, "num_heads": 8, "head_dim": 8, "state_size": 16, "n_groups": 2, "expand": 2, "conv_kernel": 4}
+BAMBA = {"mamba_n_heads": 8, "mamba_d_head": 8, "mamba_d_state": 16, "mamba_n_groups": 2, "mamba_expand": 2}
 # (config class, fields): every supported model_type and the options that change its math
 CASES = {
     "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
@@ -55,6 +56,7 @@ CASES = {
     ),
     "mamba2": ("Mamba2Config", {**MAMBA2, "tie_word_embeddings": True}),
     "mamba2-untied-no-conv-bias": ("Mamba2Config", {**MAMBA2, "use_conv_bias": False, "layer_norm_epsilon": 1e-6}),
+    "bamba": ("BambaConfig", {**LLAMA, **BAMBA, "attn_layer_indices": [1]}),
 }
 
 
@@ -97,7 +99,7 @@ def test_import_gives_the_logits_of_transformers(saved, case):
     x = ids()
     with torch.no_grad():
         close_to(model(x).logits, reference(x).logits, case)
-    assert sorted(ARCHS) == ["llama", "mamba2", "mistral", "qwen2", "qwen3"]
+    assert sorted(ARCHS) == ["bamba", "llama", "mamba2", "mistral", "qwen2", "qwen3"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -114,7 +116,7 @@ def test_imported_prefill_then_decode_matches_parallel(saved, case):
     assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{case} prefill+decode")
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2"])
+@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba"])
 def test_greedy_generate_equals_transformers(saved, case):
     folder, reference = saved[case]
     model = zoo.from_pretrained(folder)
@@ -209,7 +211,7 @@ def edit_config(folder, **changes):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_type": "gpt2"}, r"model_type 'gpt2' is not supported; supported: llama, mamba2, mistral, qwen2"),
+        ({"model_type": "gpt2"}, r"model_type 'gpt2' is not supported; supported: bamba, llama, mamba2, mistral"),
         ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, r"auto_map.*trust_remote_code.*never runs code"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported.*'silu'"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, r"rope_scaling=.*yarn"),

@@ -19,12 +19,13 @@ import torch
 
 from zoo.errors import CheckpointConfigError, CheckpointError, ConfigError
 from zoo.io.checkpoint import CONFIG, check_tensors, model_tensors, read_json, read_weights, write_weights
+from zoo.io.hf.bamba import BambaFamily
 from zoo.io.hf.base import HFArch, HFConfig
 from zoo.io.hf.llama import LlamaFamily
 from zoo.io.hf.mamba2 import Mamba2Family
 from zoo.model.lm import HybridLM
 
-FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family())
+FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family(), BambaFamily())
 ARCHS: dict[str, HFArch] = {t: family for family in FAMILIES for t in family.model_types}
 ZOO_MODEL_TYPE = "hybrid_zoo"
 

@@ -20,12 +20,13 @@ from zoo.model.config import ATTENTION_MIXER, ModelConfig
 SLIDING = "swa"  # the zoo mixer of a transformers "sliding_attention" layer
 
 
-def rope_options(cfg: HFConfig, head_dim: int) -> dict[str, Any]:
+def rope_options(cfg: HFConfig, head_dim: int, partial: float = 1.0) -> dict[str, Any]:
     """`rope_theta`, `rope_scaling` and `rope_dim` of the attention mixer, from transformers 5's `rope_parameters`
-    or the older top-level `rope_theta` / `rope_scaling` / `partial_rotary_factor`."""
+    or the older top-level `rope_theta` / `rope_scaling` / `partial_rotary_factor` (default `partial`: the share of
+    each head that a family rotates when its config does not say)."""
     params = dict(cfg.get("rope_parameters", {}))
     theta = params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
-    factor = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    factor = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", partial))
     scaling = cfg.get("rope_scaling") or params
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind not in ("default", "linear", "llama3"):
@@ -61,28 +62,65 @@ def layer_kinds(cfg: HFConfig, n_layers: int) -> list[str]:
     return ["sliding_attention" if cfg.get("sliding_window") else "full_attention"] * n_layers
 
 
+def check_dense(cfg: HFConfig) -> None:
+    """What every Llama-like config must say for the zoo's SwiGLU blocks to compute it exactly."""
+    cfg.expect("hidden_act", ("silu",), "silu")
+    cfg.expect("mlp_bias", (False,), False)
+    if cfg.get("quantization_config") is not None:
+        cfg.refuse("quantization_config", cfg.get("quantization_config"), "quantized weights load as floats only")
+
+
+def attention_options(cfg: HFConfig, partial: float = 1.0, qk_norm: bool = False) -> dict[str, Any]:
+    """The zoo attention mixer's options of a Llama-like config (`attention_bias` on q, k, v and o)."""
+    d, heads = cfg.require("hidden_size"), cfg.require("num_attention_heads")
+    head_dim = cfg.get("head_dim", d // heads)
+    bias = cfg.get("attention_bias", False)
+    return {
+        "num_heads": heads,
+        "num_kv_heads": cfg.get("num_key_value_heads", heads),
+        "head_size": head_dim,
+        "qkv_bias": bias,
+        "out_bias": bias,
+        "qk_norm": qk_norm,
+        "norm_eps": cfg.get("rms_norm_eps", 1e-6),
+        **rope_options(cfg, head_dim, partial),
+    }
+
+
+def model_head_dim(d_model: int, head_dim: int) -> int:
+    """model.head_dim sizes linear mixers only, and must divide d_model: the imported head size when it does."""
+    return head_dim if d_model % head_dim == 0 else math.gcd(d_model, head_dim)
+
+
+def attention_rules(zoo: str, hf: str, options: dict) -> list[Rule]:
+    """One attention layer's tensors: zoo prefix `zoo` (`blocks.i.mixer.`), checkpoint prefix `hf` (`...self_attn.`)."""
+    rules = []
+    for proj in ("q", "k", "v", "o"):
+        rules.append(same(f"{zoo}{proj}_proj.weight", f"{hf}{proj}_proj.weight"))
+        if options["qkv_bias"] if proj != "o" else options["out_bias"]:
+            rules.append(same(f"{zoo}{proj}_proj.bias", f"{hf}{proj}_proj.bias"))
+    if options["qk_norm"]:
+        rules += [same(f"{zoo}{n}_norm.weight", f"{hf}{n}_norm.weight") for n in ("q", "k")]
+    return rules
+
+
+def swiglu_rules(zoo: str, hf: str) -> list[Rule]:
+    """A SwiGLU MLP's tensors (`gate_proj`, `up_proj`, `down_proj` under `hf`) onto the zoo's fused `gate_up`."""
+    return [
+        Rule(zoo + "gate_up.weight", (hf + "gate_proj.weight", hf + "up_proj.weight")),
+        same(zoo + "down.weight", hf + "down_proj.weight"),
+    ]
+
+
 class LlamaFamily(HFArch):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
 
     def zoo_config(self, cfg: HFConfig) -> ModelConfig:
-        cfg.expect("hidden_act", ("silu",), "silu")
-        cfg.expect("mlp_bias", (False,), False)
-        if cfg.get("quantization_config") is not None:
-            cfg.refuse("quantization_config", cfg.get("quantization_config"), "quantized weights load as floats only")
+        check_dense(cfg)
         d, n_layers = cfg.require("hidden_size"), cfg.require("num_hidden_layers")
-        heads = cfg.require("num_attention_heads")
-        head_dim = cfg.get("head_dim", d // heads)
-        bias = cfg.get("attention_bias", False)
-        options = {
-            "num_heads": heads,
-            "num_kv_heads": cfg.get("num_key_value_heads", heads),
-            "head_size": head_dim,
-            "qkv_bias": True if cfg.model_type == "qwen2" else bias,  # Qwen2 has q/k/v biases and no flag
-            "out_bias": False if cfg.model_type == "qwen2" else bias,
-            "qk_norm": cfg.model_type == "qwen3",
-            "norm_eps": cfg.get("rms_norm_eps", 1e-6),
-            **rope_options(cfg, head_dim),
-        }
+        options = attention_options(cfg, qk_norm=cfg.model_type == "qwen3")
+        if cfg.model_type == "qwen2":  # Qwen2 has q/k/v biases, no output bias, and no flag for either
+            options |= {"qkv_bias": True, "out_bias": False}
         kinds = layer_kinds(cfg, n_layers)
         window = cfg.get("sliding_window") if "sliding_attention" in kinds else None
         if "sliding_attention" in kinds and not window:
@@ -94,8 +132,7 @@ class LlamaFamily(HFArch):
             d_model=d,
             n_layers=n_layers,
             mixer=ATTENTION_MIXER,
-            # model.head_dim sizes linear mixers only (there are none); it must divide d_model
-            head_dim=head_dim if d % head_dim == 0 else math.gcd(d, head_dim),
+            head_dim=model_head_dim(d, options["head_size"]),
             attn=attn,
             layers=None if uniform else [ATTENTION_MIXER if k == "full_attention" else SLIDING for k in kinds],
             mixers={} if uniform else {SLIDING: {**options, "window_size": window}},
@@ -113,19 +150,12 @@ class LlamaFamily(HFArch):
             rules.append(same("lm_head.weight", "lm_head.weight"))
         for i, name in enumerate(config.layer_names()):
             zoo, hf = f"blocks.{i}.", f"model.layers.{i}."
-            options = config.mixer_kwargs(name)
             rules += [
                 same(zoo + "mixer_norm.weight", hf + "input_layernorm.weight"),
                 same(zoo + "mlp_norm.weight", hf + "post_attention_layernorm.weight"),
-                Rule(zoo + "mlp.gate_up.weight", (hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight")),
-                same(zoo + "mlp.down.weight", hf + "mlp.down_proj.weight"),
+                *swiglu_rules(zoo + "mlp.", hf + "mlp."),
+                *attention_rules(zoo + "mixer.", hf + "self_attn.", config.mixer_kwargs(name)),
             ]
-            for proj in ("q", "k", "v", "o"):
-                rules.append(same(f"{zoo}mixer.{proj}_proj.weight", f"{hf}self_attn.{proj}_proj.weight"))
-                if options["qkv_bias"] if proj != "o" else options["out_bias"]:
-                    rules.append(same(f"{zoo}mixer.{proj}_proj.bias", f"{hf}self_attn.{proj}_proj.bias"))
-            if options["qk_norm"]:
-                rules += [same(f"{zoo}mixer.{n}_norm.weight", f"{hf}self_attn.{n}_norm.weight") for n in ("q", "k")]
         return rules
 
     def ignored(self, config: ModelConfig) -> tuple[str, ...]:
