@@ -43,7 +43,7 @@ class ModelSchema:
     attn: dict[str, Any] = MISSING  # attention kwargs (conf/mixer/attn.yaml) + `layers`
     layers: list[str] | None = MISSING
     mixers: dict[str, Any] = MISSING  # mixer name -> kwargs over conf/mixer/<name>.yaml
-    mlp: str = MISSING
+    mlp: Any = MISSING  # an MLP name or a list of names repeated through the depth
     mlp_ratio: float = MISSING
     mlp_hidden: int | None = MISSING  # the MLP's hidden size exactly, over mlp_ratio
     tie_embeddings: bool = MISSING

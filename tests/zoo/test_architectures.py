@@ -19,7 +19,7 @@ from zoo.model.mlps import MLPS
 from zoo.train.loop import lm_loss
 
 ARCHS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
-PURE, HYBRID = (), ("model.attn.layers=[1]",)
+PURE, HYBRID = ("model.attn.layers=[]",), ("model.attn.layers=[1]",)
 # Options that imported checkpoints need, on the architectures that use them: each passes the same harness
 FEATURES = {
     "transformer-qwen3-attention": (
@@ -33,8 +33,15 @@ FEATURES = {
         + ("+model.attn.rope_scaling.factor=4.0",),
     ),
 }
+FEATURES["nemotron-h-layout"] = (  # blocks of a mixer alone and of an MLP alone, per-layer MLPs
+    "mamba2",
+    ("model.layers=[mamba2,none,attn,none]", "model.n_layers=4", "model.mlp=[none,relu2]", "model.mlp_hidden=40")
+    + ("model.mixers.mamba2.dt_limit=[0.05,null]",),
+)
 VARIANTS = [(arch, extra) for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES.values())
-VARIANT_IDS = [f"{arch}{'+attn' if extra else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES)
+VARIANT_IDS = [f"{arch}{'+attn' if extra == HYBRID else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(
+    FEATURES
+)
 SMALL = ["model.d_model=64", "model.head_dim=16", "data.vocab_size=97", "model.n_layers=2"]
 CHUNK = 8  # chunk size forced on every chunked mixer, so that the test lengths span several chunks
 VOCAB = 97
@@ -71,7 +78,8 @@ def test_registry_table():
         assert pure in ARCHS, f"mixer {name!r} has no pure architecture conf/model/{pure}.yaml"
         assert name in used, f"mixer {name!r} is used by no architecture in conf/model/"
     for name in MLPS:
-        assert any(small_config(a, PURE).mlp == name for a in ARCHS), f"mlp {name!r} is used by no architecture"
+        used_by = [a for a, extra in VARIANTS if name in zoo.ModelConfig.from_any(small_config(a, extra)).mlp_names()]
+        assert used_by, f"mlp {name!r} is used by no architecture nor FEATURES variant"
 
 
 @pytest.mark.parametrize(("arch", "extra"), VARIANTS, ids=VARIANT_IDS)

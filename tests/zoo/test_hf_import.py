@@ -29,6 +29,16 @@ LLAMA = {
 }
 MAMBA2 = {**COMMON, "num_heads": 8, "head_dim": 8, "state_size": 16, "n_groups": 2, "expand": 2, "conv_kernel": 4}
 BAMBA = {"mamba_n_heads": 8, "mamba_d_head": 8, "mamba_d_state": 16, "mamba_n_groups": 2, "mamba_expand": 2}
+NEMOTRON_H = {
+    **LLAMA,
+    "head_dim": 8,
+    "layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"],
+    "mamba_num_heads": 8,
+    "mamba_head_dim": 8,
+    "ssm_state_size": 16,
+    "n_groups": 2,
+    "time_step_min": 0.05,  # a dt floor that clamps some of the perturbed dt values
+}
 # (config class, fields): every supported model_type and the options that change its math
 CASES = {
     "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
@@ -57,6 +67,7 @@ CASES = {
     "mamba2": ("Mamba2Config", {**MAMBA2, "tie_word_embeddings": True}),
     "mamba2-untied-no-conv-bias": ("Mamba2Config", {**MAMBA2, "use_conv_bias": False, "layer_norm_epsilon": 1e-6}),
     "bamba": ("BambaConfig", {**LLAMA, **BAMBA, "attn_layer_indices": [1]}),
+    "nemotron_h": ("NemotronHConfig", NEMOTRON_H),
 }
 
 
@@ -99,7 +110,7 @@ def test_import_gives_the_logits_of_transformers(saved, case):
     x = ids()
     with torch.no_grad():
         close_to(model(x).logits, reference(x).logits, case)
-    assert sorted(ARCHS) == ["bamba", "llama", "mamba2", "mistral", "qwen2", "qwen3"]
+    assert sorted(ARCHS) == ["bamba", "llama", "mamba2", "mistral", "nemotron_h", "qwen2", "qwen3"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -126,6 +137,30 @@ def test_greedy_generate_equals_transformers(saved, case):
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0
     )
     assert ours.tolist() == theirs.tolist()
+
+
+def test_older_spellings_load(saved, tmp_path):
+    """Nemotron-H as the Hub stores it: `hybrid_override_pattern`, `mamba_*` field names, `backbone.` weights."""
+    from safetensors.torch import load_file, save_file
+
+    folder, reference = saved["nemotron_h"]
+    shutil.copytree(folder, tmp_path / "old")
+    data = json.loads((tmp_path / "old" / "config.json").read_text())
+    del data["layers_block_type"]
+    data |= {"hybrid_override_pattern": "M-*-M", "mamba_n_groups": data.pop("n_groups")}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(data))
+    tensors = load_file(tmp_path / "old" / "model.safetensors")
+    renamed = {k.replace("model.", "backbone.", 1): v for k, v in tensors.items()}
+    save_file(renamed, tmp_path / "old" / "model.safetensors", metadata={"format": "pt"})
+    model = zoo.from_pretrained(tmp_path / "old")
+    assert model.layer_mixers == ["mamba2", "none", "attn", "none", "mamba2"]
+    x = ids()
+    with torch.no_grad():
+        close_to(model(x).logits, reference(x).logits, "nemotron_h, old spellings")
+    data["hybrid_override_pattern"] = "M-E-M"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointConfigError, match="layers_block_type='moe'.*mixture-of-experts"):
+        zoo.from_pretrained(tmp_path / "old")
 
 
 def test_sharded_checkpoint_imports(tmp_path):
@@ -211,7 +246,10 @@ def edit_config(folder, **changes):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_type": "gpt2"}, r"model_type 'gpt2' is not supported; supported: bamba, llama, mamba2, mistral"),
+        (
+            {"model_type": "gpt2"},
+            r"model_type 'gpt2' is not supported; supported: bamba, llama, mamba2, mistral, nemotron_h",
+        ),
         ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, r"auto_map.*trust_remote_code.*never runs code"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported.*'silu'"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, r"rope_scaling=.*yarn"),

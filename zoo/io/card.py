@@ -86,7 +86,9 @@ def layer_kinds(model) -> list[str]:
     for block in model.blocks:
         mixer = block.mixer
         window = getattr(mixer, "window_size", None)  # attention's; a sliding window keeps a fixed-size cache too
-        if mixer.state_grows:
+        if mixer is None:
+            kinds.append("MLP only")
+        elif mixer.state_grows:
             kinds.append("attention (full)")
         elif window is not None:
             kinds.append(f"attention (sliding window {window})")
@@ -172,11 +174,12 @@ def architecture_section(model) -> list[str]:
             f"the other layers use {others}."
         )
     mlp_size = f"ratio {cfg.mlp_ratio}" if cfg.mlp_hidden is None else f"hidden {cfg.mlp_hidden}"
+    mlp_kinds = "/".join(dict.fromkeys(cfg.mlp_names()))
     lines = [
         "## Architecture",
         "",
         f"{cfg.n_layers} layers, d_model {cfg.d_model}, head_dim {cfg.head_dim}, vocabulary {cfg.vocab_size:,}, "
-        f"{cfg.mlp} MLP ({mlp_size}), {'tied' if cfg.tie_embeddings else 'untied'} embeddings. "
+        f"{mlp_kinds} MLP ({mlp_size}), {'tied' if cfg.tie_embeddings else 'untied'} embeddings. "
         "Each block is `x + mixer(norm(x))`, then `x + mlp(norm(x))`.",
         "",
         summary,

@@ -16,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.config import conf_dir
 from zoo.errors import ConfigError
 from zoo.model.mixers import MIXERS
+from zoo.model.mlps import NO_MLP
 
 ATTENTION_MIXER = "attn"
+NO_MIXER = "none"  # a layer name for blocks of their MLP alone (Nemotron-H's MLP layers)
 
 
 def mixer_defaults(name: str) -> dict[str, Any]:
@@ -48,7 +50,7 @@ class ModelConfig:
     init_std: float
     layers: list[str] | None = None
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mlp: str = "swiglu"  # conf/ always sets it; the default only keeps older checkpoints' config.json loading
+    mlp: str | list[str] = "swiglu"  # conf/ always sets it; the default keeps older checkpoints' config.json loading
     learned_positions: int | None = None  # as mlp: older checkpoints have none
     mlp_hidden: int | None = None  # as mlp; set, it overrides the mlp_ratio sizing (an imported intermediate_size)
 
@@ -104,10 +106,22 @@ class ModelConfig:
             if not pattern:
                 raise ConfigError("model.mixer is an empty list; give a mixer name or a non-empty pattern")
             names = [ATTENTION_MIXER if i in normalized else pattern[i % len(pattern)] for i in range(self.n_layers)]
+        mlps = self.mlp_names()
         for i, name in enumerate(names):
-            if name not in MIXERS:
-                raise ConfigError(f"layer {i}: unknown mixer {name!r}; valid mixers: {', '.join(sorted(MIXERS))}")
+            if name not in MIXERS and name != NO_MIXER:
+                valid = ", ".join(sorted([*MIXERS, NO_MIXER]))
+                raise ConfigError(f"layer {i}: unknown mixer {name!r}; valid mixers: {valid}")
+            if name == NO_MIXER and mlps[i] == NO_MLP:
+                raise ConfigError(f"layer {i} has neither a mixer nor an MLP (both are 'none')")
         return names
+
+    def mlp_names(self) -> list[str]:
+        """The MLP of every layer: `model.mlp`, one name for all, or a list repeated through the depth (`none` =
+        the block is its mixer alone)."""
+        pattern = [self.mlp] if isinstance(self.mlp, str) else list(self.mlp)
+        if not pattern:
+            raise ConfigError("model.mlp is an empty list; give an MLP name or a non-empty pattern")
+        return [pattern[i % len(pattern)] for i in range(self.n_layers)]
 
     def mixer_kwargs(self, name: str) -> dict[str, Any]:
         """conf/mixer defaults < `model.mixers.<name>` < (attention only) `model.attn` minus `layers`."""
@@ -120,6 +134,6 @@ class ModelConfig:
     def resolved(self) -> ModelConfig:
         """A copy whose `mixers` holds the full kwargs of every mixer used, so the config alone
         (e.g. a checkpoint's config.json) rebuilds the model without reading conf/."""
-        used = dict.fromkeys(self.layer_names())
+        used = dict.fromkeys(n for n in self.layer_names() if n != NO_MIXER)
         mixers = {name: self.mixer_kwargs(name) for name in used}
         return dataclasses.replace(self, mixers=mixers)

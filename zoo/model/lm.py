@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.model.config import ModelConfig
+from zoo.model.config import NO_MIXER, ModelConfig
 from zoo.model.layers import RMSNorm, positions_after
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
@@ -47,21 +47,24 @@ class LMOutput:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block; it never branches on the mixer type."""
+    """Pre-norm residual block; it never branches on the mixer type. Either half may be absent: `mlp` None is the
+    mixer alone (`model.mlp: none`, Mamba's blocks), `mixer` None the MLP alone (a `none` layer, Nemotron-H's)."""
 
-    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float):
+    def __init__(self, mixer: Mixer | None, mlp: nn.Module | None, d_model: int, eps: float):
         super().__init__()
-        self.mixer_norm = RMSNorm(d_model, eps)
+        self.mixer_norm = None if mixer is None else RMSNorm(d_model, eps)
         self.mixer = mixer
-        self.mlp_norm = None if mlp is None else RMSNorm(d_model, eps)  # mlp None: the mixer alone (model.mlp none)
+        self.mlp_norm = None if mlp is None else RMSNorm(d_model, eps)
         self.mlp = mlp
 
     def init_cache(self) -> LayerCache:
-        return LayerCache(self.mixer.init_cache(), None if self.mlp is None else self.mlp.init_cache())
+        return LayerCache(*(None if half is None else half.init_cache() for half in (self.mixer, self.mlp)))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None):
-        y, mixer_cache = self.mixer(self.mixer_norm(x), None if cache is None else cache.mixer)
-        x = x + y
+        mixer_cache = None
+        if self.mixer is not None:
+            y, mixer_cache = self.mixer(self.mixer_norm(x), None if cache is None else cache.mixer)
+            x = x + y
         mlp_cache = None
         if self.mlp is not None:
             y, mlp_cache = self.mlp(self.mlp_norm(x), None if cache is None else cache.mlp)
@@ -70,7 +73,7 @@ class Block(nn.Module):
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         mlp = 0 if self.mlp is None else self.mlp.state_bytes(batch_size)
-        return self.mixer.state_bytes(seq_len, batch_size) + mlp
+        return (0 if self.mixer is None else self.mixer.state_bytes(seq_len, batch_size)) + mlp
 
 
 def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict) -> Mixer:
@@ -89,8 +92,9 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
 
 def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
     d, n = config.d_model, config.n_layers
-    mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
-    mlp = build_mlp(config.mlp, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio, mlp_hidden=config.mlp_hidden)
+    mixer = None if name == NO_MIXER else build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
+    mlp_name = config.mlp_names()[layer_idx]
+    mlp = build_mlp(mlp_name, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio, mlp_hidden=config.mlp_hidden)
     return Block(mixer, mlp, d, config.norm_eps)
 
 
@@ -212,7 +216,7 @@ class HybridLM(nn.Module):
         step = T if prefill_chunk is None else prefill_chunk
         cache = self.init_cache()
         for block, layer in zip(self.blocks, cache.layers, strict=True):
-            if block.mixer.preallocates:
+            if block.mixer is not None and block.mixer.preallocates:
                 layer.mixer.reserve = reserve
         for start in range(0, T, step):
             out = self(input_ids[:, start : start + step], cache=cache, logits_to_keep=1)
@@ -269,9 +273,13 @@ class HybridLM(nn.Module):
     def kernel_backends(self) -> dict[str, str]:
         """Kernel implementation per op family, as resolved for this model's device."""
         found: dict[str, str] = {}
-        for block in self.blocks:
-            found.update(block.mixer.kernel_backends())
+        for mixer in self.mixers():
+            found.update(mixer.kernel_backends())
         return found
+
+    def mixers(self) -> list[Mixer]:
+        """The token mixers of the blocks that have one, in depth order."""
+        return [block.mixer for block in self.blocks if block.mixer is not None]
 
     # -- accounting ------------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -289,7 +297,7 @@ class HybridLM(nn.Module):
     @property
     def state_grows(self) -> bool:
         """Whether the inference cache grows with the sequence: some layer is full attention (`Mixer.state_grows`)."""
-        return any(block.mixer.state_grows for block in self.blocks)
+        return any(mixer.state_grows for mixer in self.mixers())
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:

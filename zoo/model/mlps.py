@@ -57,3 +57,24 @@ class SwiGLUMLP(SwiGLU):
 
     def state_bytes(self, batch_size: int = 1) -> int:
         return 0
+
+
+@register_mlp("relu2")
+class ReLU2MLP(torch.nn.Module):
+    """`W_down relu(W_up x)^2` (So et al. 2021, "Primer": squared ReLU; Nemotron-H's MLP layers), hidden size
+    `mlp_ratio * d_model` (rounded up to a multiple of 8) or `mlp_hidden`; stateless."""
+
+    def __init__(self, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float, mlp_hidden: int | None):
+        super().__init__()
+        hidden = mlp_hidden or 8 * -(-int(mlp_ratio * d_model) // 8)
+        self.up = torch.nn.Linear(d_model, hidden, bias=False)
+        self.down = torch.nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cache=None):
+        return self.down(torch.relu(self.up(x)).square()), cache
+
+    def init_cache(self):
+        return None
+
+    def state_bytes(self, batch_size: int = 1) -> int:
+        return 0

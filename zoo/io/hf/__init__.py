@@ -23,9 +23,10 @@ from zoo.io.hf.bamba import BambaFamily
 from zoo.io.hf.base import HFArch, HFConfig
 from zoo.io.hf.llama import LlamaFamily
 from zoo.io.hf.mamba2 import Mamba2Family
+from zoo.io.hf.nemotron_h import NemotronHFamily
 from zoo.model.lm import HybridLM
 
-FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family(), BambaFamily())
+FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family(), BambaFamily(), NemotronHFamily())
 ARCHS: dict[str, HFArch] = {t: family for family in FAMILIES for t in family.model_types}
 ZOO_MODEL_TYPE = "hybrid_zoo"
 

@@ -21,17 +21,14 @@ MAMBA2 = "mamba2"
 INIT = {"dt_min": 1e-3, "dt_max": 0.1, "dt_init_floor": 1e-4, "A_init_range": [1, 16]}
 
 
-def mamba2_options(cfg: HFConfig, d_model: int, field: dict[str, str], eps: float) -> dict[str, Any]:
+def mamba2_options(cfg: HFConfig, d_model: int, field: dict[str, str], eps: float, dt_limit=None) -> dict[str, Any]:
     """The zoo `mamba2` mixer options of a config whose Mamba-2 fields are named by `field` (zoo name -> config
-    key: heads, head_dim, d_state, ngroups, d_conv, expand, conv_bias, proj_bias). A clamped dt or projection biases
-    are refused: the zoo's mixer has neither."""
-    limit = cfg.get("time_step_limit", (0.0, math.inf))
-    if tuple(as_float(x) for x in limit) != (0.0, math.inf):
-        cfg.refuse("time_step_limit", limit, "dt is never clamped in the zoo's mamba2; only (0.0, inf) is")
+    key: heads, head_dim, d_state, ngroups, d_conv, expand, conv_bias, proj_bias). `dt_limit` is the clamp of dt the
+    family applies (default: the config's `time_step_limit`). Projection biases are refused: the zoo's mixer has
+    none."""
+    limit = dt_limit or [as_float(x) for x in cfg.get("time_step_limit", (0.0, math.inf))]
     if cfg.get(field["proj_bias"], False):
         cfg.refuse(field["proj_bias"], True, "the zoo's mamba2 projections have no bias")
-    if cfg.get("hidden_act", "silu") != "silu" and cfg.model_type == MAMBA2:
-        cfg.refuse("hidden_act", cfg.get("hidden_act"), "the short conv's activation is SiLU")
     expand, heads, headdim = cfg.require(field["expand"]), cfg.require(field["heads"]), cfg.require(field["head_dim"])
     if heads * headdim != expand * d_model:
         cfg.refuse(field["heads"], heads, f"{field['heads']} * {field['head_dim']} must be {field['expand']} * hidden")
@@ -43,6 +40,8 @@ def mamba2_options(cfg: HFConfig, d_model: int, field: dict[str, str], eps: floa
         "headdim": headdim,
         "conv_bias": cfg.get(field["conv_bias"], True),
         "norm_eps": eps,
+        # [0, inf) clamps nothing; an upper bound of inf is written as null (JSON has no infinity)
+        "dt_limit": None if list(limit) == [0.0, math.inf] else [limit[0], None if limit[1] == math.inf else limit[1]],
         "chunk_size": 64,
         "backend": "auto",
         **INIT,
@@ -74,6 +73,7 @@ class Mamba2Family(HFArch):
     model_types = (MAMBA2,)
 
     def zoo_config(self, cfg: HFConfig) -> ModelConfig:
+        cfg.expect("hidden_act", ("silu",), "silu")  # the short conv's activation
         d = cfg.require("hidden_size")
         eps = cfg.get("layer_norm_epsilon", 1e-5)
         options = mamba2_options(cfg, d, FIELDS, eps)
@@ -114,6 +114,7 @@ class Mamba2Family(HFArch):
         if config.learned_positions is not None:
             raise CheckpointError("model.learned_positions has no Mamba2 equivalent")
         o = config.mixer_kwargs(MAMBA2)
+        limit = o["dt_limit"]
         if o["norm_eps"] != config.norm_eps:
             raise CheckpointError("Mamba2 has one layer_norm_epsilon; this model's mixer and block norms differ")
         headdim = o["headdim"] or config.head_dim
@@ -133,6 +134,7 @@ class Mamba2Family(HFArch):
             "conv_kernel": o["d_conv"],
             "expand": int(o["expand"]),
             "use_conv_bias": o["conv_bias"],
+            "time_step_limit": [0.0, math.inf] if limit is None else [limit[0], limit[1] or math.inf],
             "use_bias": False,
             "layer_norm_epsilon": config.norm_eps,
             "tie_word_embeddings": config.tie_embeddings,

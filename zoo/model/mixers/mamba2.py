@@ -6,6 +6,7 @@ One in-projection gives `z` (gate, d_inner), `x` (d_inner), `B`, `C` (ngroups * 
 h (head dim P = headdim, state N = d_state, group g(h) = h // (nheads / ngroups)):
 
     dt_t = softplus(dt_t + dt_bias)                  A = -exp(A_log)          (scalars per head)
+    (dt_t clamped to `dt_limit` = [lo, hi] when set: Nemotron-H keeps dt >= its time_step_min)
     h_t  = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T      (h: N x P)
     y_t  = C_t h_t + D x_t
     out  = W_o RMSNorm_group(y * silu(z))            (gated norm, norm_before_gate=False)
@@ -41,6 +42,7 @@ class Mamba2Cache(StateCache):
 class Mamba2(LinearMixer):
     kernel_family = "simple_gla"
     cache_class = Mamba2Cache
+    added_options = {"dt_limit": None}  # configs from before it: dt never clamped
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class Mamba2(LinearMixer):
         A_init_range: tuple[float, float],
         conv_bias: bool,
         norm_eps: float,
+        dt_limit: list | None,
         chunk_size: int,
         backend: str,
     ):
@@ -80,6 +83,13 @@ class Mamba2(LinearMixer):
         self.ngroups, self.d_state, self.d_conv = ngroups, d_state, d_conv
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.norm_eps = norm_eps
+        if dt_limit is not None and (len(dt_limit) != 2 or dt_limit[0] is None):
+            raise ConfigError(
+                f"layer {layer_idx}: mamba2 dt_limit must be null or [lo, hi] (hi null: none), got {dt_limit}"
+            )
+        self.dt_limit = (
+            None if dt_limit is None else (float(dt_limit[0]), None if dt_limit[1] is None else float(dt_limit[1]))
+        )
         H = self.nheads
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + H, bias=False)  # z, x, B, C, dt
         self.conv = ShortConvolution(self.conv_dim, d_conv, activation=True, bias=conv_bias)
@@ -104,6 +114,8 @@ class Mamba2(LinearMixer):
         b = b.view(Bsz, T, G, N).repeat_interleave(H // G, dim=2)  # (B, T, H, N); head h reads group h // (H/G)
         c = c.view(Bsz, T, G, N).repeat_interleave(H // G, dim=2)
         dt = F.softplus(at_least_fp32(dt) + at_least_fp32(self.dt_bias))  # (B, T, H), fp32 math (fp64 in fp64 tests)
+        if self.dt_limit is not None:
+            dt = dt.clamp(*self.dt_limit)
         g = -torch.exp(at_least_fp32(self.A_log)) * dt  # log decay dt * A <= 0
         v = (xs * dt[..., None]).to(xs.dtype)
         if cache is not None:
