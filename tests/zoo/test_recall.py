@@ -1,5 +1,6 @@
-"""The recall suite: generator layouts, scores of a perfect-recall oracle (1.0) and of a constant model
-(chance), streamed == unstreamed passkey, over-budget lengths reported, and `zoo-eval` on a checkpoint."""
+"""The recall suite: generator layouts (bytes, and subword tokenizers: a zoo BPE and a SentencePiece-like Hugging
+Face tokenizer), scores of a perfect-recall oracle (1.0) and of a constant model (chance), streamed == unstreamed
+passkey, over-budget lengths reported, and `zoo-eval` on a checkpoint."""
 
 from __future__ import annotations
 
@@ -15,14 +16,26 @@ from zoo.data import build_data
 from zoo.data.copy import SEP, build_copy_splits, copy_examples
 from zoo.data.mqar import IGNORE_INDEX
 from zoo.data.passkey import (
+    ANSWER_MARGIN,
+    FILLER,
     NIAH_DIGITS,
+    NIAH_WORDS,
     PASSKEY_QUESTION,
+    answer_tokens,
+    filler,
+    filler_text,
+    is_answer,
     niah_examples,
+    niah_needle,
+    niah_prompt,
+    niah_question,
     passkey_examples,
     passkey_needle,
     passkey_prompt,
+    whole_sentences,
 )
-from zoo.data.tokenizer import ByteTokenizer, IntTokenizer
+from zoo.data.tokenizer import BPETokenizer, ByteTokenizer, HFTokenizer, IntTokenizer
+from zoo.errors import ConfigError
 from zoo.evals.recall import Budget, run_suite, stream_prefill
 from zoo.model.lm import LMOutput
 
@@ -229,7 +242,13 @@ def test_constant_model_scores_chance():
 
 def test_tasks_that_do_not_fit_the_tokenizer_are_skipped_with_a_reason():
     metrics, _, notes = run_suite(LookupLM(512), IntTokenizer(512), ["passkey"], SUITE, "cpu")
-    assert metrics == {} and "passkey: skipped: passkey needs a model trained on byte-level text" in notes[0]
+    assert metrics == {} and "passkey: skipped: passkey needs a model trained on text" in notes[0]
+    assert "tokenizer is IntTokenizer" in notes[0]
+    metrics, _, notes = run_suite(LookupLM(512), None, ["niah"], SUITE, "cpu")
+    assert metrics == {} and notes == [
+        "niah: skipped: niah needs a model trained on text (byte-level or subword tokens); this checkpoint's "
+        "tokenizer is none"
+    ]
     with pytest.raises(ValueError, match="unknown recall task"):
         run_suite(LookupLM(512), IntTokenizer(512), ["nope"], SUITE, "cpu")
 
@@ -303,3 +322,129 @@ def test_lengths_past_a_learned_position_table_are_skipped_with_a_reason():
     metrics, _, notes = run_suite(model, ByteTokenizer(), ["passkey"], SUITE, "cpu")
     assert metrics == {"passkey/accuracy@300": 1.0}
     assert notes == ["passkey@700: skipped: 704 tokens > model.learned_positions=305"]
+
+
+# -- subword tokenizers: the prompt as text, tokenized whole ------------------------------------------------------
+
+
+def needle_documents() -> list[str]:
+    """Text with every piece of the prompts (filler, needles, questions, digits) to learn a small vocabulary from."""
+    niah = [niah_needle(w, "1234567") + niah_question(w) for w in NIAH_WORDS]
+    return [FILLER * 3, passkey_needle("12345"), PASSKEY_QUESTION, "0123456789 13579 24680 97531", *niah]
+
+
+def sentencepiece_like() -> HFTokenizer:
+    """A Llama-like Hugging Face tokenizer: "▁" marks the space before a word, digits split one by one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "</s>"], show_progress=False)
+    tok.train_from_iterator(needle_documents(), trainer=trainer)
+    return HFTokenizer(tok, eos_token_id=tok.token_to_id("</s>"), bos_token_id=None)
+
+
+@pytest.fixture(scope="module", params=["bpe", "hf"])
+def subword(request):
+    if request.param == "bpe":
+        return BPETokenizer.train(needle_documents(), 600)
+    return sentencepiece_like()
+
+
+def test_filler_text_is_the_byte_filler():
+    for n in range(0, 3 * len(FILLER)):
+        assert filler_text(n) == text(filler(n))
+        up, down = whole_sentences(n, up=True), whole_sentences(n, up=False)
+        assert down <= n <= up and up - down <= len("There and back again. ")
+        assert all(m == 0 or filler_text(m).startswith(("The ", "Here ", "There ")) for m in (up, down))
+
+
+@pytest.mark.parametrize("length", [200, 1000, 4099])
+@pytest.mark.parametrize("depth", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_subword_passkey_prompt_layout(subword, length, depth):
+    prompt = passkey_prompt(length, depth, "48213", subword)
+    assert prompt.shape == (length,) and prompt.dtype == np.int64  # exactly `length` tokens
+    s = subword.decode(prompt.tolist())
+    question, needle = PASSKEY_QUESTION.rstrip(" "), passkey_needle("48213")
+    assert s.endswith(question) and s.count(needle) == 1 and s.count("48213") == 2
+    at = s.index(needle)
+    assert at == 0 or s[at - 2 : at] == ". "  # whole, at a sentence boundary
+    # the rest is the continuous filler (what is left of the lead-in, then the filler around the needle)
+    rest = s[:at] + s[at + len(needle) : -len(question)]
+    assert rest == filler_text(len(rest))
+    # the needle's depth counts the filler after the lead-in, of which at most one period is left
+    assert abs(at - depth * len(rest)) <= len(FILLER) + 12
+    if depth == 0.0:
+        assert at <= len(FILLER)
+
+
+def test_subword_prompts_are_deterministic_and_share_the_byte_draws(subword):
+    prompts, keys = passkey_examples(4, 500, seed=3, tokenizer=subword)
+    again, keys_again = passkey_examples(4, 500, seed=3, tokenizer=subword)
+    other, _ = passkey_examples(4, 500, seed=4, tokenizer=subword)
+    assert prompts.shape == (4, 500) and torch.equal(prompts, again) and keys == keys_again
+    assert not torch.equal(prompts, other)
+    assert keys == passkey_examples(4, 500, seed=3)[1]  # the same keys (and depths) as byte prompts
+    for p, k in zip(prompts, keys, strict=True):
+        assert passkey_needle(k) in subword.decode(p.tolist())
+
+
+def test_subword_niah_prompt_holds_every_needle_in_order(subword):
+    words, numbers = ["apple", "raven", "tulip"], ["1234567", "7654321", "5550123"]
+    prompt = niah_prompt(900, words, numbers, [0.9, 0.0, 0.5], asked=2, tokenizer=subword)
+    assert prompt.shape == (900,)
+    s = subword.decode(prompt.tolist())
+    assert s.endswith(niah_question("tulip").rstrip(" "))
+    at = [s.index(niah_needle(w, n)) for w, n in zip(words, numbers, strict=True)]
+    assert at[1] < at[2] < at[0]  # depths 0.0 < 0.5 < 0.9
+    prompts, answers = niah_examples(3, 800, num_keys=3, seed=0, tokenizer=subword)
+    assert prompts.shape == (3, 800) and torch.equal(prompts, niah_examples(3, 800, 3, 0, subword)[0])
+    assert answers == niah_examples(3, 800, num_keys=3, seed=0)[1]
+    for p, a in zip(prompts, answers, strict=True):
+        s = subword.decode(p.tolist())
+        assert s.count("One of the special magic numbers for") == 3 and f"is: {a}." in s
+
+
+def test_subword_prompts_too_short_for_the_needles_are_config_errors(subword):
+    with pytest.raises(ConfigError, match="passkey prompt length 20 is shorter than the needle and question alone"):
+        passkey_prompt(20, 0.5, "12345", subword)
+    with pytest.raises(ConfigError, match="niah prompt length 40 is shorter than its 3 needles and question"):
+        niah_prompt(40, ["apple", "raven", "tulip"], ["1", "2", "3"], [0.1, 0.5, 0.9], 0, subword)
+    with pytest.raises(ConfigError, match="depth must be in"):
+        passkey_prompt(500, -0.1, "12345", subword)
+
+
+def test_answers_of_subword_models_start_after_the_space(subword):
+    assert answer_tokens(subword, ["12345"]) == len(subword.encode(" 12345")) + ANSWER_MARGIN
+    assert is_answer(subword, " 12345. Remember", "12345") and is_answer(subword, "12345", "12345")
+    assert not is_answer(subword, " 123456", "12345") and not is_answer(subword, " 1234", "12345")
+    # byte tokens keep the exact match of the five generated bytes
+    assert answer_tokens(ByteTokenizer(), ["12345"]) == 5
+    assert is_answer(ByteTokenizer(), "12345", "12345") and not is_answer(ByteTokenizer(), "12345.", "12345")
+
+
+def test_perfect_recall_oracle_scores_one_with_subword_tokens(subword):
+    metrics, rows, notes = run_suite(LookupLM(subword.vocab_size), subword, ["passkey", "niah"], SUITE, "cpu")
+    assert notes == []
+    assert metrics == {"passkey/accuracy@300": 1.0, "passkey/accuracy@700": 1.0, "niah/accuracy@600": 1.0}
+    assert sorted({r["depth"] for r in rows if r["task"] == "passkey"}) == [0.0, 0.5, 1.0]
+    metrics, _, _ = run_suite(ConstantLM(subword.vocab_size), subword, ["passkey", "niah"], SUITE, "cpu")
+    assert set(metrics.values()) == {0.0}
+
+
+def test_subword_answer_tokens_count_against_learned_positions(subword):
+    """A subword answer's tokens are known once the prompts are made; a table that holds the prompt but not the
+    answer skips the length with a note naming the tokens it would read."""
+    model = LookupLM(subword.vocab_size)
+    model.max_positions = 300
+    suite = {"passkey": {**SUITE["passkey"], "lengths": [300]}}
+    metrics, _, notes = run_suite(model, subword, ["passkey"], suite, "cpu")
+    _, keys = passkey_examples(3, 300, seed=0 + 300, depths=[0.0, 0.5, 1.0])  # the suite's keys at 300 tokens
+    reads = 300 + answer_tokens(subword, keys) - 1
+    assert metrics == {} and notes == [f"passkey@300: skipped: {reads} tokens > model.learned_positions=300"]
+    model.max_positions = reads
+    metrics, _, notes = run_suite(model, subword, ["passkey"], suite, "cpu")
+    assert metrics == {"passkey/accuracy@300": 1.0} and notes == []
