@@ -46,6 +46,7 @@ class ModelSchema:
     mlp: Any = MISSING  # an MLP name or a list of names repeated through the depth
     mlp_ratio: float = MISSING
     mlp_hidden: int | None = MISSING  # the MLP's hidden size exactly, over mlp_ratio
+    norm_position: Any = MISSING  # pre | post, or a list of them repeated through the depth
     tie_embeddings: bool = MISSING
     norm_eps: float = MISSING
     init_std: float = MISSING

@@ -24,7 +24,7 @@ PURE, HYBRID = ("model.attn.layers=[]",), ("model.attn.layers=[1]",)
 FEATURES = {
     "transformer-qwen3-attention": (
         "transformer",
-        ("model.attn.qk_norm=true", "model.attn.num_heads=4", "model.attn.head_size=24", "model.attn.num_kv_heads=2")
+        ("model.attn.qk_norm=head", "model.attn.num_heads=4", "model.attn.head_size=24", "model.attn.num_kv_heads=2")
         + ("model.attn.rope_dim=8", "model.attn.qkv_bias=true", "model.attn.out_bias=true", "model.mlp_hidden=44"),
     ),
     "transformer-window-per-layer": (

@@ -23,6 +23,12 @@ CASES = {
     "deltanet-noconv-expandv2": (DeltaNet, {"use_short_conv": False, "expand_v": 2.0}),
     "gated_deltanet": (GatedDeltaNet, {}),
     "gated_deltanet-noconv-2heads": (GatedDeltaNet, {"use_short_conv": False, "num_heads": 2}),
+    "deltanet-negeig": (DeltaNet, {"allow_neg_eigval": True}),
+    # OLMo-Hybrid / Qwen3.5: beta in (0, 2); 2 key heads shared by 4 value heads of 8 (a 0.75 * d key width)
+    "gated_deltanet-negeig-grouped": (
+        GatedDeltaNet,
+        {"allow_neg_eigval": True, "num_heads": 2, "num_v_heads": 4, "expand_k": 0.75, "expand_v": 1.0},
+    ),
 }
 D, HEAD_DIM, CHUNK = 32, 8, 8
 
@@ -45,7 +51,7 @@ def make_layer(case: str, dtype=torch.float64, seed: int = 0):
 def reference(layer: DeltaNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer token by token: `y [B, T, d]` and the final state `[B, H, K, V]`."""
     B, T, _ = x.shape
-    H, K, V = layer.num_heads, layer.head_k, layer.head_v
+    Hk, K, V, H = layer.num_heads, layer.head_k, layer.head_v, layer.num_v_heads
     gated = isinstance(layer, GatedDeltaNet)
     S = x.new_zeros(B, H, K, V)
     eye = torch.eye(K, dtype=x.dtype)
@@ -62,10 +68,12 @@ def reference(layer: DeltaNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
                 u = (history[name] * conv.weight[:, 0, :].T).sum(1)  # causal depthwise conv
                 u = u + (conv.bias if conv.bias is not None else 0)
             feats[name] = F.silu(u)
-        q, k = (feats[n].view(B, H, K) for n in "qk")
+        q, k = (feats[n].view(B, Hk, K) for n in "qk")
         q, k = (z / (z.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt() for z in (q, k))  # L2 norm per head
+        q, k = (z.repeat_interleave(H // Hk, dim=1) for z in (q, k))  # value head h reads key head h // (H / Hk)
         v = feats["v"].view(B, H, V)
         beta = torch.sigmoid(layer.b_proj(xt))[:, :, None, None]  # (B, H, 1, 1)
+        beta = 2 * beta if layer.allow_neg_eigval else beta
         g = x.new_zeros(B, H)
         if gated:
             g = -layer.A_log.exp() * F.softplus(layer.a_proj(xt) + layer.dt_bias)
@@ -104,7 +112,7 @@ def test_continuation_from_cache_matches_reference(case):
             pieces.append(y)
     assert_close(torch.cat(pieces, 1), expected, rtol=1e-5, atol=1e-6, name=f"{case} continuation")
     assert_close(cache.state, state, rtol=1e-10, atol=1e-12, name=f"{case} state")
-    assert cache.state.shape == (2, layer.num_heads, layer.head_k, layer.head_v)
+    assert cache.state.shape == (2, layer.num_v_heads, layer.head_k, layer.head_v)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -20,6 +20,7 @@ from zoo.model.mlps import NO_MLP
 
 ATTENTION_MIXER = "attn"
 NO_MIXER = "none"  # a layer name for blocks of their MLP alone (Nemotron-H's MLP layers)
+NORM_POSITIONS = ("pre", "post")
 
 
 def mixer_defaults(name: str) -> dict[str, Any]:
@@ -53,6 +54,7 @@ class ModelConfig:
     mlp: str | list[str] = "swiglu"  # conf/ always sets it; the default keeps older checkpoints' config.json loading
     learned_positions: int | None = None  # as mlp: older checkpoints have none
     mlp_hidden: int | None = None  # as mlp; set, it overrides the mlp_ratio sizing (an imported intermediate_size)
+    norm_position: str | list[str] = "pre"  # as mlp: older checkpoints are pre-norm
 
     @classmethod
     def from_any(cls, cfg) -> ModelConfig:
@@ -114,6 +116,14 @@ class ModelConfig:
             if name == NO_MIXER and mlps[i] == NO_MLP:
                 raise ConfigError(f"layer {i} has neither a mixer nor an MLP (both are 'none')")
         return names
+
+    def norm_positions(self) -> list[str]:
+        """`pre` or `post` per layer: where each block's norms sit (`model.norm_position`, one or a pattern)."""
+        pattern = [self.norm_position] if isinstance(self.norm_position, str) else list(self.norm_position)
+        bad = sorted({str(p) for p in pattern} - set(NORM_POSITIONS))
+        if not pattern or bad:
+            raise ConfigError(f"model.norm_position must be {' or '.join(NORM_POSITIONS)} (or a list), got {bad}")
+        return [pattern[i % len(pattern)] for i in range(self.n_layers)]
 
     def mlp_names(self) -> list[str]:
         """The MLP of every layer: `model.mlp`, one name for all, or a list repeated through the depth (`none` =

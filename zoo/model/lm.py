@@ -47,28 +47,35 @@ class LMOutput:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block; it never branches on the mixer type. Either half may be absent: `mlp` None is the
-    mixer alone (`model.mlp: none`, Mamba's blocks), `mixer` None the MLP alone (a `none` layer, Nemotron-H's)."""
+    """Residual block `x + f(norm(x))` for its mixer, then its MLP (pre-norm), or `x + norm(f(x))` with `post`
+    (OLMo's post-norm); it never branches on the mixer type. Either half may be absent: `mlp` None is the mixer
+    alone (`model.mlp: none`, Mamba's blocks), `mixer` None the MLP alone (a `none` layer, Nemotron-H's)."""
 
-    def __init__(self, mixer: Mixer | None, mlp: nn.Module | None, d_model: int, eps: float):
+    def __init__(self, mixer: Mixer | None, mlp: nn.Module | None, d_model: int, eps: float, post: bool = False):
         super().__init__()
         self.mixer_norm = None if mixer is None else RMSNorm(d_model, eps)
         self.mixer = mixer
         self.mlp_norm = None if mlp is None else RMSNorm(d_model, eps)
         self.mlp = mlp
+        self.post = post
+
+    def _residual(self, x, f, norm, cache):
+        """`x + f(norm(x))`, or `x + norm(f(x))` post-norm; `f(x, cache) -> (y, cache)`."""
+        if self.post:
+            y, cache = f(x, cache)
+            return x + norm(y), cache
+        y, cache = f(norm(x), cache)
+        return x + y, cache
 
     def init_cache(self) -> LayerCache:
         return LayerCache(*(None if half is None else half.init_cache() for half in (self.mixer, self.mlp)))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None):
-        mixer_cache = None
+        mixer_cache = mlp_cache = None
         if self.mixer is not None:
-            y, mixer_cache = self.mixer(self.mixer_norm(x), None if cache is None else cache.mixer)
-            x = x + y
-        mlp_cache = None
+            x, mixer_cache = self._residual(x, self.mixer, self.mixer_norm, None if cache is None else cache.mixer)
         if self.mlp is not None:
-            y, mlp_cache = self.mlp(self.mlp_norm(x), None if cache is None else cache.mlp)
-            x = x + y
+            x, mlp_cache = self._residual(x, self.mlp, self.mlp_norm, None if cache is None else cache.mlp)
         return x, (None if cache is None else LayerCache(mixer_cache, mlp_cache))
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
@@ -95,7 +102,7 @@ def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
     mixer = None if name == NO_MIXER else build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
     mlp_name = config.mlp_names()[layer_idx]
     mlp = build_mlp(mlp_name, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio, mlp_hidden=config.mlp_hidden)
-    return Block(mixer, mlp, d, config.norm_eps)
+    return Block(mixer, mlp, d, config.norm_eps, post=config.norm_positions()[layer_idx] == "post")
 
 
 class HybridLM(nn.Module):

@@ -20,7 +20,7 @@ import torch
 from zoo.errors import CheckpointConfigError, CheckpointError, ConfigError
 from zoo.io.checkpoint import CONFIG, check_tensors, model_tensors, read_json, read_weights, write_weights
 from zoo.io.hf.bamba import BambaFamily
-from zoo.io.hf.base import HFArch, HFConfig
+from zoo.io.hf.base import HFArch, HFConfig, assemble
 from zoo.io.hf.llama import LlamaFamily
 from zoo.io.hf.mamba2 import Mamba2Family
 from zoo.io.hf.nemotron_h import NemotronHFamily
@@ -92,21 +92,29 @@ def to_zoo_tensors(arch: HFArch, model: HybridLM, stored: dict, sources: dict, l
     expected = model_tensors(model)
     tensors, from_file = {}, {}
     for rule in arch.rules(config):
-        parts = [take(name, rule.zoo) for name in rule.hf]
-        want = list(expected[rule.zoo].shape)
-        want[0] //= len(parts)
-        for name, part in zip(rule.hf, parts, strict=True):
-            if list(part.shape) != want:
-                raise CheckpointError(
-                    f"{sources[by_name[name]]}: tensor {name!r} has shape {tuple(part.shape)}, the model expects "
-                    f"{tuple(want)} (from config.json)"
-                )
-        tensors[rule.zoo] = rule.to_zoo(take)
+        got = rule.to_zoo(take) if _concatenates(rule, stored, by_name) else None
+        want = tuple(expected[rule.zoo].shape)
+        if got is None or tuple(got.shape) != want:
+            shapes = ", ".join(f"{n!r} {tuple(stored[by_name[n]].shape)}" for n in rule.hf)
+            raise CheckpointError(
+                f"{sources[by_name[rule.hf[0]]]}: tensor {shapes} cannot make the zoo's {rule.zoo!r} of shape {want} "
+                "(from config.json)"
+            )
+        tensors[rule.zoo] = got
         from_file[rule.zoo] = sources[by_name[rule.hf[0]]]
     for canonical, name in by_name.items():
         if canonical not in used and not arch.is_ignored(canonical, config):
             raise CheckpointError(f"{sources[name]}: unexpected tensor {name!r}: nothing in the model uses it")
     return tensors, from_file
+
+
+def _concatenates(rule, stored: dict, by_name: dict) -> bool:
+    """Whether the rule's tensors exist (else `take` names the first missing one) and agree beyond dim 0."""
+    for name in rule.hf:
+        if name not in by_name:
+            return True  # let `take` raise its "missing tensor" error
+    shapes = {tuple(stored[by_name[n]].shape[1:]) for n in rule.hf}
+    return len(shapes) == 1
 
 
 def read_hf_tokenizer(directory: Path, cfg: HFConfig):
@@ -145,10 +153,7 @@ def export_transformers(model: HybridLM, directory, max_shard_bytes: int | None 
         except CheckpointError as e:
             reasons.append(f"{'/'.join(family.model_types)}: {e}")
             continue
-        state = model_tensors(model)
-        tensors = {}
-        for rule in family.rules(model.config):
-            tensors.update(rule.to_hf(state[rule.zoo]))
+        tensors = assemble(family.rules(model.config), model_tensors(model))
         tokenizer = model.tokenizer
         hf |= _special_ids(tokenizer)
         hf["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -66,18 +66,37 @@ def as_float(value: Any) -> float:
 class Rule:
     """One zoo tensor and the transformers tensor(s) it is made of: a plain copy for one name; for several, their
     concatenation along dim 0 in this order (e.g. SwiGLU's `gate_up` from `gate_proj` and `up_proj`), which
-    export splits back into equal parts."""
+    export splits back into equal parts; with `rows` (start, stop), rows start..stop of the one named tensor (e.g.
+    one of the q / k / v convs stored as one conv over their concatenation)."""
 
     zoo: str
     hf: tuple[str, ...]
+    rows: tuple[int, int] | None = None
 
     def to_zoo(self, take) -> torch.Tensor:
         parts = [take(name, self.zoo) for name in self.hf]
+        if self.rows is not None:
+            return parts[0][self.rows[0] : self.rows[1]]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def to_hf(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.rows is not None:
+            raise CheckpointError(f"{self.zoo} is a slice of {self.hf[0]}: export assembles it with `assemble`")
         parts = tensor.chunk(len(self.hf), dim=0)
         return {name: part.contiguous() for name, part in zip(self.hf, parts, strict=True)}
+
+
+def assemble(rules: list[Rule], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The transformers tensors of a zoo state dict: each rule's `to_hf`, and row slices put back together."""
+    out, slices = {}, {}
+    for rule in rules:
+        if rule.rows is None:
+            out.update(rule.to_hf(state[rule.zoo]))
+        else:
+            slices.setdefault(rule.hf[0], []).append((rule.rows[0], state[rule.zoo]))
+    for name, parts in slices.items():
+        out[name] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=0).contiguous()
+    return out
 
 
 def same(zoo: str, hf: str) -> Rule:

@@ -70,7 +70,7 @@ def check_dense(cfg: HFConfig) -> None:
         cfg.refuse("quantization_config", cfg.get("quantization_config"), "quantized weights load as floats only")
 
 
-def attention_options(cfg: HFConfig, partial: float = 1.0, qk_norm: bool = False) -> dict[str, Any]:
+def attention_options(cfg: HFConfig, partial: float = 1.0, qk_norm: str | None = None) -> dict[str, Any]:
     """The zoo attention mixer's options of a Llama-like config (`attention_bias` on q, k, v and o)."""
     d, heads = cfg.require("hidden_size"), cfg.require("num_attention_heads")
     head_dim = cfg.get("head_dim", d // heads)
@@ -118,7 +118,7 @@ class LlamaFamily(HFArch):
     def zoo_config(self, cfg: HFConfig) -> ModelConfig:
         check_dense(cfg)
         d, n_layers = cfg.require("hidden_size"), cfg.require("num_hidden_layers")
-        options = attention_options(cfg, qk_norm=cfg.model_type == "qwen3")
+        options = attention_options(cfg, qk_norm="head" if cfg.model_type == "qwen3" else None)
         if cfg.model_type == "qwen2":  # Qwen2 has q/k/v biases, no output bias, and no flag for either
             options |= {"qkv_bias": True, "out_bias": False}
         kinds = layer_kinds(cfg, n_layers)
@@ -182,7 +182,9 @@ class LlamaFamily(HFArch):
             raise CheckpointError("attention without RoPE (rope_theta null) has no Llama-family equivalent")
         if shared["qkv_bias"] != shared["out_bias"]:
             raise CheckpointError("qkv_bias without out_bias (or the reverse) has no Llama-family equivalent")
-        model_type = "qwen3" if shared["qk_norm"] else "mistral" if windows != {None} else "llama"
+        if shared["qk_norm"] == "full":
+            raise CheckpointError("qk_norm=full (over the whole projection) has no Llama-family equivalent")
+        model_type = "qwen3" if shared["qk_norm"] == "head" else "mistral" if windows != {None} else "llama"
         if len(windows) > 1 and model_type != "qwen3":
             raise CheckpointError("layers with different windows are exported only with QK norm (as qwen3)")
         mixer = self._probe(config)

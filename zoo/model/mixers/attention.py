@@ -215,6 +215,9 @@ def _one_query_attention(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -
     return (probs.to(vh.dtype) @ vh).reshape(B, H, 1, vh.shape[-1])
 
 
+QK_NORMS = (None, "head", "full")
+
+
 @register("attn")
 class Attention(Mixer):
     """Multi-head causal attention with RoPE and grouped-query heads (`num_kv_heads` < heads); `num_heads` sets the
@@ -222,9 +225,10 @@ class Attention(Mixer):
     all of them (the state grows with the sequence), or the last `window_size` with a window (it does not).
 
     Options (conf/mixer/attn.yaml documents each): `head_size` (heads of their own width, so that the projections
-    are `num_heads * head_size` wide, not d_model), `qk_norm` (RMSNorm over each head of q and k, before RoPE, eps
-    `norm_eps`: Qwen3, OLMo-Hybrid), `rope_dim` (rotate only the first `rope_dim` channels of each head: partial
-    RoPE), `rope_scaling` (`zoo.model.layers.rope_frequencies`), `qkv_bias` and `out_bias`."""
+    are `num_heads * head_size` wide, not d_model), `qk_norm` (RMSNorm of q and k before RoPE, eps `norm_eps`:
+    over each head, `head`, as Qwen3; over the whole projection, `full`, as OLMo-Hybrid), `rope_dim` (rotate only
+    the first `rope_dim` channels of each head: partial RoPE), `rope_scaling`
+    (`zoo.model.layers.rope_frequencies`), `qkv_bias` and `out_bias`."""
 
     preallocates = True  # KVCache.reserve: `HybridLM.prefill(max_length=...)` allocates the keys once
     # what configs written before each option meant: heads from model.head_dim, no QK norm, full unscaled RoPE,
@@ -232,7 +236,7 @@ class Attention(Mixer):
     added_options = {
         "num_heads": None,
         "head_size": None,
-        "qk_norm": False,
+        "qk_norm": None,
         "norm_eps": 1.0e-6,
         "rope_dim": None,
         "rope_scaling": None,
@@ -252,7 +256,7 @@ class Attention(Mixer):
         qkv_bias: bool,
         num_heads: int | None,
         head_size: int | None,
-        qk_norm: bool,
+        qk_norm: str | None,
         norm_eps: float,
         rope_dim: int | None,
         rope_scaling: dict | None,
@@ -286,18 +290,28 @@ class Attention(Mixer):
         self.k_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * head_dim, d_model, bias=out_bias)
-        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        if qk_norm not in QK_NORMS:
+            raise ConfigError(f"layer {layer_idx}: qk_norm must be one of {list(QK_NORMS)}, got {qk_norm!r}")
+        self.qk_norm = qk_norm
+        # per head: one weight of head_dim shared by the heads; full: one weight over the whole projection
+        q_width, k_width = (
+            (head_dim, head_dim) if qk_norm == "head" else (self.num_heads * head_dim, self.num_kv_heads * head_dim)
+        )
+        self.q_norm = None if qk_norm is None else RMSNorm(q_width, norm_eps)
+        self.k_norm = None if qk_norm is None else RMSNorm(k_width, norm_eps)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
         start = cache.offset if cache is not None else 0  # int, or [B] per row in a stacked cache
         positions = positions_after(start, T, x.device)  # (T,) or (B, T)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
             q, k = self._rope(q, positions), self._rope(k, positions)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D): the cache's layout

@@ -157,6 +157,12 @@ class LinearMixer(Mixer):
         return o
 
 
+def whole(width: float) -> int:
+    """A layer width from `d_model * expand`: the nearest integer when the product is one up to float error (an
+    imported checkpoint's 0.75 * d), else rounded down as `int` always did."""
+    return round(width) if abs(width - round(width)) < 1e-6 else int(width)
+
+
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """`x` in fp32, or kept in fp64 (so that fp64 checks stay exact): the precision of gates, decays and norms."""
     return x.to(torch.promote_types(x.dtype, torch.float32))

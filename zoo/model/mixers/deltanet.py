@@ -6,7 +6,9 @@ value there (the delta rule):
 
     q_t, k_t, v_t = SiLU(ShortConv(W_q x)), SiLU(ShortConv(W_k x)), SiLU(ShortConv(W_v x))   (width 4, causal)
     q_t, k_t = q_t / ||q_t||, k_t / ||k_t||                     (L2 norm per head, here: the kernels do not)
-    beta_t = sigmoid(W_beta x_t)                                (one write strength per head)
+    beta_t = sigmoid(W_beta x_t)                                (one write strength per head; times 2 with
+                                                                 allow_neg_eigval: beta in (0, 2), so I - beta k k^T
+                                                                 has eigenvalues in (-1, 1), Grazzi et al. 2024)
     S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,    o_t = S_t^T (K^-1/2 q_t)
     y_t = W_o RMSNorm_head(o_t)              or, with use_gate,  W_o (RMSNorm_head(o_t) * SiLU(W_g x_t))
 
@@ -14,7 +16,9 @@ Without short convolutions (`use_short_conv: false`) q, k, v are `SiLU(W x)`, as
 chunked prefill run `kernels.chunk_delta_rule`; one-token decode runs `kernels.fused_recurrent_delta_rule`. The
 cache keeps the fp32 state `[B, H, K, V]` and the last `conv_size - 1` inputs of each of the three convs.
 
-`DeltaNet` is also the base of Gated DeltaNet (`zoo/model/mixers/gated_deltanet.py`), which only adds a decay
+`num_v_heads` > the key heads (fla's grouped values, Qwen3-Next / Qwen3.5) shares each query / key head among
+`num_v_heads / num_heads` value heads, each with its own beta, decay and state. `DeltaNet` is also the base of
+Gated DeltaNet (`zoo/model/mixers/gated_deltanet.py`), which only adds a decay
 (`log_decay`) and always gates the output. Defaults live in `conf/mixer/deltanet.yaml`.
 """
 
@@ -28,7 +32,7 @@ from torch import nn
 
 from zoo.model.layers import RMSNorm, ShortConvolution
 from zoo.model.mixers import register
-from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32
+from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32, check_divides, whole
 
 
 @dataclass
@@ -49,6 +53,7 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 class DeltaNet(LinearMixer):
     kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
     cache_class = DeltaNetCache
+    added_options = {"num_v_heads": None, "allow_neg_eigval": False}  # configs from before them
 
     def __init__(
         self,
@@ -58,22 +63,31 @@ class DeltaNet(LinearMixer):
         n_layers: int,
         head_dim: int,
         num_heads: int | None,
+        num_v_heads: int | None,
         expand_k: float,
         expand_v: float,
         use_short_conv: bool,
         conv_size: int,
         conv_bias: bool,
         use_gate: bool,
+        allow_neg_eigval: bool,
         norm_eps: float,
         chunk_size: int,
         backend: str,
     ):
         super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
-        self.init_heads(d_model, int(d_model * expand_k), int(d_model * expand_v), num_heads, head_dim)
+        key_dim, value_dim = whole(d_model * expand_k), whole(d_model * expand_v)
+        self.init_heads(d_model, key_dim, value_dim, num_heads, head_dim)
+        if num_v_heads is not None:  # grouped values: value heads of their own, each group sharing a q / k head
+            what = "num_heads must divide num_v_heads"
+            check_divides(what, num_v_heads, self.num_heads, layer_idx)
+            self.head_v = check_divides("num_v_heads must divide the value dim", value_dim, num_v_heads, layer_idx)
+        self.num_v_heads = num_v_heads or self.num_heads
         self.use_short_conv = use_short_conv
         self.use_gate = use_gate
-        self.b_proj = nn.Linear(d_model, self.num_heads, bias=False)  # beta
+        self.allow_neg_eigval = allow_neg_eigval
+        self.b_proj = nn.Linear(d_model, self.num_v_heads, bias=False)  # beta
         if use_short_conv:
             self.conv_size = conv_size
             self.q_conv = ShortConvolution(self.key_dim, conv_size, activation=True, bias=conv_bias)
@@ -88,9 +102,13 @@ class DeltaNet(LinearMixer):
         """Log-space decay `g [B, T, H]` (fp32 or fp64, <= 0); None: the plain delta rule."""
         return None
 
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.num_v_heads, self.head_k, self.head_v)
+
     def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
         B, T, _ = x.shape
-        H, K, V = self.num_heads, self.head_k, self.head_v
+        H, K, V, Hv = self.num_heads, self.head_k, self.head_v, self.num_v_heads
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:  # SiLU is the convs' activation
             c = cache if cache is not None else DeltaNetCache()
@@ -103,14 +121,18 @@ class DeltaNet(LinearMixer):
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = l2_norm(q.view(B, T, H, K))  # the kernels expect unit keys; they do not normalize
         k = l2_norm(k.view(B, T, H, K))
-        v = v.view(B, T, H, V)
-        beta = at_least_fp32(self.b_proj(x)).sigmoid()  # (B, T, H)
+        if Hv != H:  # each q / k head serves Hv / H consecutive value heads
+            q, k = q.repeat_interleave(Hv // H, dim=2), k.repeat_interleave(Hv // H, dim=2)
+        v = v.view(B, T, Hv, V)
+        beta = at_least_fp32(self.b_proj(x)).sigmoid()  # (B, T, Hv)
+        if self.allow_neg_eigval:
+            beta = 2 * beta
         g = self.log_decay(x)
         o = self.recurrence(*((q, k, v, beta) if g is None else (q, k, v, g, beta)), cache=cache)  # fla's order
-        o = self.o_norm(o)  # (B, T, H, V)
+        o = self.o_norm(o)  # (B, T, Hv, V)
         if self.use_gate:
-            o = o * F.silu(self.g_proj(x).view(B, T, H, V))
-        return self.o_proj(o.reshape(B, T, H * V)), cache
+            o = o * F.silu(self.g_proj(x).view(B, T, Hv, V))
+        return self.o_proj(o.reshape(B, T, Hv * V)), cache
 
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         if not self.use_short_conv:

@@ -40,11 +40,13 @@ class GatedDeltaNet(DeltaNet):
         n_layers: int,
         head_dim: int,
         num_heads: int | None,
+        num_v_heads: int | None,
         expand_k: float,
         expand_v: float,
         use_short_conv: bool,
         conv_size: int,
         conv_bias: bool,
+        allow_neg_eigval: bool,
         A_init_range: tuple[float, float],
         dt_min: float,
         dt_max: float,
@@ -56,20 +58,21 @@ class GatedDeltaNet(DeltaNet):
         lo, hi = A_init_range
         if not 0 <= lo < hi:
             raise ConfigError(f"layer {layer_idx}: A_init_range must satisfy 0 <= low < high, got {list(A_init_range)}")
-        heads = {"num_heads": num_heads, "expand_k": expand_k, "expand_v": expand_v}
+        heads = {"num_heads": num_heads, "num_v_heads": num_v_heads, "expand_k": expand_k, "expand_v": expand_v}
         convs = {"use_short_conv": use_short_conv, "conv_size": conv_size, "conv_bias": conv_bias}
-        options = {"norm_eps": norm_eps, "chunk_size": chunk_size, "backend": backend}
+        options = {"allow_neg_eigval": allow_neg_eigval, "norm_eps": norm_eps, "chunk_size": chunk_size}
+        options["backend"] = backend
         # DeltaNet with its output gate always on
         super().__init__(
             d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, use_gate=True, **heads, **convs, **options
         )
-        H = self.num_heads
+        H = self.num_v_heads  # a decay per value head
         self.a_proj = nn.Linear(d_model, H, bias=False)  # dt = softplus(W_a x + dt_bias)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(lo, hi).log())  # (H,)
         # softplus(dt_bias) = dt, (H,)
         self.dt_bias = nn.Parameter(inverse_softplus_dt(self.name, layer_idx, H, dt_min, dt_max, dt_init_floor))
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
-        """`g = -exp(A_log) * softplus(W_a x + dt_bias)`, `[B, T, H]` fp32 (fp64 for fp64 inputs), <= 0."""
+        """`g = -exp(A_log) * softplus(W_a x + dt_bias)`, `[B, T, Hv]` fp32 (fp64 for fp64 inputs), <= 0."""
         dt = F.softplus(at_least_fp32(self.a_proj(x)) + at_least_fp32(self.dt_bias))
         return -at_least_fp32(self.A_log).exp() * dt

@@ -28,7 +28,7 @@ class SlidingWindowAttention(Attention):
         qkv_bias: bool,
         num_heads: int | None,
         head_size: int | None,
-        qk_norm: bool,
+        qk_norm: str | None,
         norm_eps: float,
         rope_dim: int | None,
         rope_scaling: dict | None,
