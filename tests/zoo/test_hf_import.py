@@ -39,6 +39,16 @@ NEMOTRON_H = {
     "n_groups": 2,
     "time_step_min": 0.05,  # a dt floor that clamps some of the perturbed dt values
 }
+OLMO_HYBRID = {
+    **LLAMA,
+    "num_hidden_layers": 4,
+    "layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    "pad_token_id": 0,
+    "linear_num_key_heads": 4,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 6,  # 0.75 * hidden / heads, as the config's default
+    "linear_value_head_dim": 12,
+}
 # (config class, fields): every supported model_type and the options that change its math
 CASES = {
     "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
@@ -68,6 +78,12 @@ CASES = {
     "mamba2-untied-no-conv-bias": ("Mamba2Config", {**MAMBA2, "use_conv_bias": False, "layer_norm_epsilon": 1e-6}),
     "bamba": ("BambaConfig", {**LLAMA, **BAMBA, "attn_layer_indices": [1]}),
     "nemotron_h": ("NemotronHConfig", NEMOTRON_H),
+    "olmo_hybrid": ("OlmoHybridConfig", OLMO_HYBRID),
+    # no RoPE, grouped values (2 key heads for 4 value heads), beta in (0, 1)
+    "olmo_hybrid-nope-grouped": (
+        "OlmoHybridConfig",
+        {**OLMO_HYBRID, "rope_parameters": None, "linear_num_key_heads": 2, "linear_allow_neg_eigval": False},
+    ),
 }
 
 
@@ -110,7 +126,7 @@ def test_import_gives_the_logits_of_transformers(saved, case):
     x = ids()
     with torch.no_grad():
         close_to(model(x).logits, reference(x).logits, case)
-    assert sorted(ARCHS) == ["bamba", "llama", "mamba2", "mistral", "nemotron_h", "qwen2", "qwen3"]
+    assert sorted(ARCHS) == ["bamba", "llama", "mamba2", "mistral", "nemotron_h", "olmo_hybrid", "qwen2", "qwen3"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -127,7 +143,7 @@ def test_imported_prefill_then_decode_matches_parallel(saved, case):
     assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{case} prefill+decode")
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba"])
+@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba", "olmo_hybrid"])
 def test_greedy_generate_equals_transformers(saved, case):
     folder, reference = saved[case]
     model = zoo.from_pretrained(folder)

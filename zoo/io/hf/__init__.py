@@ -20,13 +20,14 @@ import torch
 from zoo.errors import CheckpointConfigError, CheckpointError, ConfigError
 from zoo.io.checkpoint import CONFIG, check_tensors, model_tensors, read_json, read_weights, write_weights
 from zoo.io.hf.bamba import BambaFamily
-from zoo.io.hf.base import HFArch, HFConfig, assemble
+from zoo.io.hf.base import HFArch, HFConfig
 from zoo.io.hf.llama import LlamaFamily
 from zoo.io.hf.mamba2 import Mamba2Family
 from zoo.io.hf.nemotron_h import NemotronHFamily
+from zoo.io.hf.olmo_hybrid import OlmoHybridFamily
 from zoo.model.lm import HybridLM
 
-FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family(), BambaFamily(), NemotronHFamily())
+FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family(), BambaFamily(), NemotronHFamily(), OlmoHybridFamily())
 ARCHS: dict[str, HFArch] = {t: family for family in FAMILIES for t in family.model_types}
 ZOO_MODEL_TYPE = "hybrid_zoo"
 
@@ -153,7 +154,8 @@ def export_transformers(model: HybridLM, directory, max_shard_bytes: int | None 
         except CheckpointError as e:
             reasons.append(f"{'/'.join(family.model_types)}: {e}")
             continue
-        tensors = assemble(family.rules(model.config), model_tensors(model))
+        state = model_tensors(model)
+        tensors = {name: t for rule in family.rules(model.config) for name, t in rule.to_hf(state[rule.zoo]).items()}
         tokenizer = model.tokenizer
         hf |= _special_ids(tokenizer)
         hf["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -66,8 +66,9 @@ def as_float(value: Any) -> float:
 class Rule:
     """One zoo tensor and the transformers tensor(s) it is made of: a plain copy for one name; for several, their
     concatenation along dim 0 in this order (e.g. SwiGLU's `gate_up` from `gate_proj` and `up_proj`), which
-    export splits back into equal parts; with `rows` (start, stop), rows start..stop of the one named tensor (e.g.
-    one of the q / k / v convs stored as one conv over their concatenation)."""
+    export splits back into equal parts; with `rows` (start, stop), rows start..stop of that concatenation (e.g.
+    the q conv of q / k / v convs stored as one conv over [q, k, v], or as three tensors whose split points are
+    not the q / k / v sizes)."""
 
     zoo: str
     hf: tuple[str, ...]
@@ -75,28 +76,14 @@ class Rule:
 
     def to_zoo(self, take) -> torch.Tensor:
         parts = [take(name, self.zoo) for name in self.hf]
-        if self.rows is not None:
-            return parts[0][self.rows[0] : self.rows[1]]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        whole = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return whole if self.rows is None else whole[self.rows[0] : self.rows[1]]
 
     def to_hf(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.rows is not None:
-            raise CheckpointError(f"{self.zoo} is a slice of {self.hf[0]}: export assembles it with `assemble`")
+        if self.rows is not None:  # no family that slices exports yet: which rows go to which name is its own
+            raise CheckpointError(f"{self.zoo} is rows of {self.hf}: exporting it is not supported")
         parts = tensor.chunk(len(self.hf), dim=0)
         return {name: part.contiguous() for name, part in zip(self.hf, parts, strict=True)}
-
-
-def assemble(rules: list[Rule], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The transformers tensors of a zoo state dict: each rule's `to_hf`, and row slices put back together."""
-    out, slices = {}, {}
-    for rule in rules:
-        if rule.rows is None:
-            out.update(rule.to_hf(state[rule.zoo]))
-        else:
-            slices.setdefault(rule.hf[0], []).append((rule.rows[0], state[rule.zoo]))
-    for name, parts in slices.items():
-        out[name] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=0).contiguous()
-    return out
 
 
 def same(zoo: str, hf: str) -> Rule:
@@ -108,7 +95,7 @@ class HFArch(abc.ABC):
 
     - `zoo_config(cfg)`: the model, or a `CheckpointConfigError` naming the field that cannot be expressed;
     - `rules(config)`: how every zoo tensor is made from the checkpoint's tensors, by the names transformers
-      writes today; `aliases` maps older spellings of a name's start onto them (`backbone.` for `model.`);
+      writes today; `aliases` (regex, replacement) map other spellings onto them (`^backbone.` for `model.`);
     - `ignored(config)`: patterns of stored tensors that carry nothing the model needs (old rotary `inv_freq`
       buffers; a tied head, which transformers ignores too);
     - export: `hf_config(config)` is the transformers config of a zoo model, or a `CheckpointError` saying why the
@@ -131,9 +118,8 @@ class HFArch(abc.ABC):
 
     def canonical(self, name: str) -> str:
         """A stored tensor's name as `rules` spell it."""
-        for old, new in self.aliases:
-            if name.startswith(old):
-                return new + name[len(old) :]
+        for pattern, replacement in self.aliases:
+            name = re.sub(pattern, replacement, name)
         return name
 
     def is_ignored(self, name: str, config: ModelConfig) -> bool:

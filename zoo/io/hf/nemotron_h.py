@@ -64,7 +64,7 @@ def layer_types(cfg: HFConfig) -> list[str]:
 
 class NemotronHFamily(HFArch):
     model_types = ("nemotron_h",)
-    aliases = (("backbone.", "model."),)
+    aliases = ((r"^backbone\.", "model."),)
 
     def zoo_config(self, cfg: HFConfig) -> ModelConfig:
         for new, old in RENAMED.items():

@@ -1,0 +1,134 @@
+"""`olmo_hybrid`: AI2's OLMo-Hybrid (transformers' `OlmoHybridForCausalLM`): Gated DeltaNet layers with negative
+eigenvalues (beta in (0, 2)) and, every few layers, OLMo-3 attention. The two kinds of layer differ in more than
+their mixer:
+
+- Gated DeltaNet layers are pre-norm (`x + f(norm(x))`), with separate q / k / v short convs as the zoo's; the
+  output norm's eps is 1e-5 (transformers fixes it, as fla does).
+- attention layers are post-norm (`x + norm(f(x))`, OLMo-2/3) with RMSNorm over the whole q and k projections
+  (`qk_norm: full`), RoPE when the config has a `rope_theta` and none otherwise (NoPE).
+
+So the zoo model is the `gated_deltanet` architecture with `model.attn.layers` at the full-attention layers and
+`model.norm_position` post there. Tensor names are those of the checkpoints (and of transformers' `save_pretrained`):
+`attention_layer_norm` / `feedforward_layer_norm` (in memory transformers calls them `input_layernorm` /
+`post_attention_layernorm`, which load too) and `q_conv1d` / `k_conv1d` / `v_conv1d`.
+"""
+
+from __future__ import annotations
+
+from zoo.io.hf.base import HFArch, HFConfig, Rule, same
+from zoo.io.hf.llama import attention_rules, check_dense, model_head_dim, rope_options, swiglu_rules
+from zoo.model.config import ATTENTION_MIXER, ModelConfig
+
+GDN = "gated_deltanet"
+GDN_TENSORS = ("q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj", "o_proj", "o_norm")
+
+
+class OlmoHybridFamily(HFArch):
+    model_types = ("olmo_hybrid",)
+    aliases = (
+        (r"\.input_layernorm\.", ".attention_layer_norm."),
+        (r"\.post_attention_layernorm\.", ".feedforward_layer_norm."),
+    )
+
+    def zoo_config(self, cfg: HFConfig) -> ModelConfig:
+        check_dense(cfg)
+        d, n_layers = cfg.require("hidden_size"), cfg.require("num_hidden_layers")
+        kinds = list(cfg.require("layer_types"))
+        for kind in set(kinds) - {"linear_attention", "full_attention"}:
+            cfg.refuse("layer_types", kind, "supported: linear_attention, full_attention")
+        if len(kinds) != n_layers:
+            cfg.refuse("layer_types", kinds, f"expected {n_layers} entries, one per layer")
+        heads = cfg.require("num_attention_heads")
+        head_dim = cfg.get("head_dim", d // heads)
+        bias = cfg.get("attention_bias", False)
+        rope = rope_options(cfg, head_dim)
+        if not (cfg.get("rope_parameters") or {}).get("rope_theta") and cfg.get("rope_theta") is None:
+            rope = {"rope_theta": None, "rope_scaling": None, "rope_dim": None}  # NoPE
+        attn = {
+            "num_heads": heads,
+            "num_kv_heads": cfg.get("num_key_value_heads", heads),
+            "head_size": head_dim,
+            "qkv_bias": bias,
+            "out_bias": bias,
+            "qk_norm": "full",
+            "norm_eps": cfg.get("rms_norm_eps", 1e-6),
+            "window_size": None,
+            **rope,
+            "layers": [i for i, kind in enumerate(kinds) if kind == "full_attention"],
+        }
+        k_heads, v_heads = cfg.require("linear_num_key_heads"), cfg.require("linear_num_value_heads")
+        key_dim = k_heads * cfg.require("linear_key_head_dim")
+        value_dim = v_heads * cfg.require("linear_value_head_dim")
+        gdn = {
+            "num_heads": k_heads,
+            "num_v_heads": None if v_heads == k_heads else v_heads,
+            "expand_k": key_dim / d,
+            "expand_v": value_dim / d,
+            "use_short_conv": True,
+            "conv_size": cfg.get("linear_conv_kernel_dim", 4),
+            "conv_bias": False,
+            "allow_neg_eigval": bool(cfg.get("linear_allow_neg_eigval", True)),
+            "A_init_range": [cfg.get("linear_a_log_min", 0.0), cfg.get("linear_a_log_max", 16.0)],
+            "dt_min": cfg.get("linear_dt_min", 1e-3),
+            "dt_max": cfg.get("linear_dt_max", 0.1),
+            "dt_init_floor": cfg.get("linear_dt_init_floor", 1e-4),
+            "norm_eps": 1e-5,  # fixed in transformers' (and fla's) gated output norm
+            "chunk_size": 64,
+            "backend": "auto",
+        }
+        return ModelConfig(
+            vocab_size=cfg.require("vocab_size"),
+            d_model=d,
+            n_layers=n_layers,
+            mixer=GDN,
+            head_dim=model_head_dim(d, key_dim // k_heads),
+            attn=attn,
+            mixers={GDN: gdn},
+            mlp="swiglu",
+            mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
+            mlp_hidden=cfg.require("intermediate_size"),
+            norm_position=["post" if kind == "full_attention" else "pre" for kind in kinds],
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            init_std=cfg.get("initializer_range", 0.02),
+        )
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        rules = [same("embed.weight", "model.embed_tokens.weight"), same("norm.weight", "model.norm.weight")]
+        if not config.tie_embeddings:
+            rules.append(same("lm_head.weight", "lm_head.weight"))
+        for i, name in enumerate(config.layer_names()):
+            zoo, hf = f"blocks.{i}.", f"model.layers.{i}."
+            options = config.mixer_kwargs(name)
+            rules += swiglu_rules(zoo + "mlp.", hf + "mlp.")
+            if name == ATTENTION_MIXER:  # post-norm: the norms after attention and after the MLP
+                rules += [
+                    same(zoo + "mixer_norm.weight", hf + "feedforward_layer_norm.weight"),
+                    same(zoo + "mlp_norm.weight", hf + "post_feedforward_layernorm.weight"),
+                    *attention_rules(zoo + "mixer.", hf + "self_attn.", options),
+                ]
+                continue
+            rules += [
+                same(zoo + "mixer_norm.weight", hf + "attention_layer_norm.weight"),
+                same(zoo + "mlp_norm.weight", hf + "feedforward_layer_norm.weight"),
+                *[same(f"{zoo}mixer.{t}.weight", f"{hf}linear_attn.{t}.weight") for t in GDN_TENSORS],
+                *self.conv_rules(zoo + "mixer.", hf + "linear_attn.", config),
+                same(zoo + "mixer.A_log", hf + "linear_attn.A_log"),
+                same(zoo + "mixer.dt_bias", hf + "linear_attn.dt_bias"),
+            ]
+        return rules
+
+    @staticmethod
+    def conv_rules(zoo: str, hf: str, config: ModelConfig) -> list[Rule]:
+        """The zoo's q / k / v convs as rows of the stored three concatenated. They are read together because
+        transformers' `save_pretrained` writes [q, k, v] split into three equal parts, which are the q / k / v convs
+        only when the value width is the key width; checkpoints converted by OLMo hold the true q / k / v convs."""
+        options = config.mixer_kwargs(GDN)
+        key_dim = round(options["expand_k"] * config.d_model)
+        value_dim = round(options["expand_v"] * config.d_model)
+        stored = tuple(f"{hf}{c}_conv1d.weight" for c in "qkv")
+        bounds = {"q": (0, key_dim), "k": (key_dim, 2 * key_dim), "v": (2 * key_dim, 2 * key_dim + value_dim)}
+        return [Rule(f"{zoo}{c}_conv.weight", stored, rows) for c, rows in bounds.items()]
+
+    def ignored(self, config: ModelConfig) -> tuple[str, ...]:
+        return ("lm_head.weight",) * config.tie_embeddings
