@@ -25,7 +25,8 @@ FEATURES = {
     "transformer-qwen3-attention": (
         "transformer",
         ("model.attn.qk_norm=head", "model.attn.num_heads=4", "model.attn.head_size=24", "model.attn.num_kv_heads=2")
-        + ("model.attn.rope_dim=8", "model.attn.qkv_bias=true", "model.attn.out_bias=true", "model.mlp_hidden=44"),
+        + ("model.attn.rope_dim=8", "model.attn.qkv_bias=true", "model.attn.out_bias=true", "model.mlp_hidden=44")
+        + ("model.attn.output_gate=true",),
     ),
     "transformer-window-per-layer": (
         "transformer",
@@ -37,6 +38,11 @@ FEATURES["nemotron-h-layout"] = (  # blocks of a mixer alone and of an MLP alone
     "mamba2",
     ("model.layers=[mamba2,none,attn,none]", "model.n_layers=4", "model.mlp=[none,relu2]", "model.mlp_hidden=40")
     + ("model.mixers.mamba2.dt_limit=[0.05,null]",),
+)
+FEATURES["olmo-hybrid-layout"] = (  # grouped values, beta in (0, 2), post-norm attention with full QK norm
+    "gated_deltanet",
+    ("model.attn.layers=[1]", "model.mixers.gated_deltanet.num_v_heads=8", "model.norm_position=[pre,post]")
+    + ("model.mixers.gated_deltanet.allow_neg_eigval=true", "model.attn.qk_norm=full"),
 )
 VARIANTS = [(arch, extra) for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES.values())
 VARIANT_IDS = [f"{arch}{'+attn' if extra == HYBRID else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(

@@ -49,6 +49,16 @@ OLMO_HYBRID = {
     "linear_key_head_dim": 6,  # 0.75 * hidden / heads, as the config's default
     "linear_value_head_dim": 12,
 }
+QWEN3_5 = {
+    **LLAMA,
+    "num_hidden_layers": 4,
+    "head_dim": 16,  # RoPE on its first quarter
+    "layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,  # grouped values
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 6,
+}
 # (config class, fields): every supported model_type and the options that change its math
 CASES = {
     "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
@@ -79,6 +89,7 @@ CASES = {
     "bamba": ("BambaConfig", {**LLAMA, **BAMBA, "attn_layer_indices": [1]}),
     "nemotron_h": ("NemotronHConfig", NEMOTRON_H),
     "olmo_hybrid": ("OlmoHybridConfig", OLMO_HYBRID),
+    "qwen3_5": ("Qwen3_5TextConfig", QWEN3_5),
     # no RoPE, grouped values (2 key heads for 4 value heads), beta in (0, 1)
     "olmo_hybrid-nope-grouped": (
         "OlmoHybridConfig",
@@ -126,7 +137,10 @@ def test_import_gives_the_logits_of_transformers(saved, case):
     x = ids()
     with torch.no_grad():
         close_to(model(x).logits, reference(x).logits, case)
-    assert sorted(ARCHS) == ["bamba", "llama", "mamba2", "mistral", "nemotron_h", "olmo_hybrid", "qwen2", "qwen3"]
+    assert sorted(ARCHS) == [
+        *["bamba", "llama", "mamba2", "mistral", "nemotron_h", "olmo_hybrid", "qwen2", "qwen3", "qwen3_5"],
+        "qwen3_5_text",
+    ]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -177,6 +191,25 @@ def test_older_spellings_load(saved, tmp_path):
     (tmp_path / "old" / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointConfigError, match="layers_block_type='moe'.*mixture-of-experts"):
         zoo.from_pretrained(tmp_path / "old")
+
+
+def test_qwen3_5_multimodal_checkpoint_loads_its_language_model(saved, tmp_path):
+    """The released Qwen3.5 checkpoints: config `qwen3_5` with a `text_config`, the language model's weights under
+    `model.language_model.`, a vision tower beside it (skipped)."""
+    from safetensors.torch import load_file, save_file
+
+    folder, reference = saved["qwen3_5"]
+    shutil.copytree(folder, tmp_path / "mm")
+    text = json.loads((tmp_path / "mm" / "config.json").read_text())
+    (tmp_path / "mm" / "config.json").write_text(json.dumps({"model_type": "qwen3_5", "text_config": text}))
+    tensors = load_file(tmp_path / "mm" / "model.safetensors")
+    moved = {k.replace("model.", "model.language_model.", 1): v for k, v in tensors.items()}
+    moved["model.visual.patch_embed.proj.weight"] = torch.zeros(4, 3)
+    save_file(moved, tmp_path / "mm" / "model.safetensors", metadata={"format": "pt"})
+    model = zoo.from_pretrained(tmp_path / "mm")
+    x = ids()
+    with torch.no_grad():
+        close_to(model(x).logits, reference(x).logits, "qwen3_5 multimodal checkpoint")
 
 
 def test_sharded_checkpoint_imports(tmp_path):

@@ -25,9 +25,17 @@ from zoo.io.hf.llama import LlamaFamily
 from zoo.io.hf.mamba2 import Mamba2Family
 from zoo.io.hf.nemotron_h import NemotronHFamily
 from zoo.io.hf.olmo_hybrid import OlmoHybridFamily
+from zoo.io.hf.qwen3_5 import Qwen3_5Family
 from zoo.model.lm import HybridLM
 
-FAMILIES: tuple[HFArch, ...] = (LlamaFamily(), Mamba2Family(), BambaFamily(), NemotronHFamily(), OlmoHybridFamily())
+FAMILIES: tuple[HFArch, ...] = (
+    LlamaFamily(),
+    Mamba2Family(),
+    BambaFamily(),
+    NemotronHFamily(),
+    OlmoHybridFamily(),
+    Qwen3_5Family(),
+)
 ARCHS: dict[str, HFArch] = {t: family for family in FAMILIES for t in family.model_types}
 ZOO_MODEL_TYPE = "hybrid_zoo"
 

@@ -73,16 +73,20 @@ class Rule:
     zoo: str
     hf: tuple[str, ...]
     rows: tuple[int, int] | None = None
+    shift: float = 0.0  # added on import, subtracted on export: a norm stored as w for `x * (1 + w)` (Qwen3.5)
 
     def to_zoo(self, take) -> torch.Tensor:
         parts = [take(name, self.zoo) for name in self.hf]
         whole = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return whole if self.rows is None else whole[self.rows[0] : self.rows[1]]
+        whole = whole if self.rows is None else whole[self.rows[0] : self.rows[1]]
+        if not self.shift:
+            return whole
+        return whole.to(torch.promote_types(whole.dtype, torch.float32)) + self.shift  # in fp32, as transformers adds
 
     def to_hf(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.rows is not None:  # no family that slices exports yet: which rows go to which name is its own
             raise CheckpointError(f"{self.zoo} is rows of {self.hf}: exporting it is not supported")
-        parts = tensor.chunk(len(self.hf), dim=0)
+        parts = (tensor - self.shift if self.shift else tensor).chunk(len(self.hf), dim=0)
         return {name: part.contiguous() for name, part in zip(self.hf, parts, strict=True)}
 
 

@@ -228,7 +228,9 @@ class Attention(Mixer):
     are `num_heads * head_size` wide, not d_model), `qk_norm` (RMSNorm of q and k before RoPE, eps `norm_eps`:
     over each head, `head`, as Qwen3; over the whole projection, `full`, as OLMo-Hybrid), `rope_dim` (rotate only
     the first `rope_dim` channels of each head: partial RoPE), `rope_scaling`
-    (`zoo.model.layers.rope_frequencies`), `qkv_bias` and `out_bias`."""
+    (`zoo.model.layers.rope_frequencies`), `qkv_bias`, `out_bias`, and `output_gate` (gated attention, Qwen3-Next /
+    Qwen3.5: `q_proj` also gives each head a gate, laid out per head as [q, gate], and the attention output is
+    multiplied by `sigmoid(gate)` before `o_proj`)."""
 
     preallocates = True  # KVCache.reserve: `HybridLM.prefill(max_length=...)` allocates the keys once
     # what configs written before each option meant: heads from model.head_dim, no QK norm, full unscaled RoPE,
@@ -241,6 +243,7 @@ class Attention(Mixer):
         "rope_dim": None,
         "rope_scaling": None,
         "out_bias": False,
+        "output_gate": False,
     }
 
     def __init__(
@@ -261,6 +264,7 @@ class Attention(Mixer):
         rope_dim: int | None,
         rope_scaling: dict | None,
         out_bias: bool,
+        output_gate: bool,
     ):
         super().__init__(layer_idx)
         if head_size is None:
@@ -286,7 +290,8 @@ class Attention(Mixer):
         self.inv_freq = None if rope_theta is None else rope_frequencies(self.rope_dim, rope_theta, rope_scaling)
         if rope_theta is None and rope_scaling is not None:
             raise ConfigError(f"layer {layer_idx}: rope_scaling={rope_scaling} needs rotary (rope_theta is null)")
-        self.q_proj = nn.Linear(d_model, self.num_heads * head_dim, bias=qkv_bias)
+        self.output_gate = output_gate
+        self.q_proj = nn.Linear(d_model, self.num_heads * head_dim * (2 if output_gate else 1), bias=qkv_bias)
         self.k_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * head_dim, d_model, bias=out_bias)
@@ -303,6 +308,10 @@ class Attention(Mixer):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None):
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        gate = None
+        if self.output_gate:  # per head [q, gate]
+            q, gate = q.view(B, T, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+            q, gate = q.reshape(B, T, -1), gate.reshape(B, T, -1)
         if self.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.num_heads, self.head_dim)
@@ -321,8 +330,10 @@ class Attention(Mixer):
             # (the window counts real positions); padding slots that fall out of the window are dropped.
             k, v, key_mask = cache.extend(k, v, self.window_size)
             cache.offset = start + T
-        o = attend(q, k, v, 0, self.window_size, key_mask, heads_first=True)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
+        o = attend(q, k, v, 0, self.window_size, key_mask, heads_first=True).transpose(1, 2).reshape(B, T, -1)
+        if gate is not None:
+            o = o * torch.sigmoid(gate)
+        return self.o_proj(o), cache
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """RoPE on the first `rope_dim` channels of each head; the rest pass through (partial RoPE)."""

@@ -33,6 +33,7 @@ class SlidingWindowAttention(Attention):
         rope_dim: int | None,
         rope_scaling: dict | None,
         out_bias: bool,
+        output_gate: bool,
     ):
         # the options are listed, not passed as **options: build_mixer reads the valid ones off this signature
         if window_size is None:
