@@ -44,6 +44,11 @@ FEATURES["olmo-hybrid-layout"] = (  # grouped values, beta in (0, 2), post-norm 
     ("model.attn.layers=[1]", "model.mixers.gated_deltanet.num_v_heads=8", "model.norm_position=[pre,post]")
     + ("model.mixers.gated_deltanet.allow_neg_eigval=true", "model.attn.qk_norm=full"),
 )
+FEATURES["falcon-h1-layer"] = (  # attention and a Mamba-2 without norm side by side in every layer (the parallel mixer)
+    "parallel",
+    ("model.mixers.parallel.branches=[attn,mamba2]", "model.attn.num_kv_heads=2", "model.mixers.mamba2.norm=none")
+    + ("model.mixers.mamba2.expand=1.5", "model.mixers.mamba2.d_state=16", "model.mixers.mamba2.ngroups=2"),
+)
 VARIANTS = [(arch, extra) for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES.values())
 VARIANT_IDS = [f"{arch}{'+attn' if extra == HYBRID else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(
     FEATURES

@@ -54,6 +54,19 @@ def test_config_is_plain_data_with_resolved_mixers(tmp_path):
     assert cfg["mixers"]["gla"]["expand_k"] == 0.5 and cfg["mixers"]["attn"]["rope_theta"] == 10000.0
 
 
+def test_a_parallel_layer_rebuilds_from_its_config_alone(tmp_path):
+    """The parallel mixer keeps its branches' names; their options are resolved into config.json beside it."""
+    model = tiny("parallel", "model.mixers.mamba2.d_state=8")
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert cfg["mixers"]["parallel"] == {"branches": ["swa", "mamba2"]}
+    assert cfg["mixers"]["mamba2"]["d_state"] == 8 and cfg["mixers"]["swa"]["window_size"] == 64
+    loaded = zoo.from_pretrained(tmp_path)
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
 def test_tokenizer_travels_with_the_checkpoint(tmp_path):
     from zoo.data.tokenizer import ByteTokenizer
 
@@ -194,6 +207,10 @@ def test_target_key_anywhere_is_refused(tmp_path, marker_module, edit, where):
             r"model.mixers has unknown mixer\(s\) \['zoo_evil_marker'\]; valid mixers: .*gla",
         ),
         (lambda m: m.update({"mlp": "zoo_evil_marker"}), "unknown mlp 'zoo_evil_marker'; valid mlps: .*swiglu"),
+        (
+            lambda m: m.update({"mixer": "parallel", "mixers": {"parallel": {"branches": ["gla", "zoo_evil_marker"]}}}),
+            "model.mixers.parallel.branches: unknown mixer 'zoo_evil_marker'; valid mixers: .*gla",
+        ),
     ],
 )
 def test_unknown_names_list_the_valid_ones(tmp_path, marker_module, edit, message):

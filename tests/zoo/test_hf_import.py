@@ -59,6 +59,24 @@ QWEN3_5 = {
     "linear_key_head_dim": 8,
     "linear_value_head_dim": 6,
 }
+FALCON_H1 = {
+    **LLAMA,
+    "mamba_d_ssm": 48,  # the Mamba-2 branch 1.5 x hidden wide, not mamba_expand x hidden
+    "mamba_n_heads": 6,
+    "mamba_d_head": 8,
+    "mamba_d_state": 16,
+    "mamba_n_groups": 2,
+    # every multiplier != 1, so that each fold into the weights is checked
+    "embedding_multiplier": 1.3,
+    "lm_head_multiplier": 0.7,
+    "mlp_multipliers": [0.8, 1.2],
+    "key_multiplier": 0.9,
+    "attention_in_multiplier": 0.85,
+    "attention_out_multiplier": 1.1,
+    "ssm_multipliers": [1.1, 0.9, 1.2, 0.8, 1.3],
+    "ssm_in_multiplier": 0.95,
+    "ssm_out_multiplier": 1.05,
+}
 # (config class, fields): every supported model_type and the options that change its math
 CASES = {
     "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
@@ -94,6 +112,11 @@ CASES = {
     "olmo_hybrid-nope-grouped": (
         "OlmoHybridConfig",
         {**OLMO_HYBRID, "rope_parameters": None, "linear_num_key_heads": 2, "linear_allow_neg_eigval": False},
+    ),
+    "falcon_h1": ("FalconH1Config", FALCON_H1),  # untied, no Mamba norm (Falcon-H1's default)
+    "falcon_h1-tied-norm-bias": (  # the tied head scaled back, the norm before the gate, biases scaled too
+        "FalconH1Config",
+        {**FALCON_H1, "tie_word_embeddings": True, "mamba_rms_norm": True, "attention_bias": True},
     ),
 }
 
@@ -138,8 +161,8 @@ def test_import_gives_the_logits_of_transformers(saved, case):
     with torch.no_grad():
         close_to(model(x).logits, reference(x).logits, case)
     assert sorted(ARCHS) == [
-        *["bamba", "llama", "mamba2", "mistral", "nemotron_h", "olmo_hybrid", "qwen2", "qwen3", "qwen3_5"],
-        "qwen3_5_text",
+        *["bamba", "falcon_h1", "llama", "mamba2", "mistral", "nemotron_h", "olmo_hybrid", "qwen2", "qwen3"],
+        *["qwen3_5", "qwen3_5_text"],
     ]
 
 
@@ -157,7 +180,10 @@ def test_imported_prefill_then_decode_matches_parallel(saved, case):
     assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5, name=f"{case} prefill+decode")
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba", "olmo_hybrid"])
+@pytest.mark.parametrize(
+    "case",
+    ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba", "olmo_hybrid", "qwen3_5", "falcon_h1"],
+)
 def test_greedy_generate_equals_transformers(saved, case):
     folder, reference = saved[case]
     model = zoo.from_pretrained(folder)
@@ -297,7 +323,7 @@ def edit_config(folder, **changes):
     [
         (
             {"model_type": "gpt2"},
-            r"model_type 'gpt2' is not supported; supported: bamba, llama, mamba2, mistral, nemotron_h",
+            r"model_type 'gpt2' is not supported; supported: bamba, falcon_h1, llama, mamba2, mistral, nemotron_h",
         ),
         ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, r"auto_map.*trust_remote_code.*never runs code"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported.*'silu'"),
@@ -309,6 +335,31 @@ def edit_config(folder, **changes):
 )
 def test_bad_configs_name_the_field(saved, tmp_path, changes, message):
     shutil.copytree(saved["llama"][0], tmp_path / "ckpt")
+    edit_config(tmp_path / "ckpt", **changes)
+    with pytest.raises(CheckpointConfigError, match=message):
+        zoo.from_pretrained(tmp_path / "ckpt")
+
+
+def test_falcon_h1_is_the_parallel_block_with_its_multipliers_folded(saved):
+    model = zoo.from_pretrained(saved["falcon_h1"][0])
+    assert model.layer_mixers == ["parallel"] * 3
+    assert list(model.blocks[0].mixer.branches) == ["attn", "mamba2"]
+    assert model.config.mixers["mamba2"]["expand"] == 1.5 and model.config.mixers["mamba2"]["norm"] == "none"
+    assert "multiplier" not in json.dumps(model.config.to_dict())  # folded into the weights, not zoo options
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"projectors_bias": True}, r"projectors_bias=True is not supported.*out_proj has no bias"),
+        ({"mamba_proj_bias": True}, r"mamba_proj_bias=True is not supported"),
+        ({"ssm_multipliers": [1.0, 1.0]}, r"ssm_multipliers=\[1.0, 1.0\] is not supported.*a list of 5 numbers"),
+        ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
+    ],
+    ids=["projectors_bias", "mamba_proj_bias", "ssm_multipliers", "hidden_act"],
+)
+def test_bad_falcon_h1_configs_name_the_field(saved, tmp_path, changes, message):
+    shutil.copytree(saved["falcon_h1"][0], tmp_path / "ckpt")
     edit_config(tmp_path / "ckpt", **changes)
     with pytest.raises(CheckpointConfigError, match=message):
         zoo.from_pretrained(tmp_path / "ckpt")

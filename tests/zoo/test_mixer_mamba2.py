@@ -1,6 +1,7 @@
 """Mamba-2 / SSD layer against a per-step loop of the whole layer written from the paper's equations
-(in_proj -> short conv -> h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t h_t + D x_t -> gated norm
--> out_proj), with and without a carried cache; gradients; the paper's inits; config errors."""
+(in_proj -> short conv -> h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t h_t + D x_t -> gated norm (or the
+norm before the gate, or none) -> out_proj), with and without a carried cache; gradients; the paper's inits; config
+errors."""
 
 from __future__ import annotations
 
@@ -64,15 +65,22 @@ def reference_mamba2(layer: Mamba2, x: torch.Tensor) -> tuple[torch.Tensor, torc
             decay = torch.exp(dt[:, hd] * A[hd])[:, None, None]
             h[:, hd] = decay * h[:, hd] + dt[:, hd, None, None] * Bt[:, g, :, None] * xt[:, hd, None, :]
             y[:, hd] = (Ct[:, g, :, None] * h[:, hd]).sum(1) + layer.D[hd] * xt[:, hd]
-        gated = (y.reshape(Bsz, d_inner) * F.silu(z[:, t])).view(Bsz, G, -1)  # RMSNorm per group, after the gate
-        normed = gated / torch.sqrt(gated.pow(2).mean(-1, keepdim=True) + layer.norm_eps)
-        ys.append((normed.reshape(Bsz, d_inner) * layer.norm_weight) @ layer.out_proj.weight.T)
+        y, gate = y.reshape(Bsz, d_inner), F.silu(z[:, t])
+        if layer.norm == "none":
+            out = y * gate
+        else:  # RMSNorm per group, after the gate (gated) or before it
+            u = (y * gate if layer.norm == "gated" else y).view(Bsz, G, -1)
+            out = (u / torch.sqrt(u.pow(2).mean(-1, keepdim=True) + layer.norm_eps)).reshape(Bsz, d_inner)
+            out = out * layer.norm_weight * (gate if layer.norm == "before_gate" else 1.0)
+        ys.append(out @ layer.out_proj.weight.T)
     return torch.stack(ys, dim=1), h
 
 
+@pytest.mark.parametrize("norm", ["gated", "before_gate", "none"])
 @pytest.mark.parametrize("ngroups", [1, 2], ids=lambda g: f"G{g}")
-def test_parallel_forward_matches_per_step_reference(ngroups):
-    layer = make_layer(ngroups)
+def test_parallel_forward_matches_per_step_reference(ngroups, norm):
+    layer = make_layer(ngroups, norm=norm)
+    assert hasattr(layer, "norm_weight") == (norm != "none")
     x = torch.randn(2, 11, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected, _ = reference_mamba2(layer, x)
     y, cache = layer(x)
@@ -133,3 +141,5 @@ def test_config_errors_name_the_option():
         Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(expand=1.01))
     with pytest.raises(ConfigError, match="A_init_range"):
         Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(A_init_range=[0, 16]))
+    with pytest.raises(ConfigError, match="mamba2 norm='rms'; valid: gated, before_gate, none"):
+        Mamba2(D_MODEL, 3, n_layers=4, head_dim=HEAD_DIM, **conf(norm="rms"))

@@ -71,6 +71,22 @@ def test_bad_model_configs_say_what_is_wrong(overrides, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("branches", "message"),
+    [
+        ("[attn,nope]", "model.mixers.parallel.branches: unknown mixer 'nope'; valid mixers: attn, based, "),
+        ("[attn,parallel]", "'parallel' is itself made of other mixers; a branch is a plain mixer"),
+        ("[]", "model.mixers.parallel.branches must be a non-empty list of mixer names, got []"),
+        ("[gla,gla]", "model.mixers.parallel.branches lists a mixer twice: ['gla', 'gla']"),
+    ],
+    ids=["unknown", "nested", "empty", "twice"],
+)
+def test_parallel_branches_are_registry_names(branches, message):
+    with pytest.raises(zoo.ConfigError) as err:
+        small_model("parallel", "model.n_layers=2", f"model.mixers.parallel.branches={branches}")
+    assert message in str(err.value)
+
+
 def test_a_mixer_option_missing_from_its_kwargs_is_named():
     """Constructors have no defaults (conf/mixer sets every option): a missing one is a ConfigError, not a
     TypeError from deep inside the constructor."""

@@ -35,6 +35,27 @@ def mixer_defaults(name: str) -> dict[str, Any]:
     return spec
 
 
+def branch_names(name: str, kwargs: dict[str, Any]) -> list[str]:
+    """The mixers that mixer `name` is made of when it is a composite (`Mixer.composes`: the parallel block), named in
+    its options `kwargs`, validated: a non-empty list of registered mixers that are not composites themselves.
+    [] for every other mixer."""
+    option = MIXERS[name].composes
+    if option is None:
+        return []
+    names = kwargs.get(option)
+    where = f"model.mixers.{name}.{option}"
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where} must be a non-empty list of mixer names, got {names!r}")
+    for branch in names:
+        if branch not in MIXERS:
+            raise ConfigError(f"{where}: unknown mixer {branch!r}; valid mixers: {', '.join(sorted(MIXERS))}")
+        if MIXERS[branch].composes is not None:
+            raise ConfigError(f"{where}: {branch!r} is itself made of other mixers; a branch is a plain mixer")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where} lists a mixer twice: {list(names)}")
+    return list(names)
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a hybrid LM. Field docs are in `conf/model/transformer.yaml`."""
@@ -142,8 +163,12 @@ class ModelConfig:
         return kwargs
 
     def resolved(self) -> ModelConfig:
-        """A copy whose `mixers` holds the full kwargs of every mixer used, so the config alone
-        (e.g. a checkpoint's config.json) rebuilds the model without reading conf/."""
-        used = dict.fromkeys(n for n in self.layer_names() if n != NO_MIXER)
-        mixers = {name: self.mixer_kwargs(name) for name in used}
+        """A copy whose `mixers` holds the full kwargs of every mixer used (the layers' and the branches of a
+        composite's, `branch_names`), so the config alone (e.g. a checkpoint's config.json) rebuilds the model
+        without reading conf/."""
+        layers = dict.fromkeys(n for n in self.layer_names() if n != NO_MIXER)
+        mixers = {name: self.mixer_kwargs(name) for name in layers}
+        for name in layers:
+            for branch in branch_names(name, mixers[name]):
+                mixers.setdefault(branch, self.mixer_kwargs(branch))
         return dataclasses.replace(self, mixers=mixers)

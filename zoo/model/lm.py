@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.model.config import NO_MIXER, ModelConfig
+from zoo.model.config import NO_MIXER, ModelConfig, branch_names
 from zoo.model.layers import RMSNorm, positions_after
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
@@ -83,7 +83,12 @@ class Block(nn.Module):
         return (0 if self.mixer is None else self.mixer.state_bytes(seq_len, batch_size)) + mlp
 
 
-def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict) -> Mixer:
+def build_mixer(
+    name: str, d_model: int, layer_idx: int, n_layers: int, head_dim: int, kwargs: dict, mixers: dict | None = None
+) -> Mixer:
+    """Mixer `name` of layer `layer_idx` with its options `kwargs`. A composite (`Mixer.composes`: the parallel
+    block) gets the mixers that its option names built here, each with its own options from `mixers` (a resolved
+    `ModelConfig.mixers`), in that option's place."""
     cls = get_mixer(name)
     params = inspect.signature(cls.__init__).parameters
     valid = sorted(p for p in params if p not in ("self", "d_model", "layer_idx", "n_layers", "head_dim"))
@@ -94,12 +99,20 @@ def build_mixer(name: str, d_model: int, layer_idx: int, n_layers: int, head_dim
     missing = sorted(set(valid) - set(kwargs))
     if missing:  # constructors have no defaults: conf/mixer/<name>.yaml sets every option
         raise ConfigError(f"layer {layer_idx}: mixer {name!r} is missing option(s) {missing} (conf/mixer/{name}.yaml)")
+    branches = branch_names(name, kwargs)
+    if branches:
+        if mixers is None or set(branches) - set(mixers):
+            raise ConfigError(f"layer {layer_idx}: mixer {name!r} needs the options of its branches {branches}")
+        built = [build_mixer(b, d_model, layer_idx, n_layers, head_dim, mixers[b]) for b in branches]
+        kwargs = {**kwargs, cls.composes: built}
     return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
 
 
 def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
     d, n = config.d_model, config.n_layers
-    mixer = None if name == NO_MIXER else build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name])
+    mixer = None
+    if name != NO_MIXER:
+        mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name], config.mixers)
     mlp_name = config.mlp_names()[layer_idx]
     mlp = build_mlp(mlp_name, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio, mlp_hidden=config.mlp_hidden)
     return Block(mixer, mlp, d, config.norm_eps, post=config.norm_positions()[layer_idx] == "post")

@@ -21,6 +21,7 @@ from zoo.errors import CheckpointConfigError, CheckpointError, ConfigError
 from zoo.io.checkpoint import CONFIG, check_tensors, model_tensors, read_json, read_weights, write_weights
 from zoo.io.hf.bamba import BambaFamily
 from zoo.io.hf.base import HFArch, HFConfig
+from zoo.io.hf.falcon_h1 import FalconH1Family
 from zoo.io.hf.llama import LlamaFamily
 from zoo.io.hf.mamba2 import Mamba2Family
 from zoo.io.hf.nemotron_h import NemotronHFamily
@@ -35,6 +36,7 @@ FAMILIES: tuple[HFArch, ...] = (
     NemotronHFamily(),
     OlmoHybridFamily(),
     Qwen3_5Family(),
+    FalconH1Family(),
 )
 ARCHS: dict[str, HFArch] = {t: family for family in FAMILIES for t in family.model_types}
 ZOO_MODEL_TYPE = "hybrid_zoo"
@@ -78,16 +80,17 @@ def load_transformers_checkpoint(directory: Path) -> HybridLM:
     except ConfigError as e:
         raise CheckpointConfigError(f"{cfg.path}: {e}") from e
     stored, sources, listing = read_weights(directory)
-    tensors, from_file = to_zoo_tensors(arch, model, stored, sources, listing)
+    tensors, from_file = to_zoo_tensors(arch, cfg, model, stored, sources, listing)
     check_tensors(model, tensors, from_file, listing)
     model.load_state_dict(tensors, strict=False)  # strict=False only for a tied head, checked above
     model.tokenizer = read_hf_tokenizer(Path(directory), cfg)
     return model
 
 
-def to_zoo_tensors(arch: HFArch, model: HybridLM, stored: dict, sources: dict, listing: Path):
-    """The zoo state dict made from the stored tensors by `arch`'s rules, and the file each came from. A tensor
-    the rules need and the files lack, or one the files hold and nothing uses, is a `CheckpointError` naming it."""
+def to_zoo_tensors(arch: HFArch, cfg: HFConfig, model: HybridLM, stored: dict, sources: dict, listing: Path):
+    """The zoo state dict made from the stored tensors by `arch`'s rules for the checkpoint's config `cfg`
+    (`HFArch.import_rules`), and the file each came from. A tensor the rules need and the files lack, or one the
+    files hold and nothing uses, is a `CheckpointError` naming it."""
     config = model.config
     by_name = {arch.canonical(name): name for name in stored}
     used: set[str] = set()
@@ -100,7 +103,7 @@ def to_zoo_tensors(arch: HFArch, model: HybridLM, stored: dict, sources: dict, l
 
     expected = model_tensors(model)
     tensors, from_file = {}, {}
-    for rule in arch.rules(config):
+    for rule in arch.import_rules(config, cfg):
         got = rule.to_zoo(take) if _concatenates(rule, stored, by_name) else None
         want = tuple(expected[rule.zoo].shape)
         if got is None or tuple(got.shape) != want:

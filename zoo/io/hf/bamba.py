@@ -65,7 +65,7 @@ class BambaFamily(HFArch):
             if name == ATTENTION_MIXER:
                 rules += attention_rules(zoo + "mixer.", hf + "self_attn.", options)
             else:
-                rules += mamba2_rules(zoo + "mixer.", hf + "mamba.", options["conv_bias"])
+                rules += mamba2_rules(zoo + "mixer.", hf + "mamba.", options)
         return rules
 
     def ignored(self, config: ModelConfig) -> tuple[str, ...]:

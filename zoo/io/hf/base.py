@@ -68,26 +68,43 @@ class Rule:
     concatenation along dim 0 in this order (e.g. SwiGLU's `gate_up` from `gate_proj` and `up_proj`), which
     export splits back into equal parts; with `rows` (start, stop), rows start..stop of that concatenation (e.g.
     the q conv of q / k / v convs stored as one conv over [q, k, v], or as three tensors whose split points are
-    not the q / k / v sizes)."""
+    not the q / k / v sizes). On import the tensor is then multiplied by `scale` (None, a number, or one number per
+    row: a fixed multiplier of the checkpoint's forward folded in, Falcon-H1's) and `shift` is added (a norm
+    stored as w for `x * (1 + w)`, Qwen3.5's), both in fp32 as transformers computes them; export undoes both."""
 
     zoo: str
     hf: tuple[str, ...]
     rows: tuple[int, int] | None = None
-    shift: float = 0.0  # added on import, subtracted on export: a norm stored as w for `x * (1 + w)` (Qwen3.5)
+    scale: float | tuple[float, ...] | None = None
+    shift: float = 0.0
 
     def to_zoo(self, take) -> torch.Tensor:
         parts = [take(name, self.zoo) for name in self.hf]
         whole = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         whole = whole if self.rows is None else whole[self.rows[0] : self.rows[1]]
-        if not self.shift:
+        if self.scale is None and not self.shift:
             return whole
-        return whole.to(torch.promote_types(whole.dtype, torch.float32)) + self.shift  # in fp32, as transformers adds
+        whole = whole.to(torch.promote_types(whole.dtype, torch.float32))
+        if self.scale is not None:
+            whole = whole * self._rows(whole)
+        return whole + self.shift
 
     def to_hf(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.rows is not None:  # no family that slices exports yet: which rows go to which name is its own
             raise CheckpointError(f"{self.zoo} is rows of {self.hf}: exporting it is not supported")
-        parts = (tensor - self.shift if self.shift else tensor).chunk(len(self.hf), dim=0)
+        tensor = tensor - self.shift if self.shift else tensor
+        if self.scale is not None:
+            rows = self._rows(tensor)
+            if not bool(rows.all()):
+                raise CheckpointError(f"{self.zoo} was folded with a factor 0 on import: it cannot be exported")
+            tensor = tensor / rows
+        parts = tensor.chunk(len(self.hf), dim=0)
         return {name: part.contiguous() for name, part in zip(self.hf, parts, strict=True)}
+
+    def _rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`scale` shaped to multiply `tensor` row by row (`[rows, 1, ...]`, or a scalar)."""
+        scale = torch.as_tensor(self.scale, dtype=tensor.dtype, device=tensor.device)
+        return scale if scale.dim() == 0 else scale.reshape(-1, *(1,) * (tensor.dim() - 1))
 
 
 def same(zoo: str, hf: str) -> Rule:
@@ -100,6 +117,8 @@ class HFArch(abc.ABC):
     - `zoo_config(cfg)`: the model, or a `CheckpointConfigError` naming the field that cannot be expressed;
     - `rules(config)`: how every zoo tensor is made from the checkpoint's tensors, by the names transformers
       writes today; `aliases` (regex, replacement) map other spellings onto them (`^backbone.` for `model.`);
+    - `import_rules(config, cfg)`: the rules of an import from the checkpoint's config `cfg`: `rules(config)`, with
+      the fixed multipliers that a family's config sets (Falcon-H1's) folded into them (`Rule.scale`);
     - `ignored(config)`: patterns of stored tensors that carry nothing the model needs (old rotary `inv_freq`
       buffers; a tied head, which transformers ignores too);
     - export: `hf_config(config)` is the transformers config of a zoo model, or a `CheckpointError` saying why the
@@ -113,6 +132,9 @@ class HFArch(abc.ABC):
 
     @abc.abstractmethod
     def rules(self, config: ModelConfig) -> list[Rule]: ...
+
+    def import_rules(self, config: ModelConfig, cfg: HFConfig) -> list[Rule]:
+        return self.rules(config)
 
     def ignored(self, config: ModelConfig) -> tuple[str, ...]:
         return ()

@@ -21,17 +21,21 @@ MAMBA2 = "mamba2"
 INIT = {"dt_min": 1e-3, "dt_max": 0.1, "dt_init_floor": 1e-4, "A_init_range": [1, 16]}
 
 
-def mamba2_options(cfg: HFConfig, d_model: int, field: dict[str, str], eps: float, dt_limit=None) -> dict[str, Any]:
+def mamba2_options(
+    cfg: HFConfig, d_model: int, field: dict[str, str], eps: float, dt_limit=None, expand=None
+) -> dict[str, Any]:
     """The zoo `mamba2` mixer options of a config whose Mamba-2 fields are named by `field` (zoo name -> config
     key: heads, head_dim, d_state, ngroups, d_conv, expand, conv_bias, proj_bias). `dt_limit` is the clamp of dt the
-    family applies (default: the config's `time_step_limit`). Projection biases are refused: the zoo's mixer has
-    none."""
+    family applies (default: the config's `time_step_limit`); `expand` the width ratio when the family sizes the
+    mixer itself (Falcon-H1's `mamba_d_ssm`; default: the config's expand field). Projection biases are refused:
+    the zoo's mixer has none. The gated norm is mamba_ssm's (`norm: gated`); a family without it says so."""
     limit = dt_limit or [as_float(x) for x in cfg.get("time_step_limit", (0.0, math.inf))]
     if cfg.get(field["proj_bias"], False):
         cfg.refuse(field["proj_bias"], True, "the zoo's mamba2 projections have no bias")
-    expand, heads, headdim = cfg.require(field["expand"]), cfg.require(field["heads"]), cfg.require(field["head_dim"])
+    heads, headdim = cfg.require(field["heads"]), cfg.require(field["head_dim"])
+    expand = cfg.require(field["expand"]) if expand is None else expand
     if heads * headdim != expand * d_model:
-        cfg.refuse(field["heads"], heads, f"{field['heads']} * {field['head_dim']} must be {field['expand']} * hidden")
+        cfg.refuse(field["heads"], heads, f"{field['heads']} * {field['head_dim']} must be {expand} * hidden_size")
     return {
         "d_state": cfg.require(field["d_state"]),
         "ngroups": cfg.get(field["ngroups"], 1),
@@ -40,6 +44,7 @@ def mamba2_options(cfg: HFConfig, d_model: int, field: dict[str, str], eps: floa
         "headdim": headdim,
         "conv_bias": cfg.get(field["conv_bias"], True),
         "norm_eps": eps,
+        "norm": "gated",
         # [0, inf) clamps nothing; an upper bound of inf is written as null (JSON has no infinity)
         "dt_limit": None if list(limit) == [0.0, math.inf] else [limit[0], None if limit[1] == math.inf else limit[1]],
         "chunk_size": 64,
@@ -48,11 +53,14 @@ def mamba2_options(cfg: HFConfig, d_model: int, field: dict[str, str], eps: floa
     }
 
 
-def mamba2_rules(zoo: str, hf: str, conv_bias: bool) -> list[Rule]:
-    """The tensors of one Mamba-2 mixer: zoo prefix `zoo` (`blocks.i.mixer.`), checkpoint prefix `hf`."""
+def mamba2_rules(zoo: str, hf: str, options: dict) -> list[Rule]:
+    """The tensors of one Mamba-2 mixer with the zoo `options`: zoo prefix `zoo` (`blocks.i.mixer.`), checkpoint
+    prefix `hf`."""
     names = {"in_proj.weight": "in_proj.weight", "out_proj.weight": "out_proj.weight", "dt_bias": "dt_bias"}
-    names |= {"A_log": "A_log", "D": "D", "norm_weight": "norm.weight", "conv.weight": "conv1d.weight"}
-    if conv_bias:
+    names |= {"A_log": "A_log", "D": "D", "conv.weight": "conv1d.weight"}
+    if options["norm"] != "none":
+        names["norm_weight"] = "norm.weight"
+    if options["conv_bias"]:
         names["conv.bias"] = "conv1d.bias"
     return [same(zoo + ours, hf + theirs) for ours, theirs in names.items()]
 
@@ -100,7 +108,7 @@ class Mamba2Family(HFArch):
         for i in range(config.n_layers):
             zoo, hf = f"blocks.{i}.", f"backbone.layers.{i}."
             rules.append(same(zoo + "mixer_norm.weight", hf + "norm.weight"))
-            rules += mamba2_rules(zoo + "mixer.", hf + "mixer.", options["conv_bias"])
+            rules += mamba2_rules(zoo + "mixer.", hf + "mixer.", options)
         return rules
 
     def ignored(self, config: ModelConfig) -> tuple[str, ...]:
@@ -115,6 +123,8 @@ class Mamba2Family(HFArch):
             raise CheckpointError("model.learned_positions has no Mamba2 equivalent")
         o = config.mixer_kwargs(MAMBA2)
         limit = o["dt_limit"]
+        if o["norm"] != "gated":
+            raise CheckpointError(f"Mamba2's norm is the gated one; this model's mamba2 has norm={o['norm']!r}")
         if o["norm_eps"] != config.norm_eps:
             raise CheckpointError("Mamba2 has one layer_norm_epsilon; this model's mixer and block norms differ")
         headdim = o["headdim"] or config.head_dim

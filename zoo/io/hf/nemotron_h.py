@@ -123,7 +123,7 @@ class NemotronHFamily(HFArch):
             if name == ATTENTION_MIXER:
                 rules += attention_rules(zoo + "mixer.", hf + "mixer.", options)
             else:
-                rules += mamba2_rules(zoo + "mixer.", hf + "mixer.", options["conv_bias"])
+                rules += mamba2_rules(zoo + "mixer.", hf + "mixer.", options)
         return rules
 
     def ignored(self, config: ModelConfig) -> tuple[str, ...]:

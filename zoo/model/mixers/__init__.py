@@ -12,7 +12,8 @@ Every mixer follows one contract (see `base.Mixer`):
 - `forward(x, cache=None) -> (y, cache)`, `init_cache()`, and `cache_tensors(seq_len)` (shape and dtype of each
   cache tensor), from which the base computes `state_bytes(seq_len, batch_size=1)`;
 - the declared `state_grows` (the cache grows with the sequence: full attention) and `preallocates` (the cache
-  takes a `reserve`, the KV cache).
+  takes a `reserve`, the KV cache);
+- `composes`: for a composite (`parallel`), the option naming the mixers it is made of, which the model builds.
 
 The base `Mixer.__init__(layer_idx)` keeps `layer_idx`. A linear / recurrent mixer subclasses `base.LinearMixer`:
 it names its `kernel_family`, passes `backend` and `chunk_size` to `LinearMixer.__init__`, runs its recurrence with

@@ -36,6 +36,7 @@ class Mixer(nn.Module, abc.ABC):
       which `state_bytes(seq_len, batch_size=1)` counts the cache's bytes.
     - `state_grows`: whether the cache grows with the sequence (full attention's keys and values) or keeps a
       fixed size (a recurrent state, a sliding window); `preallocates`: whether the cache takes a `reserve`.
+    - `composes`: the option of a composite mixer (`parallel`) that names other mixers; None for every other one.
 
     A cache is a dataclass whose tensors are batch-first, so that `stack_caches` can batch the caches of
     sequences prefilled one by one; a cache that cannot be batched by concatenation has a `stack` classmethod.
@@ -48,6 +49,11 @@ class Mixer(nn.Module, abc.ABC):
     preallocates: bool = False
     """True when `init_cache()` returns a cache with a `reserve` field: the tokens to make room for at its first
     allocation (`HybridLM.prefill(max_length=...)`)."""
+    composes: str | None = None
+    """For a composite mixer (`parallel`): the option that lists the mixers it is made of, by registry name. The model
+    builds each of them with its own resolved options (`model.mixers.<name>`, `model.attn` for attention; a
+    checkpoint's config keeps them, `ModelConfig.resolved`) and passes the built mixers to the constructor in that
+    option's place (`zoo.model.lm.build_mixer`)."""
     added_options: dict = {}
     """Options added after checkpoints were published, with the value that gives the older behaviour: a config.json
     written before an option existed builds as it did (`build_mixer` fills it in). The constructor still has no

@@ -9,7 +9,8 @@ h (head dim P = headdim, state N = d_state, group g(h) = h // (nheads / ngroups)
     (dt_t clamped to `dt_limit` = [lo, hi] when set: Nemotron-H keeps dt >= its time_step_min)
     h_t  = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T      (h: N x P)
     y_t  = C_t h_t + D x_t
-    out  = W_o RMSNorm_group(y * silu(z))            (gated norm, norm_before_gate=False)
+    out  = W_o RMSNorm_group(y * silu(z))            (`norm: gated`, mamba_ssm's norm_before_gate=False)
+    (`norm: before_gate`: W_o (RMSNorm_group(y) * silu(z)); `norm: none`: W_o (y * silu(z)), Falcon-H1's default)
 
 That is simple GLA with `q = C, k = B, v = x * dt, g = A * dt` and scale 1: the parallel form and prefill
 run `kernels.chunk_simple_gla`, one-token decode `kernels.fused_recurrent_simple_gla` from the cached fp32
@@ -42,7 +43,8 @@ class Mamba2Cache(StateCache):
 class Mamba2(LinearMixer):
     kernel_family = "simple_gla"
     cache_class = Mamba2Cache
-    added_options = {"dt_limit": None}  # configs from before it: dt never clamped
+    NORMS = ("gated", "before_gate", "none")
+    added_options = {"dt_limit": None, "norm": "gated"}  # configs from before them: dt never clamped, the gated norm
 
     def __init__(
         self,
@@ -63,6 +65,7 @@ class Mamba2(LinearMixer):
         conv_bias: bool,
         norm_eps: float,
         dt_limit: list | None,
+        norm: str,
         chunk_size: int,
         backend: str,
     ):
@@ -83,6 +86,9 @@ class Mamba2(LinearMixer):
         self.ngroups, self.d_state, self.d_conv = ngroups, d_state, d_conv
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.norm_eps = norm_eps
+        if norm not in self.NORMS:
+            raise ConfigError(f"layer {layer_idx}: mamba2 norm={norm!r}; valid: {', '.join(self.NORMS)}")
+        self.norm = norm
         if dt_limit is not None and (len(dt_limit) != 2 or dt_limit[0] is None):
             raise ConfigError(
                 f"layer {layer_idx}: mamba2 dt_limit must be null or [lo, hi] (hi null: none), got {dt_limit}"
@@ -97,7 +103,8 @@ class Mamba2(LinearMixer):
         self.dt_bias = nn.Parameter(inverse_softplus_dt(self.name, layer_idx, H, dt_min, dt_max, dt_init_floor))
         self.A_log = nn.Parameter(torch.empty(H).uniform_(lo, hi).log())  # A = -exp(A_log) in -[lo, hi]
         self.D = nn.Parameter(torch.ones(H))
-        self.norm_weight = nn.Parameter(torch.ones(d_inner))  # gated RMSNorm, one scale per channel
+        if norm != "none":
+            self.norm_weight = nn.Parameter(torch.ones(d_inner))  # the RMSNorm's scale per channel
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     @property
@@ -126,11 +133,19 @@ class Mamba2(LinearMixer):
         return self.out_proj(y), cache
 
     def gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """`RMSNorm(y * silu(z)) * weight`, the RMS taken per group of d_inner / ngroups channels (fp32 math)."""
+        """`y` `[B, T, d_inner]` gated by `silu(z)` and normed as `self.norm` says: `RMSNorm(y * silu(z)) * weight`,
+        `RMSNorm(y) * weight * silu(z)` or no norm; the RMS taken per group of d_inner / ngroups channels (fp32)."""
+        gate = F.silu(at_least_fp32(z))
+        u = at_least_fp32(y)
+        if self.norm == "none":
+            return (u * gate).to(y.dtype)
+        if self.norm == "gated":
+            u = u * gate
         Bsz, T, _ = y.shape
-        u = (at_least_fp32(y) * F.silu(at_least_fp32(z))).view(Bsz, T, self.ngroups, -1)
-        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        return (u.view(Bsz, T, self.d_inner) * at_least_fp32(self.norm_weight)).to(y.dtype)
+        u = u.view(Bsz, T, self.ngroups, -1)
+        u = (u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.norm_eps)).view(Bsz, T, self.d_inner)
+        u = u * at_least_fp32(self.norm_weight)
+        return (u if self.norm == "gated" else u * gate).to(y.dtype)
 
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         conv_tail = ((self.d_conv - 1, self.conv_dim), self.param_dtype)  # in the activations' dtype
