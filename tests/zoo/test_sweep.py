@@ -193,7 +193,7 @@ def sweep_jobs(experiment: str) -> tuple[list[list[str]], dict]:
     return jobs, params
 
 
-@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 14), ("tradeoff", 22)])
+@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 14), ("tradeoff", 24)])
 def test_sweep_experiments_compose_and_every_job_builds(experiment, n_jobs):
     jobs, _ = sweep_jobs(experiment)
     assert len(jobs) == n_jobs

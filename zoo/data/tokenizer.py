@@ -264,7 +264,7 @@ def parse_hf_json(hf: Any, kind: str):
     unknown = sorted(set(hf) - HF_KEYS)
     if unknown:
         raise ValueError(
-            f"{kind} tokenizer: unknown keys {unknown} in its Hugging Face JSON; it takes {sorted(HF_KEYS)}"
+            f"{kind} tokenizer: unknown keys {unknown} in 'hf' (its Hugging Face JSON); it takes {sorted(HF_KEYS)}"
         )
     try:
         return RustTokenizer.from_str(json.dumps(hf))
