@@ -279,8 +279,11 @@ def test_tokenizer_and_special_ids_come_along(saved, tmp_path):
         ["model=transformer", "model.attn.qk_norm=head", "model.attn.norm_eps=1e-5", "model.attn.qkv_bias=true"]
         + ["model.attn.out_bias=true"],
         ["model=mamba2", "model.mlp=none", "model.mixers.mamba2.d_state=16", "model.mixers.mamba2.ngroups=2"],
+        ["model=gated_deltanet", "model.attn.layers=[1]", "model.norm_position=[pre,post]", "model.attn.qk_norm=full"]
+        + ["model.mixers.gated_deltanet.allow_neg_eigval=true", "model.mixers.gated_deltanet.num_v_heads=8"]
+        + ["model.mixers.gated_deltanet.expand_k=0.5", "model.norm_eps=1e-6"],
     ],
-    ids=["llama", "mistral", "qwen3", "mamba2"],
+    ids=["llama", "mistral", "qwen3", "mamba2", "olmo_hybrid"],
 )
 def test_export_loads_in_transformers_and_round_trips(tmp_path, overrides):
     small = ["model.d_model=64", "model.head_dim=16", "model.n_layers=2", "data.vocab_size=97"]
@@ -300,9 +303,13 @@ def test_export_loads_in_transformers_and_round_trips(tmp_path, overrides):
 
 
 def test_export_refuses_what_has_no_transformers_equivalent(tmp_path):
-    model = zoo.build_model(compose(["model=gla", "model.d_model=32", "model.head_dim=16", "model.n_layers=2"]).model)
+    tiny = ["model.d_model=32", "model.head_dim=16", "model.n_layers=2"]
+    model = zoo.build_model(compose(["model=gla", *tiny]).model)
     with pytest.raises(CheckpointError, match="no transformers equivalent.*only attention layers.*'gla'"):
         export_transformers(model, tmp_path / "out")
+    plain_hybrid = zoo.build_model(compose(["model=gated_deltanet", "model.attn.layers=[1]", *tiny]).model)
+    with pytest.raises(CheckpointError, match="olmo_hybrid: OLMo-Hybrid's attention layers are post-norm"):
+        export_transformers(plain_hybrid, tmp_path / "out")
     learned = zoo.build_model(
         compose(["model=transformer", "model.d_model=32", "model.head_dim=16", "model.learned_positions=16"]).model
     )

@@ -166,7 +166,8 @@ def export_transformers(model: HybridLM, directory, max_shard_bytes: int | None 
             reasons.append(f"{'/'.join(family.model_types)}: {e}")
             continue
         state = model_tensors(model)
-        tensors = {name: t for rule in family.rules(model.config) for name, t in rule.to_hf(state[rule.zoo]).items()}
+        rules = family.export_rules(model.config)
+        tensors = {name: t for rule in rules for name, t in rule.to_hf(state[rule.zoo]).items()}
         tokenizer = model.tokenizer
         hf |= _special_ids(tokenizer)
         hf["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")

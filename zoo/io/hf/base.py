@@ -136,6 +136,11 @@ class HFArch(abc.ABC):
     def import_rules(self, config: ModelConfig, cfg: HFConfig) -> list[Rule]:
         return self.rules(config)
 
+    def export_rules(self, config: ModelConfig) -> list[Rule]:
+        """The rules export runs backwards: `rules(config)` unless some of them read rows that have no single
+        stored tensor to go back to."""
+        return self.rules(config)
+
     def ignored(self, config: ModelConfig) -> tuple[str, ...]:
         return ()
 

@@ -129,15 +129,26 @@ class LinearMixer(Mixer):
         return {self.kernel_family: kernels.resolve_backend(self.backend, probe, family=self.kernel_family)}
 
     def init_heads(
-        self, d_model: int, key_dim: int, value_dim: int, num_heads: int | None, head_dim: int, by: str = "key"
+        self,
+        d_model: int,
+        key_dim: int,
+        value_dim: int,
+        num_heads: int | None,
+        head_dim: int,
+        by: str = "key",
+        value_heads: int | None = None,
     ) -> None:
         """Heads of a mixer with total `key_dim` / `value_dim` (`num_heads`, `head_k`, `head_v`, see `split_heads`;
         kept as `key_dim`, `value_dim`) and its bias-free input projections `q_proj`, `k_proj` (d_model -> key dim)
-        and `v_proj` (d_model -> value dim), the set-up that every q/k/v mixer starts with."""
+        and `v_proj` (d_model -> value dim), the set-up that every q/k/v mixer starts with. `value_heads` (grouped
+        values) splits the value dim into heads of its own, so only the key dim need divide into `num_heads`."""
         self.key_dim, self.value_dim = key_dim, value_dim
         self.num_heads, self.head_k, self.head_v = split_heads(
-            self.name, self.layer_idx, key_dim, value_dim, num_heads, head_dim, by
+            self.name, self.layer_idx, key_dim, key_dim if value_heads else value_dim, num_heads, head_dim, by
         )
+        if value_heads:
+            what = "num_v_heads must divide the value dim"
+            self.head_v = check_divides(what, value_dim, value_heads, self.layer_idx)
         self.q_proj = nn.Linear(d_model, key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, value_dim, bias=False)

@@ -78,11 +78,10 @@ class DeltaNet(LinearMixer):
         super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
         # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
         key_dim, value_dim = whole(d_model * expand_k), whole(d_model * expand_v)
-        self.init_heads(d_model, key_dim, value_dim, num_heads, head_dim)
-        if num_v_heads is not None:  # grouped values: value heads of their own, each group sharing a q / k head
-            what = "num_heads must divide num_v_heads"
-            check_divides(what, num_v_heads, self.num_heads, layer_idx)
-            self.head_v = check_divides("num_v_heads must divide the value dim", value_dim, num_v_heads, layer_idx)
+        # grouped values (num_v_heads): value heads of their own, each group sharing a q / k head
+        self.init_heads(d_model, key_dim, value_dim, num_heads, head_dim, value_heads=num_v_heads)
+        if num_v_heads is not None:
+            check_divides("num_heads must divide num_v_heads", num_v_heads, self.num_heads, layer_idx)
         self.num_v_heads = num_v_heads or self.num_heads
         self.use_short_conv = use_short_conv
         self.use_gate = use_gate
