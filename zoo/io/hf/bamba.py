@@ -7,7 +7,14 @@ zoo's `mamba2` architecture with `model.attn.layers` set and the checkpoint's ML
 from __future__ import annotations
 
 from zoo.io.hf.base import HFArch, HFConfig, Rule, same
-from zoo.io.hf.llama import attention_options, attention_rules, check_dense, model_head_dim, swiglu_rules
+from zoo.io.hf.llama import (
+    attention_options,
+    attention_rules,
+    check_dense,
+    llama_like_model,
+    model_head_dim,
+    swiglu_rules,
+)
 from zoo.io.hf.mamba2 import MAMBA2, mamba2_options, mamba2_rules
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 
@@ -28,26 +35,19 @@ class BambaFamily(HFArch):
 
     def zoo_config(self, cfg: HFConfig) -> ModelConfig:
         check_dense(cfg)
-        d, n_layers = cfg.require("hidden_size"), cfg.require("num_hidden_layers")
+        d = cfg.require("hidden_size")
         eps = cfg.get("rms_norm_eps", 1e-5)
         if cfg.get("mamba_d_head", "auto") == "auto":  # transformers fills it in; a raw config may not
             cfg.data["mamba_d_head"] = cfg.require("mamba_expand") * d // cfg.require("mamba_n_heads")
         mamba = mamba2_options(cfg, d, FIELDS, eps)
         attn = attention_options(cfg, partial=0.5)
-        return ModelConfig(
-            vocab_size=cfg.require("vocab_size"),
-            d_model=d,
-            n_layers=n_layers,
+        return llama_like_model(
+            cfg,
             mixer=MAMBA2,
             head_dim=model_head_dim(d, mamba["headdim"]),
             attn={**attn, "window_size": None, "layers": list(cfg.get("attn_layer_indices", []))},
             mixers={MAMBA2: mamba},
-            mlp="swiglu",
-            mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
-            mlp_hidden=cfg.require("intermediate_size"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             norm_eps=eps,
-            init_std=cfg.get("initializer_range", 0.02),
         )
 
     def rules(self, config: ModelConfig) -> list[Rule]:

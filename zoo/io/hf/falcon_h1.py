@@ -23,7 +23,14 @@ from __future__ import annotations
 import dataclasses
 
 from zoo.io.hf.base import HFArch, HFConfig, Rule, same
-from zoo.io.hf.llama import attention_options, attention_rules, check_dense, model_head_dim, swiglu_rules
+from zoo.io.hf.llama import (
+    attention_options,
+    attention_rules,
+    check_dense,
+    llama_like_model,
+    model_head_dim,
+    swiglu_rules,
+)
 from zoo.io.hf.mamba2 import MAMBA2, mamba2_options, mamba2_rules
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 
@@ -83,20 +90,13 @@ class FalconH1Family(HFArch):
         else:
             mamba["norm"] = "none"
         attn = attention_options(cfg)
-        return ModelConfig(
-            vocab_size=cfg.require("vocab_size"),
-            d_model=d,
-            n_layers=cfg.require("num_hidden_layers"),
+        return llama_like_model(
+            cfg,
             mixer=PARALLEL,
             head_dim=model_head_dim(d, mamba["headdim"]),
             attn={**attn, "window_size": None, "layers": []},
             mixers={PARALLEL: {"branches": [ATTENTION_MIXER, MAMBA2]}, MAMBA2: mamba},
-            mlp="swiglu",
-            mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
-            mlp_hidden=cfg.require("intermediate_size"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             norm_eps=eps,
-            init_std=cfg.get("initializer_range", 0.02),
         )
 
     def rules(self, config: ModelConfig) -> list[Rule]:

@@ -92,6 +92,23 @@ def model_head_dim(d_model: int, head_dim: int) -> int:
     return head_dim if d_model % head_dim == 0 else math.gcd(d_model, head_dim)
 
 
+def llama_like_model(cfg: HFConfig, **fields) -> ModelConfig:
+    """A `ModelConfig` with the fields every Llama-like config spells the same way (vocabulary, width, depth, a SwiGLU
+    MLP of `intermediate_size`, tied head, RMSNorm eps, init std); `fields` set the rest or override these."""
+    common = {
+        "vocab_size": cfg.require("vocab_size"),
+        "d_model": cfg.require("hidden_size"),
+        "n_layers": cfg.require("num_hidden_layers"),
+        "mlp": "swiglu",
+        "mlp_ratio": 4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
+        "mlp_hidden": cfg.require("intermediate_size"),
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "norm_eps": cfg.get("rms_norm_eps", 1e-6),
+        "init_std": cfg.get("initializer_range", 0.02),
+    }
+    return ModelConfig(**(common | fields))
+
+
 def attention_rules(zoo: str, hf: str, options: dict) -> list[Rule]:
     """One attention layer's tensors: zoo prefix `zoo` (`blocks.i.mixer.`), checkpoint prefix `hf` (`...self_attn.`)."""
     rules = []
@@ -127,21 +144,13 @@ class LlamaFamily(HFArch):
             cfg.refuse("sliding_window", window, "sliding_attention layers need a window size")
         uniform = len(set(kinds)) == 1
         attn = {**options, "window_size": window if uniform else None, "layers": []}
-        return ModelConfig(
-            vocab_size=cfg.require("vocab_size"),
-            d_model=d,
-            n_layers=n_layers,
+        return llama_like_model(
+            cfg,
             mixer=ATTENTION_MIXER,
             head_dim=model_head_dim(d, options["head_size"]),
             attn=attn,
             layers=None if uniform else [ATTENTION_MIXER if k == "full_attention" else SLIDING for k in kinds],
             mixers={} if uniform else {SLIDING: {**options, "window_size": window}},
-            mlp="swiglu",
-            mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
-            mlp_hidden=cfg.require("intermediate_size"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            init_std=cfg.get("initializer_range", 0.02),
         )
 
     def rules(self, config: ModelConfig) -> list[Rule]:

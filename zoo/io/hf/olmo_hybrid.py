@@ -19,12 +19,32 @@ from typing import Any
 
 from zoo.errors import CheckpointError
 from zoo.io.hf.base import HFArch, HFConfig, Rule, same
-from zoo.io.hf.llama import attention_rules, check_dense, model_head_dim, rope_options, swiglu_rules
+from zoo.io.hf.llama import attention_rules, check_dense, llama_like_model, model_head_dim, rope_options, swiglu_rules
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 from zoo.model.layers import swiglu_hidden
 
 GDN = "gated_deltanet"
 GDN_TENSORS = ("q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj", "o_proj", "o_norm")
+
+
+def gated_deltanet_options(cfg: HFConfig, **fields) -> dict:
+    """The zoo `gated_deltanet` options of a config's `linear_*` fields (OLMo-Hybrid's and Qwen3.5's spelling):
+    heads and widths (grouped values when there are more value heads than key heads), the short conv; `fields` add
+    what the family fixes (beta's range, the output norm's eps, the init ranges)."""
+    d = cfg.require("hidden_size")
+    k_heads, v_heads = cfg.require("linear_num_key_heads"), cfg.require("linear_num_value_heads")
+    return {
+        "num_heads": k_heads,
+        "num_v_heads": None if v_heads == k_heads else v_heads,
+        "expand_k": k_heads * cfg.require("linear_key_head_dim") / d,
+        "expand_v": v_heads * cfg.require("linear_value_head_dim") / d,
+        "use_short_conv": True,
+        "conv_size": cfg.get("linear_conv_kernel_dim", 4),
+        "conv_bias": False,
+        "chunk_size": 64,
+        "backend": "auto",
+        **fields,
+    }
 
 
 class OlmoHybridFamily(HFArch):
@@ -60,41 +80,22 @@ class OlmoHybridFamily(HFArch):
             **rope,
             "layers": [i for i, kind in enumerate(kinds) if kind == "full_attention"],
         }
-        k_heads, v_heads = cfg.require("linear_num_key_heads"), cfg.require("linear_num_value_heads")
-        key_dim = k_heads * cfg.require("linear_key_head_dim")
-        value_dim = v_heads * cfg.require("linear_value_head_dim")
-        gdn = {
-            "num_heads": k_heads,
-            "num_v_heads": None if v_heads == k_heads else v_heads,
-            "expand_k": key_dim / d,
-            "expand_v": value_dim / d,
-            "use_short_conv": True,
-            "conv_size": cfg.get("linear_conv_kernel_dim", 4),
-            "conv_bias": False,
-            "allow_neg_eigval": bool(cfg.get("linear_allow_neg_eigval", True)),
-            "A_init_range": [cfg.get("linear_a_log_min", 0.0), cfg.get("linear_a_log_max", 16.0)],
-            "dt_min": cfg.get("linear_dt_min", 1e-3),
-            "dt_max": cfg.get("linear_dt_max", 0.1),
-            "dt_init_floor": cfg.get("linear_dt_init_floor", 1e-4),
-            "norm_eps": 1e-5,  # fixed in transformers' (and fla's) gated output norm
-            "chunk_size": 64,
-            "backend": "auto",
-        }
-        return ModelConfig(
-            vocab_size=cfg.require("vocab_size"),
-            d_model=d,
-            n_layers=n_layers,
+        gdn = gated_deltanet_options(
+            cfg,
+            allow_neg_eigval=bool(cfg.get("linear_allow_neg_eigval", True)),
+            A_init_range=[cfg.get("linear_a_log_min", 0.0), cfg.get("linear_a_log_max", 16.0)],
+            dt_min=cfg.get("linear_dt_min", 1e-3),
+            dt_max=cfg.get("linear_dt_max", 0.1),
+            dt_init_floor=cfg.get("linear_dt_init_floor", 1e-4),
+            norm_eps=1e-5,  # fixed in transformers' (and fla's) gated output norm
+        )
+        return llama_like_model(
+            cfg,
             mixer=GDN,
-            head_dim=model_head_dim(d, key_dim // k_heads),
+            head_dim=model_head_dim(d, cfg.require("linear_key_head_dim")),
             attn=attn,
             mixers={GDN: gdn},
-            mlp="swiglu",
-            mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
-            mlp_hidden=cfg.require("intermediate_size"),
             norm_position=["post" if kind == "full_attention" else "pre" for kind in kinds],
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            init_std=cfg.get("initializer_range", 0.02),
         )
 
     def rules(self, config: ModelConfig) -> list[Rule]:

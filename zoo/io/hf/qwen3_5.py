@@ -14,7 +14,8 @@ DeltaNet (grouped values: more value heads than key heads) or gated attention, e
 from __future__ import annotations
 
 from zoo.io.hf.base import HFArch, HFConfig, Rule, same
-from zoo.io.hf.llama import attention_options, check_dense, model_head_dim, swiglu_rules
+from zoo.io.hf.llama import attention_options, check_dense, llama_like_model, model_head_dim, swiglu_rules
+from zoo.io.hf.olmo_hybrid import gated_deltanet_options
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 
 GDN = "gated_deltanet"
@@ -33,46 +34,28 @@ class Qwen3_5Family(HFArch):
         if cfg.model_type == "qwen3_5":  # the multimodal config: its language model is text_config
             cfg = HFConfig({**cfg.require("text_config"), "model_type": "qwen3_5_text"}, cfg.path)
         check_dense(cfg)
-        d, n_layers = cfg.require("hidden_size"), cfg.require("num_hidden_layers")
+        d = cfg.require("hidden_size")
         kinds = list(cfg.require("layer_types"))
         for kind in set(kinds) - {"linear_attention", "full_attention"}:
             cfg.refuse("layer_types", kind, "supported: linear_attention, full_attention")
         attn = attention_options(cfg, partial=0.25, qk_norm="head") | {"output_gate": True, "window_size": None}
         attn["layers"] = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
-        k_heads, v_heads = cfg.require("linear_num_key_heads"), cfg.require("linear_num_value_heads")
-        key_dim = k_heads * cfg.require("linear_key_head_dim")
-        value_dim = v_heads * cfg.require("linear_value_head_dim")
-        gdn = {
-            "num_heads": k_heads,
-            "num_v_heads": None if v_heads == k_heads else v_heads,
-            "expand_k": key_dim / d,
-            "expand_v": value_dim / d,
-            "use_short_conv": True,
-            "conv_size": cfg.get("linear_conv_kernel_dim", 4),
-            "conv_bias": False,
-            "allow_neg_eigval": False,
-            "A_init_range": [0.01, 16.0],
-            "dt_min": 1e-3,
-            "dt_max": 0.1,
-            "dt_init_floor": 1e-4,
-            "norm_eps": cfg.get("rms_norm_eps", 1e-6),
-            "chunk_size": 64,
-            "backend": "auto",
-        }
-        return ModelConfig(
-            vocab_size=cfg.require("vocab_size"),
-            d_model=d,
-            n_layers=n_layers,
+        # Qwen3.5's beta is in (0, 1); its gated output norm takes the model's eps; the inits are transformers'
+        gdn = gated_deltanet_options(
+            cfg,
+            allow_neg_eigval=False,
+            A_init_range=[0.01, 16.0],
+            dt_min=1e-3,
+            dt_max=0.1,
+            dt_init_floor=1e-4,
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        )
+        return llama_like_model(
+            cfg,
             mixer=GDN,
-            head_dim=model_head_dim(d, key_dim // k_heads),
+            head_dim=model_head_dim(d, cfg.require("linear_key_head_dim")),
             attn=attn,
             mixers={GDN: gdn},
-            mlp="swiglu",
-            mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
-            mlp_hidden=cfg.require("intermediate_size"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            init_std=cfg.get("initializer_range", 0.02),
         )
 
     def rules(self, config: ModelConfig) -> list[Rule]:
