@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from zoo.io.hf.bamba import FIELDS  # Falcon-H1 spells its Mamba-2 fields as Bamba does
 from zoo.io.hf.base import HFArch, HFConfig, Rule, same
 from zoo.io.hf.llama import (
     attention_options,
@@ -35,16 +36,6 @@ from zoo.io.hf.mamba2 import MAMBA2, mamba2_options, mamba2_rules
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 
 PARALLEL = "parallel"
-FIELDS = {
-    "heads": "mamba_n_heads",
-    "head_dim": "mamba_d_head",
-    "d_state": "mamba_d_state",
-    "ngroups": "mamba_n_groups",
-    "d_conv": "mamba_d_conv",
-    "expand": "mamba_expand",
-    "conv_bias": "mamba_conv_bias",
-    "proj_bias": "mamba_proj_bias",
-}
 MULTIPLIERS = (
     "embedding_multiplier",
     "lm_head_multiplier",
