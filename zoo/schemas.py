@@ -51,6 +51,7 @@ class ModelSchema:
     norm_eps: float = MISSING
     init_std: float = MISSING
     learned_positions: int | None = MISSING  # learned absolute position embeddings for this many positions
+    shared: dict[str, Any] = MISSING  # shared blocks reused at several layers (zoo/model/shared.py)
 
 
 # -- data/ ------------------------------------------------------------------------------------------------------

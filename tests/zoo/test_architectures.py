@@ -49,6 +49,12 @@ FEATURES["falcon-h1-layer"] = (  # attention and a Mamba-2 without norm side by 
     ("model.mixers.parallel.branches=[attn,mamba2]", "model.attn.num_kv_heads=2", "model.mixers.mamba2.norm=none")
     + ("model.mixers.mamba2.expand=1.5", "model.mixers.mamba2.d_state=16", "model.mixers.mamba2.ngroups=2"),
 )
+FEATURES["zamba2-shared-blocks"] = (  # Mamba-2 layers; one shared attention block read by both, RoPE, adapters
+    "mamba2",
+    ("model.shared.layers=[0,1]", "model.shared.num_heads=4", "model.shared.num_kv_heads=2")
+    + ("model.shared.rope_theta=10000.0", "model.shared.mlp_hidden=48", "model.shared.adapter_rank=4")
+    + ("model.mlp=none",),
+)
 VARIANTS = [(arch, extra) for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES.values())
 VARIANT_IDS = [f"{arch}{'+attn' if extra == HYBRID else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(
     FEATURES
@@ -149,7 +155,8 @@ def _cache_bytes(obj) -> int:
 
 # every variant in fp32, and the pure ones (which cover every mixer) in bf16 too
 STATE_CASES = [(*v, torch.float32) for v in VARIANTS] + [(a, PURE, torch.bfloat16) for a in ARCHS]
-STATE_IDS = VARIANT_IDS + [f"{a}-bf16" for a in ARCHS]
+STATE_CASES.append((*FEATURES["zamba2-shared-blocks"], torch.bfloat16))  # the shared uses' KV caches halve too
+STATE_IDS = VARIANT_IDS + [f"{a}-bf16" for a in ARCHS] + ["zamba2-shared-blocks-bf16"]
 
 
 @pytest.mark.parametrize(("arch", "extra", "dtype"), STATE_CASES, ids=STATE_IDS)

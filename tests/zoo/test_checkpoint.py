@@ -67,6 +67,24 @@ def test_a_parallel_layer_rebuilds_from_its_config_alone(tmp_path):
         assert torch.equal(model(ids).logits, loaded(ids).logits)
 
 
+def test_shared_blocks_are_stored_once_and_round_trip(tmp_path):
+    """A shared block read by three layers: its weights are one set of tensors in the file, each use's adapters and
+    projection its own, and the loaded model gives the same logits."""
+    model = tiny("mamba2", "model.n_layers=3", "model.shared.layers=[0,1,2]", "model.shared.num_heads=4")
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert sorted(k for k in stored if ".q_proj." in k) == ["shared_blocks.0.q_proj.weight"]
+    assert sorted(k for k in stored if k.endswith(".proj.weight")) == [
+        f"blocks.{i}.shared_use.proj.weight" for i in range(3)
+    ]
+    assert sum(p.numel() for p in stored.values()) == model.num_params()  # nothing twice
+    loaded = zoo.from_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["shared"]["layers"] == [0, 1, 2]
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
 def test_tokenizer_travels_with_the_checkpoint(tmp_path):
     from zoo.data.tokenizer import ByteTokenizer
 

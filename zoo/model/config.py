@@ -17,6 +17,7 @@ from zoo.config import conf_dir
 from zoo.errors import ConfigError
 from zoo.model.mixers import MIXERS
 from zoo.model.mlps import NO_MLP
+from zoo.model.shared import SHARED_OPTIONS
 
 ATTENTION_MIXER = "attn"
 NO_MIXER = "none"  # a layer name for blocks of their MLP alone (Nemotron-H's MLP layers)
@@ -76,6 +77,7 @@ class ModelConfig:
     learned_positions: int | None = None  # as mlp: older checkpoints have none
     mlp_hidden: int | None = None  # as mlp; set, it overrides the mlp_ratio sizing (an imported intermediate_size)
     norm_position: str | list[str] = "pre"  # as mlp: older checkpoints are pre-norm
+    shared: dict[str, Any] | None = None  # as mlp: older checkpoints have no shared blocks (zoo/model/shared.py)
 
     @classmethod
     def from_any(cls, cfg) -> ModelConfig:
@@ -137,6 +139,31 @@ class ModelConfig:
             if name == NO_MIXER and mlps[i] == NO_MLP:
                 raise ConfigError(f"layer {i} has neither a mixer nor an MLP (both are 'none')")
         return names
+
+    def shared_layers(self) -> list[int]:
+        """The layers that read a shared block (`model.shared.layers`, zoo/model/shared.py), validated once: every
+        option of `model.shared` present and no other, indices in range, once each, at layers that have a mixer,
+        and at least as many uses as `num_blocks`. [] without shared blocks."""
+        if self.shared is None:
+            return []
+        unknown = sorted(set(self.shared) - set(SHARED_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown model.shared option(s) {unknown}; valid: {', '.join(SHARED_OPTIONS)}")
+        missing = [k for k in SHARED_OPTIONS if k not in self.shared]
+        if missing:
+            raise ConfigError(f"model.shared is missing {missing} (conf/model/transformer.yaml sets every option)")
+        layers = list(self.shared["layers"] or [])
+        for i in layers:
+            if not isinstance(i, int) or not 0 <= i < self.n_layers:
+                raise ConfigError(f"model.shared.layers entry {i!r} is out of range (valid: 0..{self.n_layers - 1})")
+        if len(set(layers)) != len(layers) or layers != sorted(layers):
+            raise ConfigError(f"model.shared.layers must be increasing layer indices, each once: {layers}")
+        blocks = self.shared["num_blocks"]
+        if layers and not (isinstance(blocks, int) and 1 <= blocks <= len(layers)):
+            raise ConfigError(
+                f"model.shared.num_blocks={blocks!r} must be 1..{len(layers)} (the uses in model.shared.layers)"
+            )
+        return layers
 
     def norm_positions(self) -> list[str]:
         """`pre` or `post` per layer: where each block's norms sit (`model.norm_position`, one or a pattern)."""

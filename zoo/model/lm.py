@@ -21,6 +21,7 @@ from zoo.model.layers import RMSNorm, positions_after
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
 from zoo.model.mlps import build_mlp
+from zoo.model.shared import SharedContext, SharedUse, shared_modules
 
 
 @dataclass
@@ -34,10 +35,12 @@ class Cache:
 
 @dataclass
 class LayerCache:
-    """What one block carries between calls: its mixer's cache and (for token-shifting MLPs) the MLP's."""
+    """What one block carries between calls: its mixer's cache, (for token-shifting MLPs) the MLP's and (at a layer
+    that reads a shared block) its use's KV cache."""
 
     mixer: object = None
     mlp: object = None
+    shared: object = None
 
 
 @dataclass
@@ -49,38 +52,58 @@ class LMOutput:
 class Block(nn.Module):
     """Residual block `x + f(norm(x))` for its mixer, then its MLP (pre-norm), or `x + norm(f(x))` with `post`
     (OLMo's post-norm); it never branches on the mixer type. Either half may be absent: `mlp` None is the mixer
-    alone (`model.mlp: none`, Mamba's blocks), `mixer` None the MLP alone (a `none` layer, Nemotron-H's)."""
+    alone (`model.mlp: none`, Mamba's blocks), `mixer` None the MLP alone (a `none` layer, Nemotron-H's). With a
+    `shared_use` (zoo/model/shared.py) the mixer reads `x + t`, t the shared block's output, and the residual
+    stays x: `x + mixer(norm(x + t))` (Zamba2's hybrid layer)."""
 
-    def __init__(self, mixer: Mixer | None, mlp: nn.Module | None, d_model: int, eps: float, post: bool = False):
+    def __init__(
+        self,
+        mixer: Mixer | None,
+        mlp: nn.Module | None,
+        d_model: int,
+        eps: float,
+        post: bool = False,
+        shared_use: SharedUse | None = None,
+    ):
         super().__init__()
+        self.shared_use = shared_use
         self.mixer_norm = None if mixer is None else RMSNorm(d_model, eps)
         self.mixer = mixer
         self.mlp_norm = None if mlp is None else RMSNorm(d_model, eps)
         self.mlp = mlp
         self.post = post
 
-    def _residual(self, x, f, norm, cache):
-        """`x + f(norm(x))`, or `x + norm(f(x))` post-norm; `f(x, cache) -> (y, cache)`."""
+    def _residual(self, x, f, norm, cache, side=None):
+        """`x + f(norm(x))`, or `x + norm(f(x))` post-norm; `f(x, cache) -> (y, cache)`. `side`, when given, is
+        added to f's input only (`x + f(norm(x + side))`)."""
+        u = x if side is None else x + side
         if self.post:
-            y, cache = f(x, cache)
+            y, cache = f(u, cache)
             return x + norm(y), cache
-        y, cache = f(norm(x), cache)
+        y, cache = f(norm(u), cache)
         return x + y, cache
 
     def init_cache(self) -> LayerCache:
-        return LayerCache(*(None if half is None else half.init_cache() for half in (self.mixer, self.mlp)))
+        halves = (self.mixer, self.mlp, self.shared_use)
+        return LayerCache(*(None if half is None else half.init_cache() for half in halves))
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None):
-        mixer_cache = mlp_cache = None
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, context: SharedContext | None = None):
+        """`x` `[B, T, d]` -> `[B, T, d]` and the layer's cache; `context` (embeddings and the model's shared blocks)
+        only at a layer with a `shared_use`."""
+        mixer_cache = mlp_cache = shared_cache = side = None
+        if self.shared_use is not None:
+            side, shared_cache = self.shared_use(x, context, None if cache is None else cache.shared)
         if self.mixer is not None:
-            x, mixer_cache = self._residual(x, self.mixer, self.mixer_norm, None if cache is None else cache.mixer)
+            mixer = None if cache is None else cache.mixer
+            x, mixer_cache = self._residual(x, self.mixer, self.mixer_norm, mixer, side)
         if self.mlp is not None:
             x, mlp_cache = self._residual(x, self.mlp, self.mlp_norm, None if cache is None else cache.mlp)
-        return x, (None if cache is None else LayerCache(mixer_cache, mlp_cache))
+        return x, (None if cache is None else LayerCache(mixer_cache, mlp_cache, shared_cache))
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         mlp = 0 if self.mlp is None else self.mlp.state_bytes(batch_size)
-        return (0 if self.mixer is None else self.mixer.state_bytes(seq_len, batch_size)) + mlp
+        shared = 0 if self.shared_use is None else self.shared_use.state_bytes(seq_len, batch_size)
+        return (0 if self.mixer is None else self.mixer.state_bytes(seq_len, batch_size)) + mlp + shared
 
 
 def build_mixer(
@@ -108,14 +131,17 @@ def build_mixer(
     return cls(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **kwargs)
 
 
-def build_block(config: ModelConfig, name: str, layer_idx: int) -> Block:
+def build_block(config: ModelConfig, name: str, layer_idx: int, shared_use: SharedUse | None = None) -> Block:
     d, n = config.d_model, config.n_layers
     mixer = None
     if name != NO_MIXER:
         mixer = build_mixer(name, d, layer_idx, n, config.head_dim, config.mixers[name], config.mixers)
+    elif shared_use is not None:
+        raise ConfigError(f"layer {layer_idx} is in model.shared.layers but has no mixer to read the shared block")
     mlp_name = config.mlp_names()[layer_idx]
     mlp = build_mlp(mlp_name, d, layer_idx, n_layers=n, mlp_ratio=config.mlp_ratio, mlp_hidden=config.mlp_hidden)
-    return Block(mixer, mlp, d, config.norm_eps, post=config.norm_positions()[layer_idx] == "post")
+    post = config.norm_positions()[layer_idx] == "post"
+    return Block(mixer, mlp, d, config.norm_eps, post=post, shared_use=shared_use)
 
 
 class HybridLM(nn.Module):
@@ -133,7 +159,11 @@ class HybridLM(nn.Module):
         self.pos_embed = (
             None if config.learned_positions is None else nn.Embedding(config.learned_positions, config.d_model)
         )
-        self.blocks = nn.ModuleList(build_block(config, name, i) for i, name in enumerate(names))
+        # shared blocks (zoo/model/shared.py): owned here once; each layer that reads one owns its use
+        self.shared_blocks, uses = shared_modules(
+            config.shared, config.d_model, config.norm_eps, config.shared_layers()
+        )
+        self.blocks = nn.ModuleList(build_block(config, name, i, uses.get(i)) for i, name in enumerate(names))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -173,8 +203,9 @@ class HybridLM(nn.Module):
         x = self.embed(input_ids)  # (B, T, d)
         if self.pos_embed is not None:
             x = x + self.pos_embed(self._positions(input_ids, cache))
+        context = None if self.shared_blocks is None else SharedContext(x, self.shared_blocks)
         for i, block in enumerate(self.blocks):
-            x, layer_cache = block(x, cache.layers[i] if cache is not None else None)
+            x, layer_cache = block(x, cache.layers[i] if cache is not None else None, context)
             if cache is not None:
                 cache.layers[i] = layer_cache
         if cache is not None:
@@ -238,6 +269,8 @@ class HybridLM(nn.Module):
         for block, layer in zip(self.blocks, cache.layers, strict=True):
             if block.mixer is not None and block.mixer.preallocates:
                 layer.mixer.reserve = reserve
+            if block.shared_use is not None:  # a KV cache
+                layer.shared.reserve = reserve
         for start in range(0, T, step):
             out = self(input_ids[:, start : start + step], cache=cache, logits_to_keep=1)
             cache = out.cache
@@ -316,8 +349,9 @@ class HybridLM(nn.Module):
 
     @property
     def state_grows(self) -> bool:
-        """Whether the inference cache grows with the sequence: some layer is full attention (`Mixer.state_grows`)."""
-        return any(mixer.state_grows for mixer in self.mixers())
+        """Whether the inference cache grows with the sequence: some layer is full attention (`Mixer.state_grows`), or
+        reads a shared block (full attention too)."""
+        return any(mixer.state_grows for mixer in self.mixers()) or self.shared_blocks is not None
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:

@@ -158,6 +158,8 @@ def export_transformers(model: HybridLM, directory, max_shard_bytes: int | None 
     `CheckpointError` that gives each family's reason."""
     from zoo.io.runs import write_dir_atomically
 
+    if model.config.shared_layers():
+        raise CheckpointError("this model has no transformers equivalent: the zoo exports no model with model.shared")
     reasons = []
     for family in FAMILIES:
         try:
