@@ -77,6 +77,20 @@ FALCON_H1 = {
     "ssm_in_multiplier": 0.95,
     "ssm_out_multiplier": 1.05,
 }
+ZAMBA2 = {
+    **COMMON,
+    "num_hidden_layers": 5,
+    "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid", "hybrid"],  # 3 uses of 2 blocks: block 0 twice
+    "num_mem_blocks": 2,
+    "num_attention_heads": 4,  # heads 16 wide over the 64-wide [x, embeddings]
+    "intermediate_size": 44,
+    "use_shared_attention_adapter": True,
+    "adapter_rank": 4,
+    "use_mem_rope": True,
+    "n_mamba_heads": 8,
+    "mamba_d_state": 16,
+    "mamba_ngroups": 2,
+}
 # (config class, fields): every supported model_type and the options that change its math
 CASES = {
     "llama": ("LlamaConfig", {**LLAMA, "tie_word_embeddings": True}),
@@ -117,6 +131,13 @@ CASES = {
     "falcon_h1-tied-norm-bias": (  # the tied head scaled back, the norm before the gate, biases scaled too
         "FalconH1Config",
         {**FALCON_H1, "tie_word_embeddings": True, "mamba_rms_norm": True, "attention_bias": True},
+    ),
+    "zamba2": ("Zamba2Config", ZAMBA2),
+    # one block read by every hybrid layer, no RoPE, no q / k / v adapters, SiLU, untied head
+    "zamba2-one-block": (
+        "Zamba2Config",
+        {**ZAMBA2, "num_mem_blocks": 1, "use_mem_rope": False, "use_shared_attention_adapter": False}
+        | {"hidden_act": "silu", "tie_word_embeddings": False, "rms_norm_eps": 1e-6},
     ),
 }
 
@@ -162,7 +183,7 @@ def test_import_gives_the_logits_of_transformers(saved, case):
         close_to(model(x).logits, reference(x).logits, case)
     assert sorted(ARCHS) == [
         *["bamba", "falcon_h1", "llama", "mamba2", "mistral", "nemotron_h", "olmo_hybrid", "qwen2", "qwen3"],
-        *["qwen3_5", "qwen3_5_text"],
+        *["qwen3_5", "qwen3_5_text", "zamba2"],
     ]
 
 

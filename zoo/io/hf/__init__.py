@@ -27,6 +27,7 @@ from zoo.io.hf.mamba2 import Mamba2Family
 from zoo.io.hf.nemotron_h import NemotronHFamily
 from zoo.io.hf.olmo_hybrid import OlmoHybridFamily
 from zoo.io.hf.qwen3_5 import Qwen3_5Family
+from zoo.io.hf.zamba2 import Zamba2Family
 from zoo.model.lm import HybridLM
 
 FAMILIES: tuple[HFArch, ...] = (
@@ -37,6 +38,7 @@ FAMILIES: tuple[HFArch, ...] = (
     OlmoHybridFamily(),
     Qwen3_5Family(),
     FalconH1Family(),
+    Zamba2Family(),
 )
 ARCHS: dict[str, HFArch] = {t: family for family in FAMILIES for t in family.model_types}
 ZOO_MODEL_TYPE = "hybrid_zoo"
