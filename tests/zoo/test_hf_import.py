@@ -203,7 +203,8 @@ def test_imported_prefill_then_decode_matches_parallel(saved, case):
 
 @pytest.mark.parametrize(
     "case",
-    ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba", "olmo_hybrid", "qwen3_5", "falcon_h1"],
+    ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba", "olmo_hybrid", "qwen3_5", "falcon_h1"]
+    + ["zamba2", "zamba2-one-block"],  # transformers' Zamba2 decode agrees with its parallel form here (checked)
 )
 def test_greedy_generate_equals_transformers(saved, case):
     folder, reference = saved[case]
@@ -388,6 +389,34 @@ def test_falcon_h1_is_the_parallel_block_with_its_multipliers_folded(saved):
 )
 def test_bad_falcon_h1_configs_name_the_field(saved, tmp_path, changes, message):
     shutil.copytree(saved["falcon_h1"][0], tmp_path / "ckpt")
+    edit_config(tmp_path / "ckpt", **changes)
+    with pytest.raises(CheckpointConfigError, match=message):
+        zoo.from_pretrained(tmp_path / "ckpt")
+
+
+def test_zamba2_is_mamba2_with_shared_blocks_stored_once(saved):
+    model = zoo.from_pretrained(saved["zamba2"][0])
+    assert model.layer_mixers == ["mamba2"] * 5 and model.config.shared["layers"] == [1, 3, 4]
+    assert len(model.shared_blocks) == 2 and [model.blocks[i].shared_use.block_id for i in (1, 3, 4)] == [0, 1, 0]
+    with torch.no_grad():  # three KV caches, one per use, though two uses share block 0
+        cache = model(ids(), use_cache=True).cache
+    assert [layer.shared is not None for layer in cache.layers] == [False, True, False, True, True]
+    assert model.state_bytes(19, batch_size=2) > model.state_bytes(18, batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hidden_act": "relu"}, r"hidden_act='relu' is not supported.*'gelu', 'silu'"),
+        ({"add_bias_linear": True}, r"add_bias_linear=True is not supported"),
+        ({"use_long_context": True}, r"use_long_context=True is not supported"),
+        ({"num_key_value_heads": 2}, r"num_key_value_heads=2 is not supported"),
+        ({"layers_block_type": ["mamba", "hybrid", "attention", "hybrid", "hybrid"]}, r"layers_block_type=.*hybrid"),
+    ],
+    ids=["hidden_act", "bias", "long_context", "gqa-adapters", "layer-type"],
+)
+def test_bad_zamba2_configs_name_the_field(saved, tmp_path, changes, message):
+    shutil.copytree(saved["zamba2"][0], tmp_path / "ckpt")
     edit_config(tmp_path / "ckpt", **changes)
     with pytest.raises(CheckpointConfigError, match=message):
         zoo.from_pretrained(tmp_path / "ckpt")
