@@ -226,3 +226,22 @@ def test_hybrid_attention_layers_keep_their_depth_fractions():
     assert layers == [1, 3] and "[2, 6] of 8" in note
     assert scaled_attn_layers("hybrid_gla", 8) == (None, "")
     assert scaled_attn_layers("gla", 4) == (None, "")
+
+
+def test_path_to_a_transformers_checkpoint_also_times_transformers_on_the_same_weights(tmp_path):
+    """zoo-bench path=<transformers folder>: the zoo's import and transformers' own model of the same checkpoint,
+    timed in one run; results.json gets the zoo's numbers only."""
+    transformers = pytest.importorskip("transformers", reason="the transformers row needs transformers")
+    config = transformers.Mamba2Config(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=8, head_dim=8, state_size=16, n_groups=1
+    )
+    transformers.Mamba2ForCausalLM(config).save_pretrained(tmp_path / "ckpt")
+    cfg = dict(TINY) | {"batch_sizes": [1], "prompt_lens": [16]}
+    rows, _ = run(cfg, tmp_path / "bench", path=str(tmp_path / "ckpt"))
+    by_arch = {r["arch"].split("/")[0]: r for r in rows}
+    assert set(by_arch) == {"", "transformers:"}, [r["arch"] for r in rows]
+    for r in rows:
+        assert r["note"] == "" and r["decode_tok_s"] > 0 and (r["d_model"], r["n_layers"]) == (32, 2), r
+    assert rows[1]["arch"] == f"transformers:{tmp_path / 'ckpt'}"
+    metrics = json.loads((tmp_path / "ckpt" / "results.json").read_text())["metrics"]
+    assert metrics["bench/decode_tok_s@16"] == rows[0]["decode_tok_s"]

@@ -42,11 +42,12 @@ from tqdm import tqdm
 import zoo
 from zoo import schemas
 from zoo.bench.measure import ZooRunner, machine_limits, time_cell
-from zoo.bench.peers import peer_runner
+from zoo.bench.peers import HF_CHECKPOINT, checkpoint_runner, peer_runner
 from zoo.bench.report import markdown, plot, results_metrics, targets, with_efficiency, write_csv
 from zoo.config import DTYPES, check_command_line, compose, conf_dir, from_mapping, typed
 from zoo.errors import ZooError
 from zoo.evals.recall import Budget
+from zoo.io.hf import is_transformers_checkpoint
 from zoo.io.results import update_results
 from zoo.io.runs import locate
 from zoo.schemas import BenchConfig, BenchRoot, BenchSize
@@ -110,11 +111,17 @@ def measure_cells(job: Job) -> list[dict]:
     cfg, name = job.cfg, job.name
     torch.manual_seed(cfg.seed)
     device, dtype = torch.device(job.device), DTYPES[job.dtype]
-    make = peer_runner if name.startswith("hf_") else zoo_runner
-    runner = make(name, job.size, cfg, device, dtype, job.attn_layers)
+    if name.startswith(HF_CHECKPOINT):
+        runner = checkpoint_runner(name.removeprefix(HF_CHECKPOINT), cfg, device, dtype)
+    else:
+        make = peer_runner if name.startswith("hf_") else zoo_runner
+        runner = make(name, job.size, cfg, device, dtype, job.attn_layers)
     d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
     if isinstance(runner, ZooRunner):  # a checkpoint's size is its own
         d_model, n_layers = runner.model.config.d_model, runner.model.config.n_layers
+    elif name.startswith(HF_CHECKPOINT):
+        text = runner.model.config.get_text_config()
+        d_model, n_layers = text.hidden_size, text.num_hidden_layers
     base = {
         "arch": job.label,
         "d_model": d_model,
@@ -195,7 +202,16 @@ def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
     device = "cpu" if device == "auto" else device
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if path is not None:
-        names, sizes = [(f"path:{locate(path)[0]}", None)], [None]  # a checkpoint's own size
+        folder = locate(path)[0]
+        names, sizes = [(f"path:{folder}", None)], [None]  # a checkpoint's own size
+        if is_transformers_checkpoint(folder):  # the same weights through transformers' own implementation
+            if importlib.util.find_spec("transformers") is None:
+                print(
+                    "zoo-bench: transformers is not installed, so its row of this checkpoint is left out",
+                    file=sys.stderr,
+                )
+            else:
+                names.append((f"{HF_CHECKPOINT}{folder}", None))
     else:
         archs = cfg.archs
         if archs is None:
@@ -244,8 +260,8 @@ def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple
     (out / "bench.md").write_text(markdown(rows, limits, settings) + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     if any(r.get("prefill_tok_s") for r in rows):
         plot(rows, out / "bench.png")
-    if path is not None:
-        update_results(locate(path)[1], results_metrics(rows))
+    if path is not None:  # the zoo's rows; transformers' of the same checkpoint stay in bench.csv / bench.md
+        update_results(locate(path)[1], results_metrics([r for r in rows if not r["arch"].startswith(HF_CHECKPOINT)]))
     return rows, checks
 
 

@@ -51,6 +51,33 @@ class HFRunner:
         return out.past_key_values, out.logits[:, -1]
 
 
+HF_CHECKPOINT = "transformers:"  # a job name: transformers' own implementation of a checkpoint folder
+
+
+def checkpoint_runner(folder: str, cfg: BenchConfig, device, dtype) -> HFRunner:
+    """transformers' own model of the checkpoint folder that `zoo-bench path=` imports: the same weights through
+    the other implementation. The budget's cache size comes from the zoo's model of the same config (built without
+    memory): its attention layers and their K + V width."""
+    import transformers as tf
+
+    from zoo.io.hf import read_hf_config
+    from zoo.model.lm import HybridLM
+
+    arch, hf_cfg = read_hf_config(folder)
+    with torch.device("meta"):
+        ours = HybridLM(arch.zoo_config(hf_cfg))
+    growing = [m for m in ours.mixers() if m.state_grows]
+    kv_width = 2 * growing[0].num_kv_heads * growing[0].head_dim if growing else 0
+    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    if hf_cfg.model_type == "mamba2":
+        kind = "mamba"
+    elif set(ours.layer_mixers) <= {"attn", "swa"}:
+        kind = "static"  # a dense transformer: HF's static KV cache, as the hf_llama_static peer
+    else:
+        kind = "dynamic"
+    return HFRunner(model.to(device).eval(), kind, cfg.prefill_chunk, len(growing), kv_width)
+
+
 def peer_runner(peer: str, size: BenchSize, cfg: BenchConfig, device, dtype, attn_layers=None) -> HFRunner:
     """HF models shaped like ours: width, depth, heads (the size's head_dim, else conf/model/transformer.yaml's),
     vocab, tied embeddings; MLP width of our transformer (SwiGLU hidden 2/3 * 4 * d)."""
