@@ -190,7 +190,7 @@ def plot_settings(best: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     widths = compared_widths(best)
-    fig, axes = plt.subplots(1, len(widths), figsize=(7 * len(widths), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(widths), figsize=(9 * len(widths), 5), squeeze=False)
     archs = sorted({r["arch"] for r in best})
     colors = {a: plt.cm.tab20(i % 20) for i, a in enumerate(archs)}
     for ax, width in zip(axes[0], widths, strict=True):
@@ -203,7 +203,7 @@ def plot_settings(best: list[dict], path: Path, title: str) -> None:
         ax.set_xticks(range(len(settings)), [f"seq {t}, {n} pairs" for t, n in settings])
         ax.set(ylim=(-0.02, 1.02), ylabel="MQAR accuracy (best lr)", title=f"d_model {width}")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points stay visible
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
