@@ -57,6 +57,21 @@ def configs(d: int, n: int, vocab: int) -> dict[str, tuple[str, dict]]:
             "Qwen3_5TextConfig",
             {**dense, **linear, "head_dim": 64, "linear_value_head_dim": 128, "layer_types": every4},
         ),
+        "falcon_h1": ("FalconH1Config", {**dense, **mamba, "mamba_d_ssm": 2 * d}),
+        "zamba2": (
+            "Zamba2Config",
+            {
+                **base,
+                "num_attention_heads": heads,
+                "intermediate_size": hidden,
+                "layers_block_type": ["hybrid" if i % 4 == 3 else "mamba" for i in range(n)],
+                "n_mamba_heads": 2 * d // 64,
+                "mamba_d_state": 128,
+                "num_mem_blocks": 2,
+                "use_shared_attention_adapter": True,
+                "use_mem_rope": True,
+            },
+        ),
     }
 
 

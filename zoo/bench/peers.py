@@ -57,7 +57,7 @@ HF_CHECKPOINT = "transformers:"  # a job name: transformers' own implementation 
 def checkpoint_runner(folder: str, cfg: BenchConfig, device, dtype) -> HFRunner:
     """transformers' own model of the checkpoint folder that `zoo-bench path=` imports: the same weights through
     the other implementation. The budget's cache size comes from the zoo's model of the same config (built without
-    memory): its attention layers and their K + V width."""
+    memory): the elements its cache grows by per token (every attention layer's K and V, shared blocks' too)."""
     import transformers as tf
 
     from zoo.io.hf import read_hf_config
@@ -66,8 +66,7 @@ def checkpoint_runner(folder: str, cfg: BenchConfig, device, dtype) -> HFRunner:
     arch, hf_cfg = read_hf_config(folder)
     with torch.device("meta"):
         ours = HybridLM(arch.zoo_config(hf_cfg))
-    growing = [m for m in ours.mixers() if m.state_grows]
-    kv_width = 2 * growing[0].num_kv_heads * growing[0].head_dim if growing else 0
+    per_token = (ours.state_bytes(2) - ours.state_bytes(1)) // torch.float32.itemsize  # elements, as one "layer"
     model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     if hf_cfg.model_type == "mamba2":
         kind = "mamba"
@@ -75,7 +74,7 @@ def checkpoint_runner(folder: str, cfg: BenchConfig, device, dtype) -> HFRunner:
         kind = "static"  # a dense transformer: HF's static KV cache, as the hf_llama_static peer
     else:
         kind = "dynamic"
-    return HFRunner(model.to(device).eval(), kind, cfg.prefill_chunk, len(growing), kv_width)
+    return HFRunner(model.to(device).eval(), kind, cfg.prefill_chunk, 1, per_token)
 
 
 def peer_runner(peer: str, size: BenchSize, cfg: BenchConfig, device, dtype, attn_layers=None) -> HFRunner:
