@@ -204,7 +204,8 @@ def test_imported_prefill_then_decode_matches_parallel(saved, case):
 @pytest.mark.parametrize(
     "case",
     ["llama", "mistral-window", "qwen3-sliding-layers", "mamba2", "bamba", "olmo_hybrid", "qwen3_5", "falcon_h1"]
-    + ["zamba2", "zamba2-one-block"],  # transformers' Zamba2 decode agrees with its parallel form here (checked)
+    # nemotron_h is left out: transformers clamps its dt in the parallel form but not in its decode step
+    + ["qwen2", "qwen3", "zamba2", "zamba2-one-block"],  # transformers' Zamba2 decode agrees with its parallel form
 )
 def test_greedy_generate_equals_transformers(saved, case):
     folder, reference = saved[case]
