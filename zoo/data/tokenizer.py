@@ -132,7 +132,26 @@ class IntTokenizer:
         return _write_json(directory, self.to_dict())
 
 
-class BPETokenizer:
+class _RustBacked:
+    """What the tokenizers backed by a Hugging Face `tokenizers.Tokenizer` (`self._hf`) share: encoding without
+    special tokens, saving as the zoo's `tokenizer.json` (`to_dict`), and Hugging Face's own JSON for export."""
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`[encode(t) for t in texts]`, computed in parallel."""
+        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        return _write_json(directory, self.to_dict())
+
+    def hf_json(self) -> str:
+        """Hugging Face's own `tokenizer.json` text (what a transformers export carries)."""
+        return self._hf.to_str()
+
+
+class BPETokenizer(_RustBacked):
     """Byte-level BPE (GPT-2 style) trained with Hugging Face `tokenizers`: 256 byte tokens, one eos token
     (`EOS`, id 0) and learnt merges, `vocab_size` in all. Any text round-trips exactly.
 
@@ -183,13 +202,6 @@ class BPETokenizer:
         hf.train_from_iterator(documents, trainer=trainer)
         return cls(hf)
 
-    def encode(self, text: str) -> list[int]:
-        return self._hf.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """`[encode(t) for t in texts]`, computed in parallel."""
-        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
-
     def decode(self, ids: Iterable[int]) -> str:
         ids = _as_int_list(ids)
         bad = [i for i in ids if i < 0]
@@ -239,13 +251,6 @@ class BPETokenizer:
             )
         return tok
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        return _write_json(directory, self.to_dict())
-
-    def hf_json(self) -> str:
-        """Hugging Face's own `tokenizer.json` text (what a transformers export carries)."""
-        return self._hf.to_str()
-
 
 # Top-level keys of Hugging Face's tokenizer JSON; anything else in a file is refused as tampering.
 HF_KEYS = frozenset(
@@ -272,7 +277,7 @@ def parse_hf_json(hf: Any, kind: str):
         raise ValueError(f"{kind} tokenizer: not a valid Hugging Face tokenizer: {e}") from None
 
 
-class HFTokenizer:
+class HFTokenizer(_RustBacked):
     """Any Hugging Face fast tokenizer (`tokenizer.json`: BPE, Unigram, WordPiece, ...), as an imported
     transformers checkpoint carries it, with the eos / bos ids of its model config.
 
@@ -293,12 +298,6 @@ class HFTokenizer:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"not valid JSON: {e}") from None
         return cls(parse_hf_json(hf, cls.type), eos_token_id, bos_token_id)
-
-    def encode(self, text: str) -> list[int]:
-        return self._hf.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = _as_int_list(ids)
@@ -327,12 +326,6 @@ class HFTokenizer:
                 f"hf tokenizer: vocab_size={d['vocab_size']} disagrees with its vocabulary ({tok.vocab_size})"
             )
         return tok
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        return _write_json(directory, self.to_dict())
-
-    def hf_json(self) -> str:
-        return self._hf.to_str()
 
 
 TOKENIZERS: dict[str, type] = {"bpe": BPETokenizer, "byte": ByteTokenizer, "hf": HFTokenizer, "int": IntTokenizer}

@@ -27,6 +27,16 @@ GDN = "gated_deltanet"
 GDN_TENSORS = ("q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj", "o_proj", "o_norm")
 
 
+def linear_layer_kinds(cfg: HFConfig) -> list[str]:
+    """`layer_types`, checked: one entry per layer, each linear_attention (Gated DeltaNet) or full_attention."""
+    kinds = list(cfg.require("layer_types"))
+    for kind in set(kinds) - {"linear_attention", "full_attention"}:
+        cfg.refuse("layer_types", kind, "supported: linear_attention, full_attention")
+    if len(kinds) != cfg.require("num_hidden_layers"):
+        cfg.refuse("layer_types", kinds, f"expected {cfg.require('num_hidden_layers')} entries, one per layer")
+    return kinds
+
+
 def gated_deltanet_options(cfg: HFConfig, **fields) -> dict:
     """The zoo `gated_deltanet` options of a config's `linear_*` fields (OLMo-Hybrid's and Qwen3.5's spelling):
     heads and widths (grouped values when there are more value heads than key heads), the short conv; `fields` add
@@ -56,12 +66,7 @@ class OlmoHybridFamily(HFArch):
 
     def zoo_config(self, cfg: HFConfig) -> ModelConfig:
         check_dense(cfg)
-        d, n_layers = cfg.require("hidden_size"), cfg.require("num_hidden_layers")
-        kinds = list(cfg.require("layer_types"))
-        for kind in set(kinds) - {"linear_attention", "full_attention"}:
-            cfg.refuse("layer_types", kind, "supported: linear_attention, full_attention")
-        if len(kinds) != n_layers:
-            cfg.refuse("layer_types", kinds, f"expected {n_layers} entries, one per layer")
+        d, kinds = cfg.require("hidden_size"), linear_layer_kinds(cfg)
         heads = cfg.require("num_attention_heads")
         head_dim = cfg.get("head_dim", d // heads)
         bias = cfg.get("attention_bias", False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from zoo.io.hf.base import HFArch, HFConfig, Rule, same
 from zoo.io.hf.llama import attention_options, check_dense, llama_like_model, model_head_dim, swiglu_rules
-from zoo.io.hf.olmo_hybrid import gated_deltanet_options
+from zoo.io.hf.olmo_hybrid import gated_deltanet_options, linear_layer_kinds
 from zoo.model.config import ATTENTION_MIXER, ModelConfig
 
 GDN = "gated_deltanet"
@@ -35,9 +35,7 @@ class Qwen3_5Family(HFArch):
             cfg = HFConfig({**cfg.require("text_config"), "model_type": "qwen3_5_text"}, cfg.path)
         check_dense(cfg)
         d = cfg.require("hidden_size")
-        kinds = list(cfg.require("layer_types"))
-        for kind in set(kinds) - {"linear_attention", "full_attention"}:
-            cfg.refuse("layer_types", kind, "supported: linear_attention, full_attention")
+        kinds = linear_layer_kinds(cfg)
         attn = attention_options(cfg, partial=0.25, qk_norm="head") | {"output_gate": True, "window_size": None}
         attn["layers"] = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
         # Qwen3.5's beta is in (0, 1); its gated output norm takes the model's eps; the inits are transformers'
