@@ -68,12 +68,11 @@ class ZooRunner:
     def __init__(self, model, prefill_chunk: int, note: str = ""):
         self.model, self.prefill_chunk, self.note = model, prefill_chunk, note
         self.params = model.num_params()
-        embed = model.embed.weight.numel()
-        tied = model.lm_head.weight is model.embed.weight
-        # decode reads every weight matrix once per token (the tied embedding as the LM head); prefill only
-        # applies the LM head to the last position
-        self.weight_bytes = self.params * model.embed.weight.element_size()
-        self.flop_params = self.params - embed - (0 if tied else model.lm_head.weight.numel())
+        # decode reads every weight matrix once per token (the tied embedding as the LM head), as stored (int8,
+        # bf16, ...); prefill only applies the LM head to the last position
+        self.weight_bytes = model.weight_bytes()
+        head = 0 if model.config.tie_embeddings else model.lm_head.out_features * model.config.d_model
+        self.flop_params = self.params - model.embed.weight.numel() - head
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         return self.model.state_bytes(seq_len, batch_size)

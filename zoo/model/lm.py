@@ -21,6 +21,7 @@ from zoo.model.layers import RMSNorm, positions_after
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
 from zoo.model.mlps import build_mlp
+from zoo.model.quant import QuantizedLinear
 from zoo.model.shared import SharedContext, SharedUse, shared_modules
 
 
@@ -170,6 +171,7 @@ class HybridLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.tokenizer = None  # set by training / from_pretrained
+        self.quantized: str | None = None  # the mode of quantize(), once called
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -323,6 +325,19 @@ class HybridLM(nn.Module):
                 module.weight.data = module.weight.data.t().contiguous().t()
         return self
 
+    def quantize(self, mode: str) -> HybridLM:
+        """Reduced-precision linear weights for CPU inference, in place: `"int8"` (int8 weights with a scale per
+        output row, dynamically quantized int8 activations, int32 accumulation), `"bf16"` or `"fp16"` (weights
+        stored in that dtype). Every other weight and every recurrent state keeps its dtype, so `state_bytes` is
+        unchanged. Inference only: a quantized model neither trains nor saves (`zoo/model/quant.py`)."""
+        from zoo.model.quant import quantize_linears  # noqa: PLC0415 - beside the one use
+
+        if self.training:
+            raise ValueError("quantize() is for inference: call model.eval() first (a quantized model does not train)")
+        quantize_linears(self, mode)
+        self.quantized = mode
+        return self
+
     def kernel_backends(self) -> dict[str, str]:
         """Kernel implementation per op family, as resolved for this model's device."""
         found: dict[str, str] = {}
@@ -336,7 +351,20 @@ class HybridLM(nn.Module):
 
     # -- accounting ------------------------------------------------------------------------------
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        """Parameters, tied weights counted once; a quantized linear counts its weights, but for the LM head that
+        quantization untied from the embedding: the model's count does not change."""
+        quantized = sum(m.num_weights() for m in self.modules() if isinstance(m, QuantizedLinear))
+        untied = self.quantized is not None and self.config.tie_embeddings
+        return sum(p.numel() for p in self.parameters()) + quantized - (self.embed.weight.numel() if untied else 0)
+
+    def weight_bytes(self) -> int:
+        """Bytes of every weight as stored (parameters and quantized linears): what a decode step streams, but for
+        the embedding table of an untied LM head, of which it reads one row."""
+        quantized = sum(m.weight_bytes() for m in self.modules() if isinstance(m, QuantizedLinear))
+        params = sum(p.numel() * p.element_size() for p in self.parameters())
+        if not isinstance(self.lm_head, nn.Linear) or self.lm_head.weight is not self.embed.weight:
+            params -= self.embed.weight.numel() * self.embed.weight.element_size()
+        return params + quantized
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""
@@ -357,6 +385,11 @@ class HybridLM(nn.Module):
     def save_pretrained(self, directory) -> None:
         from zoo.io.checkpoint import save_pretrained  # zoo.io builds models from checkpoints: imported here, not above
 
+        if self.quantized is not None:
+            raise ValueError(
+                f"this model is quantized ({self.quantized}) for inference and is not saved: save the model before "
+                "quantize(), and quantize it again after loading"
+            )
         save_pretrained(self, directory)
 
 

@@ -39,6 +39,7 @@ from zoo.errors import ConfigError
 from zoo.model.layers import RMSNorm, positions_after, rope_frequencies, rotary
 from zoo.model.mixers.attention import KVCache, attend
 from zoo.model.mixers.base import check_divides
+from zoo.model.quant import activation_dtype
 
 ACTS = {"gelu": F.gelu, "silu": F.silu}  # act(gate) * up in the shared MLP (Zamba2's hidden_act: gelu)
 SHARED_OPTIONS = (
@@ -169,7 +170,7 @@ class SharedUse(nn.Module):
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Keys and values of every token seen, in the parameters' dtype (the activations')."""
-        itemsize = self.proj.weight.dtype.itemsize
+        itemsize = activation_dtype(self).itemsize
         return batch_size * 2 * math.prod((self.num_kv_heads, seq_len, self.head_dim)) * itemsize
 
 

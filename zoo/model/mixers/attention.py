@@ -26,6 +26,7 @@ from zoo.errors import ConfigError
 from zoo.model.layers import RMSNorm, positions_after, rope_frequencies, rotary
 from zoo.model.mixers import register
 from zoo.model.mixers.base import Mixer, check_divides, per_sequence, split_heads
+from zoo.model.quant import activation_device
 
 
 @dataclass
@@ -344,7 +345,7 @@ class Attention(Mixer):
 
     def kernel_backends(self) -> dict[str, str]:
         # On CUDA, training runs under bf16 autocast, so flash-attn serves it whenever it is installed.
-        on_cuda = self.q_proj.weight.is_cuda
+        on_cuda = activation_device(self).type == "cuda"
         flash = on_cuda and importlib.util.find_spec("flash_attn") is not None
         return {"attention": "flash_attn (fp16/bf16), sdpa (fp32)" if flash else "sdpa"}
 

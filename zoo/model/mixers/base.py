@@ -13,6 +13,7 @@ from torch import nn
 
 import kernels
 from zoo.errors import ConfigError
+from zoo.model.quant import activation_device, activation_dtype
 
 if not hasattr(kernels, "resolve_backend"):  # another distribution's `kernels` came first on the import path
     raise ImportError(
@@ -83,7 +84,7 @@ class Mixer(nn.Module, abc.ABC):
     @property
     def param_dtype(self) -> torch.dtype:
         """The parameters' dtype, which is also the activations' (and so the caches' conv tails, KV, ...)."""
-        return next(self.parameters()).dtype
+        return activation_dtype(self)
 
 
 @dataclass
@@ -125,7 +126,7 @@ class LinearMixer(Mixer):
         return [(self.state_shape, self.state_dtype)]
 
     def kernel_backends(self) -> dict[str, str]:
-        probe = torch.empty(0, device=next(self.parameters()).device)
+        probe = torch.empty(0, device=activation_device(self))
         return {self.kernel_family: kernels.resolve_backend(self.backend, probe, family=self.kernel_family)}
 
     def init_heads(

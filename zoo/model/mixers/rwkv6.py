@@ -38,6 +38,7 @@ from zoo.errors import ConfigError
 from zoo.model.mixers import register
 from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32, check_divides
 from zoo.model.mlps import register_mlp
+from zoo.model.quant import activation_dtype
 
 # RWKV-LM: GroupNorm(eps = 1e-5 * head_size_divisor**2) with head_size_divisor = 8. v6 normalizes o, v5
 # normalizes o / 8, which is the same as normalizing o with eps * 64.
@@ -198,4 +199,4 @@ class RWKVChannelMix(nn.Module):
         return ShiftCache()
 
     def state_bytes(self, batch_size: int = 1) -> int:
-        return batch_size * self.d_model * next(self.parameters()).dtype.itemsize
+        return batch_size * self.d_model * activation_dtype(self).itemsize
