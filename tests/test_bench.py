@@ -35,6 +35,10 @@ TINY = {
     "time_budget_s": 300,
     "seed": 0,
     "isolate": False,  # in-process: a spawned process per architecture costs seconds (one test keeps it)
+    "quantize": ["none"],
+    "llamacpp": [],
+    "llamacpp_flash_attn": [False],
+    "llamacpp_converter": None,
 }
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 import zoo
 from zoo import schemas
+from zoo.bench import llamacpp
 from zoo.bench.measure import ZooRunner, machine_limits, time_cell
 from zoo.bench.peers import HF_CHECKPOINT, checkpoint_runner, peer_runner
 from zoo.bench.report import markdown, plot, results_metrics, targets, with_efficiency, write_csv
@@ -50,6 +51,7 @@ from zoo.evals.recall import Budget
 from zoo.io.hf import is_transformers_checkpoint
 from zoo.io.results import update_results
 from zoo.io.runs import locate
+from zoo.model.quant import MODES as QUANT_MODES
 from zoo.schemas import BenchConfig, BenchRoot, BenchSize
 
 
@@ -64,9 +66,12 @@ class Job:
     cfg: BenchConfig
     device: str
     dtype: str
+    quantize: str = "none"  # our models' linear-weight mode (HybridLM.quantize), "none" as built
 
 
-def zoo_runner(arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtype, attn_layers=None) -> ZooRunner:
+def zoo_runner(
+    arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtype, attn_layers=None, quantize="none"
+) -> ZooRunner:
     note = ""
     if arch.startswith("path:"):
         model = zoo.from_pretrained(arch[5:], device=device)
@@ -83,7 +88,10 @@ def zoo_runner(arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtyp
         if attn_layers is not None:
             overrides.append(f"model.attn.layers={list(attn_layers)}")
         model = zoo.build_model(compose(overrides).model).to(device)
-    return ZooRunner(model.to(dtype).eval().optimize_for_decode(), cfg.prefill_chunk, note)
+    model = model.to(dtype).eval()
+    if quantize != "none":
+        model.quantize(quantize)
+    return ZooRunner(model.optimize_for_decode(), cfg.prefill_chunk, note)
 
 
 def scaled_attn_layers(arch: str, n_layers: int) -> tuple[list[int] | None, str]:
@@ -113,11 +121,15 @@ def measure_cells(job: Job) -> list[dict]:
     device, dtype = torch.device(job.device), DTYPES[job.dtype]
     if name.startswith(HF_CHECKPOINT):
         runner = checkpoint_runner(name.removeprefix(HF_CHECKPOINT), cfg, device, dtype)
+    elif name.startswith(llamacpp.PREFIX):
+        outtype, flash_attn, folder = llamacpp.parse_job(name)
+        runner = llamacpp.LlamaCppRunner(folder, outtype, flash_attn, cfg, cfg.llamacpp_converter)
+    elif name.startswith("hf_"):
+        runner = peer_runner(name, job.size, cfg, device, dtype, job.attn_layers)
     else:
-        make = peer_runner if name.startswith("hf_") else zoo_runner
-        runner = make(name, job.size, cfg, device, dtype, job.attn_layers)
+        runner = zoo_runner(name, job.size, cfg, device, dtype, job.attn_layers, job.quantize)
     d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
-    if isinstance(runner, ZooRunner):  # a checkpoint's size is its own
+    if isinstance(runner, ZooRunner | llamacpp.LlamaCppRunner):  # a checkpoint's size is its own
         d_model, n_layers = runner.model.config.d_model, runner.model.config.n_layers
     elif name.startswith(HF_CHECKPOINT):
         text = runner.model.config.get_text_config()
@@ -130,7 +142,7 @@ def measure_cells(job: Job) -> list[dict]:
         "weight_bytes": runner.weight_bytes,
         "flop_params": runner.flop_params,
         "device": str(device),
-        "dtype": job.dtype,
+        "dtype": job.dtype if job.quantize == "none" else f"{job.dtype}, {job.quantize} linears",
         "note": runner.note,
     }
     gen = cfg.gen_tokens
@@ -138,8 +150,10 @@ def measure_cells(job: Job) -> list[dict]:
     # Warm-up, so that one-time costs stay out of the rows: two prompt pieces (the second continues a state, a
     # kernel variant of its own) and a few decode steps, at every batch size. On a GPU the Triton kernels
     # compile for each of these on first use, which took up to a second and made the X=512 rows meaningless.
+    # (A llama.cpp cell runs in a process of its own, which warms itself up.)
+    timer = getattr(runner, "time_cell", None)
     warm = min(cfg.prefill_chunk + 64, max(cfg.prompt_lens))
-    for batch in cfg.batch_sizes:
+    for batch in cfg.batch_sizes if timer is None else []:
         time_cell(runner, vocab, batch, warm if batch == 1 else min(warm, cfg.batch_max_prompt), 2, device, cfg.seed)
     rows = []
     for batch in cfg.batch_sizes:
@@ -149,9 +163,14 @@ def measure_cells(job: Job) -> list[dict]:
         for length in lengths:
             row = base | {"batch": batch, "prompt_len": length, "gen_len": gen}
             reason = budget.refuse(length)
+            if timer is not None and batch != 1:
+                reason = "llama.cpp rows are measured at batch 1"
             if reason is None:
                 try:
-                    row |= time_cell(runner, vocab, batch, length, gen, device, cfg.seed)
+                    if timer is None:
+                        row |= time_cell(runner, vocab, batch, length, gen, device, cfg.seed)
+                    else:
+                        row |= timer(vocab, batch, length, gen, device, cfg.seed)
                     budget.record(length, row["prefill_s"])
                 except torch.OutOfMemoryError as e:
                     reason = f"out of memory: {str(e).splitlines()[0]}"
@@ -197,21 +216,19 @@ def failed_row(job: Job, error: str) -> dict:
 
 
 def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
-    """One job per (size, architecture): our architectures, then the HF peers."""
+    """One job per (size, architecture, quantization mode): our architectures, then the peers."""
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     device = "cpu" if device == "auto" else device
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    bad = sorted(set(cfg.quantize) - {"none", *QUANT_MODES})
+    if bad or not cfg.quantize:
+        raise ZooError(f"bench.quantize={list(cfg.quantize)}: valid modes are none, {', '.join(QUANT_MODES)}")
+    peer_names: list[str] = []
     if path is not None:
         folder = locate(path)[0]
         names, sizes = [(f"path:{folder}", None)], [None]  # a checkpoint's own size
-        if is_transformers_checkpoint(folder):  # the same weights through transformers' own implementation
-            if importlib.util.find_spec("transformers") is None:
-                print(
-                    "zoo-bench: transformers is not installed, so its row of this checkpoint is left out",
-                    file=sys.stderr,
-                )
-            else:
-                names.append((f"{HF_CHECKPOINT}{folder}", None))
+        if is_transformers_checkpoint(folder):  # the same weights through transformers' and llama.cpp's code
+            peer_names = checkpoint_peers(folder, cfg)
     else:
         archs = cfg.archs
         if archs is None:
@@ -232,8 +249,35 @@ def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
     for size in sizes:
         for name, attn in names:
             label = name.removeprefix("path:") + ("" if attn is None else f"+attn{list(attn)}")
-            jobs.append(Job(name, label, None if attn is None else list(attn), size, cfg, device, dtype))
+            attn = None if attn is None else list(attn)
+            for mode in cfg.quantize if not name.startswith("hf_") else ["none"]:
+                suffix = "" if mode == "none" else f"+{mode}"
+                jobs.append(Job(name, label + suffix, attn, size, cfg, device, dtype, mode))
+        jobs += [Job(name, name, None, size, cfg, device, dtype) for name in peer_names]
     return jobs
+
+
+def checkpoint_peers(folder: Path, cfg: BenchConfig) -> list[str]:
+    """The other implementations of a transformers checkpoint that are installed: transformers' own model, and
+    llama.cpp at each of `bench.llamacpp`'s GGUF types (a note on stderr for each one missing)."""
+    names = []
+    if importlib.util.find_spec("transformers") is None:
+        print("zoo-bench: transformers is not installed, so its row of this checkpoint is left out", file=sys.stderr)
+    else:
+        names.append(f"{HF_CHECKPOINT}{folder}")
+    if cfg.llamacpp and importlib.util.find_spec("llama_cpp") is None:
+        print(
+            "zoo-bench: llama-cpp-python is not installed, so the llama.cpp rows are left out "
+            "(pip install llama-cpp-python: it compiles llama.cpp, ~8 minutes on 2 cores)",
+            file=sys.stderr,
+        )
+    elif cfg.llamacpp:
+        from zoo.io.hf import read_hf_config
+
+        arch, hf_cfg = read_hf_config(folder)
+        has_attention = any(name in ("attn", "swa") for name in arch.zoo_config(hf_cfg).layer_names())
+        names += llamacpp.job_names(str(folder), list(cfg.llamacpp), list(cfg.llamacpp_flash_attn), has_attention)
+    return names
 
 
 def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple[list[dict], list[str]]:
@@ -260,8 +304,9 @@ def run(cfg: BenchConfig | Mapping, out: Path, path: str | None = None) -> tuple
     (out / "bench.md").write_text(markdown(rows, limits, settings) + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     if any(r.get("prefill_tok_s") for r in rows):
         plot(rows, out / "bench.png")
-    if path is not None:  # the zoo's rows; transformers' of the same checkpoint stay in bench.csv / bench.md
-        update_results(locate(path)[1], results_metrics([r for r in rows if not r["arch"].startswith(HF_CHECKPOINT)]))
+    if path is not None:  # the zoo's rows as built; the others (quantized, transformers, llama.cpp) stay in bench.*
+        ours = [r for r in rows if r["arch"] == jobs[0].label]
+        update_results(locate(path)[1], results_metrics(ours))
     return rows, checks
 
 

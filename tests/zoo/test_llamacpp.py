@@ -1,0 +1,144 @@
+"""llama.cpp as a zoo-bench peer: job names, the placeholder vocabulary, and, when llama-cpp-python is installed
+(CI does not build it: it compiles llama.cpp), the same tiny transformers checkpoint through llama.cpp's own
+converter and runtime gives the zoo import's logits, and `zoo-bench path=` writes its rows next to ours."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from tests.helpers import assert_close
+from zoo.bench import llamacpp
+from zoo.bench.cli import plan, run
+from zoo.schemas import BenchConfig
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed (pip install it)")
+VOCAB = 320  # > 259 pieces of the placeholder vocabulary's fixed part
+
+
+def test_job_names_round_trip_and_skip_flash_attention_without_attention():
+    names = llamacpp.job_names("/ckpt", ["f32", "q8_0"], [False, True], has_attention=True)
+    assert names == [
+        "llama.cpp:f32:/ckpt",
+        "llama.cpp:f32+fa:/ckpt",
+        "llama.cpp:q8_0:/ckpt",
+        "llama.cpp:q8_0+fa:/ckpt",
+    ]
+    assert [llamacpp.parse_job(n) for n in names[1:3]] == [("f32", True, "/ckpt"), ("q8_0", False, "/ckpt")]
+    assert llamacpp.job_names("/ckpt", ["f16"], [False, True], has_attention=False) == ["llama.cpp:f16:/ckpt"]
+
+
+def test_placeholder_vocabulary_loads_with_sentencepiece(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    llamacpp.placeholder_tokenizer(tmp_path, VOCAB)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    assert sp.vocab_size() == VOCAB
+    assert [sp.id_to_piece(i) for i in (0, 1, 2, 3, 13, 259)] == ["<unk>", "<s>", "</s>", "<0x00>", "<0x0A>", "▁t0"]
+
+
+def tiny_checkpoint(kind: str, folder: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = {"vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": 2, "tie_word_embeddings": True}
+    if kind == "llama":  # sizes that are multiples of q8_0's 32-wide blocks
+        config = transformers.LlamaConfig(
+            **common, intermediate_size=128, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512
+        )
+    else:
+        config = transformers.Mamba2Config(**common, num_heads=4, head_dim=32, state_size=32, n_groups=1, expand=2)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random init at std 0.02 gives near-constant logits: nothing to compare
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the llama.cpp process takes this thread count: spinning threads on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("kind", ["llama", "mamba2"])
+def test_same_checkpoint_gives_the_zoo_logits_in_llama_cpp(kind, tmp_path, one_thread):
+    pytest.importorskip("sentencepiece")
+    folder = tiny_checkpoint(kind, tmp_path / kind)
+    gguf, note = llamacpp.to_gguf(folder, "f32", VOCAB, None)
+    assert "placeholder vocabulary" in note
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(1))
+    cell = llamacpp.time_gguf(gguf, ids, gen=3, prefill_chunk=16, flash_attn=False, logits=True)
+    ours = zoo.from_pretrained(folder).eval()(ids).logits[0, -1]
+    # llama.cpp keeps the KV cache in f16, so attention's keys and values are rounded there
+    atol = (2e-3 if kind == "llama" else 1e-4) * ours.abs().max()
+    assert_close(torch.tensor(cell["logits"]), ours, rtol=0, atol=atol)
+    assert cell["prefill_s"] > 0 and cell["decode_s"] > 0 and cell["n_vocab"] == VOCAB
+
+
+@needs_llama_cpp
+def test_zoo_bench_writes_llama_cpp_rows_next_to_ours(tmp_path, one_thread):
+    pytest.importorskip("sentencepiece")
+    folder = tiny_checkpoint("llama", tmp_path / "llama")
+    cfg = {
+        "archs": None,
+        "attn_layers": None,
+        "peers": [],
+        "sizes": [],
+        "vocab_size": VOCAB,
+        "prompt_lens": [16, 48],
+        "gen_tokens": 3,
+        "batch_sizes": [1, 2],
+        "batch_max_prompt": 16,
+        "prefill_chunk": 16,
+        "device": "cpu",
+        "dtype": "auto",
+        "memory_budget_gb": 4.0,
+        "time_budget_s": 300,
+        "seed": 0,
+        "isolate": False,
+        "quantize": ["none", "int8"],
+        "llamacpp": ["f32", "q8_0"],
+        "llamacpp_flash_attn": [False],
+        "llamacpp_converter": None,
+    }
+    rows, _ = run(cfg, tmp_path / "out", path=str(folder))
+    by_arch = {}
+    for r in rows:
+        by_arch.setdefault(r["arch"], []).append(r)
+    assert set(by_arch) == {
+        str(folder),
+        f"{folder}+int8",
+        f"transformers:{folder}",
+        f"llama.cpp:f32:{folder}",
+        f"llama.cpp:q8_0:{folder}",
+    }
+    for label in (f"llama.cpp:f32:{folder}", f"llama.cpp:q8_0:{folder}"):
+        measured = [r for r in by_arch[label] if r["batch"] == 1]
+        assert [r["prompt_len"] for r in measured] == [16, 48]
+        assert all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 for r in measured)
+        (batch2,) = [r for r in by_arch[label] if r["batch"] == 2]
+        assert batch2["note"] == "skipped: llama.cpp rows are measured at batch 1"
+    assert "llama.cpp:q8_0" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_missing_llama_cpp_leaves_its_rows_out_with_a_note(tmp_path, monkeypatch, capsys):
+    folder = tiny_checkpoint("llama", tmp_path / "llama")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    cfg = BenchConfig(
+        archs=None, attn_layers=None, peers=[], sizes=[], vocab_size=VOCAB, prompt_lens=[16], gen_tokens=2,
+        batch_sizes=[1], batch_max_prompt=16, prefill_chunk=16, device="cpu", dtype="auto", memory_budget_gb=1.0,
+        time_budget_s=10, seed=0, isolate=False, quantize=["none"], llamacpp=["f32"], llamacpp_flash_attn=[False],
+        llamacpp_converter=None,
+    )  # fmt: skip
+    labels = [job.label for job in plan(cfg, str(folder))]
+    assert labels == [str(folder), f"transformers:{folder}"]
+    assert "llama-cpp-python is not installed, so the llama.cpp rows are left out" in capsys.readouterr().err
