@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--prompt-lens", type=int, nargs="+", default=[512, 8192])
     parser.add_argument("--gen", type=int, default=128)
+    parser.add_argument("--bench", nargs="*", default=[], help="zoo-bench overrides, e.g. bench.quantize=[none,int8]")
     args = parser.parse_args(argv)
     specs = configs(args.d_model, args.n_layers, args.vocab)
     names = args.classes or list(specs)
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             f"bench.prompt_lens={args.prompt_lens}",
             f"bench.gen_tokens={args.gen}",
             "bench.batch_sizes=[1]",
+            *args.bench,
         ]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=False)
