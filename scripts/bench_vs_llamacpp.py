@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gen", type=int, default=128)
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--n-layers", type=int, default=12)
+    parser.add_argument("--vocab", type=int, default=8192, help="zoo-bench's own (conf/bench), the README's table")
     parser.add_argument("--summarize-only", action="store_true", help="tables and plot from an earlier run")
     args = parser.parse_args(argv)
     if not args.summarize_only:
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         imported.main(
             ["--out", str(args.out), "--classes", *args.classes, "--prompt-lens", *map(str, args.prompt_lens)]
             + ["--gen", str(args.gen), "--d-model", str(args.d_model), "--n-layers", str(args.n_layers)]
+            + ["--vocab", str(args.vocab)]
             + ["--bench", "bench.quantize=[none,int8]", "bench.llamacpp=[f32,f16,q8_0]"]
         )
     table = summary(args.out, args.classes)
