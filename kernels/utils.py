@@ -142,3 +142,14 @@ def median_seconds(fn: Callable[[], object], repeats: int, device) -> float:
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def decayed_outer_update(S: torch.Tensor, decay: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One recurrent step's state, `decay * S + k v^T`, as a new tensor (the caller's state and autograd's saved
+    one stay intact): S `(B, H, K, V)`, decay broadcastable to it (or None), k `(B, H, K)`, v `(B, H, V)`. The
+    outer product is added into the new state in place as a batched matmul, so no `(B, H, K, V)` temporary is
+    written and read: in decode, where the state is the largest tensor a step touches, that is one pass less."""
+    B, H, K, V = S.shape
+    S = (S.clone() if decay is None else S * decay).contiguous()
+    S.view(B * H, K, V).baddbmm_(k.reshape(B * H, K, 1), v.reshape(B * H, 1, V))
+    return S

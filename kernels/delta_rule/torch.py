@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.utils import decayed_outer_update
+
 __all__ = [
     "chunk_delta_rule_torch",
     "chunk_gated_delta_rule_torch",
@@ -126,11 +128,12 @@ def fused_recurrent_gated_delta_rule_torch(
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     o = q.new_empty(B, T, H, V)
     for t in range(T):
-        if decay is not None:
-            S = decay[:, t] * S
-        k_t = k[:, t, :, None, :]  # (B, H, 1, K)
-        delta = beta[:, t, :, None, None] * (v[:, t, :, None, :] - k_t @ S)  # (B, H, 1, V) beta (v - S^T k)
-        S = S + k_t.transpose(-1, -2) @ delta  # (B, H, K, V)
+        d_t = None if decay is None else decay[:, t]  # (B, H, 1, 1): a scalar per head, so (d S)^T k = d (S^T k)
+        kS = (k[:, t, :, None, :] @ S).squeeze(-2)  # (B, H, V) S^T k
+        if d_t is not None:
+            kS = kS * d_t[..., 0]
+        delta = beta[:, t, :, None] * (v[:, t] - kS)  # (B, H, V) beta (v - (d S)^T k)
+        S = decayed_outer_update(S, d_t, k[:, t], delta)  # d S + k delta^T, (B, H, K, V)
         o[:, t] = (q[:, t, :, None, :] @ S).squeeze(-2)  # (B, H, V)
     return o.to(out_dtype), (S if output_final_state else None)
 

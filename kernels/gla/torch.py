@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kernels.utils import decayed_outer_update
+
 __all__ = ["chunk_gla_torch", "fused_recurrent_gla_torch"]
 
 FAST_SPAN = 30.0
@@ -185,6 +187,6 @@ def fused_recurrent_gla_torch(
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     o = q.new_empty(B, T, H, V)
     for t in range(T):
-        S = decay[:, t] * S + k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
+        S = decayed_outer_update(S, decay[:, t], k[:, t], v[:, t])  # (B, H, K, V)
         o[:, t] = (q[:, t, :, None, :] @ S).squeeze(-2)  # (B, H, V)
     return o.to(out_dtype), (S if output_final_state else None)

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kernels.utils import decayed_outer_update
+
 __all__ = ["chunk_rwkv6_torch", "fused_recurrent_rwkv6_torch"]
 
 SUB_CHUNK = 8
@@ -152,5 +154,5 @@ def fused_recurrent_rwkv6_torch(
     o = r.new_empty(B, T, H, V)
     for t in range(T):
         o[:, t] = (r[:, t, :, None, :] @ S).squeeze(-2) + bonus[:, t] * v[:, t]  # (B, H, V)
-        S = torch.addcmul(decay[:, t] * S, k[:, t, :, :, None], v[:, t, :, None, :])  # (B, H, K, V)
+        S = decayed_outer_update(S, decay[:, t], k[:, t], v[:, t])  # (B, H, K, V)
     return o.to(out_dtype), (S if output_final_state else None)

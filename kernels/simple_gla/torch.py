@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.utils import decayed_outer_update
+
 __all__ = ["chunk_simple_gla_torch", "fused_recurrent_simple_gla_torch"]
 
 
@@ -135,7 +137,6 @@ def fused_recurrent_simple_gla_torch(
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     o = q.new_empty(B, T, H, V)
     for t in range(T):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
-        S = S + kv if decay is None else torch.addcmul(kv, decay[:, t], S)
+        S = decayed_outer_update(S, None if decay is None else decay[:, t], k[:, t], v[:, t])  # (B, H, K, V)
         o[:, t] = (q[:, t, :, None, :] @ S).squeeze(-2)  # (B, H, V)
     return o.to(out_dtype), (S if output_final_state else None)
