@@ -124,6 +124,10 @@ def test_zoo_bench_writes_llama_cpp_rows_next_to_ours(tmp_path, one_thread):
         measured = [r for r in by_arch[label] if r["batch"] == 1]
         assert [r["prompt_len"] for r in measured] == [16, 48]
         assert all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 for r in measured)
+        # q8_0 crashed llama-cpp-python 0.3.36 with its AMX / repacked buffers on this AVX-512 + AMX machine: where
+        # the runner falls back to running without them, every row of that runner says so
+        fallback = [("extra buffer types" in r["note"]) for r in measured]
+        assert fallback in ([False, False], [True, True])
         (batch2,) = [r for r in by_arch[label] if r["batch"] == 2]
         assert batch2["note"] == "skipped: llama.cpp rows are measured at batch 1"
     assert "llama.cpp:q8_0" in (tmp_path / "out" / "bench.md").read_text()

@@ -214,6 +214,7 @@ class LlamaCppRunner:
             "peak_mib": cell["peak_mib"],
             "memory_method": "ru_maxrss (the llama.cpp process)",
             "cache_bytes": None,
+            "note": self.note,  # with the fallback above, if this cell (or an earlier one) took it
         }
 
 
