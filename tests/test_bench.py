@@ -36,6 +36,7 @@ TINY = {
     "seed": 0,
     "isolate": False,  # in-process: a spawned process per architecture costs seconds (one test keeps it)
     "quantize": ["none"],
+    "kv_cache": ["none"],
     "llamacpp": [],
     "llamacpp_flash_attn": [False],
     "llamacpp_converter": None,

@@ -36,6 +36,7 @@ def test_summary_checks_targets_against_llama_cpps_better_setting(tmp_path):
         [
             ("{f}", 8192, 300.0, 14.0),
             ("{f}+int8", 8192, 290.0, 20.0),
+            ("{f}+kv_bf16", 8192, 310.0, 30.0),
             ("transformers:{f}", 8192, 250.0, 10.0),
             ("llama.cpp:f32:{f}", 8192, 200.0, 20.0),
             ("llama.cpp:f32+fa:{f}", 8192, 160.0, 8.0),
@@ -46,12 +47,14 @@ def test_summary_checks_targets_against_llama_cpps_better_setting(tmp_path):
     table = script.summary(tmp_path, ["llama", "mamba2", "bamba"])
     assert "| zoo fp32 | 300.0 | 14.0 |" in table and "| llama.cpp f32 fa | 160.0 | 8.0 |" in table
     assert "matrix-vector 20.5 GB/s, matmul 150 GFLOP/s" in table
-    assert "llama fp32 prefill @8192: zoo / llama.cpp (llama.cpp f32) = 1.50x, met" in table
-    assert "llama fp32 decode @8192: zoo / llama.cpp (llama.cpp f32) = 0.70x, missed" in table
-    assert "llama int8 decode @8192: zoo int8 / llama.cpp (llama.cpp q8_0) = 0.80x, missed" in table
-    assert "llama int8 prefill @8192: zoo int8 / llama.cpp (llama.cpp q8_0) = 1.53x, met" in table
-    assert "mamba2 fp32 decode @8192: zoo / llama.cpp (llama.cpp f32) = 0.31x, missed" in table
+    assert "llama prefill @8192: zoo fp32 / llama.cpp f32 = 1.50x, met" in table
+    assert "llama decode @8192: zoo fp32 / llama.cpp f32 = 0.70x, missed" in table
+    assert "llama decode @8192: zoo fp32+kv_bf16 / llama.cpp f32 = 1.50x, met" in table
+    assert "llama decode @8192: zoo int8 / llama.cpp q8_0 = 0.80x, missed" in table
+    assert "llama prefill @8192: zoo int8 / llama.cpp q8_0 = 1.53x, met" in table
+    assert "mamba2 decode @8192: zoo fp32 / llama.cpp f32 = 0.31x, missed" in table
     # flat state: the zoo's best mamba2 row against llama.cpp's best llama row at 8k (25.0, q8_0)
+    assert "| zoo fp32+kv_bf16 | 310.0 | 30.0 |" in table
     assert "decode @8192: mamba2 (zoo fp32) / llama (llama.cpp q8_0) = 1.24x (target 1.5x), missed" in table
     assert "### bamba\n\nno bench.csv" in table
     script.plot(tmp_path, ["llama", "mamba2", "bamba"])

@@ -317,6 +317,7 @@ class BenchConfig:
     seed: int = MISSING
     isolate: bool = MISSING
     quantize: list[str] = MISSING  # the zoo's rows per linear-weight mode: none (as built), int8, bf16, fp16
+    kv_cache: list[str] = MISSING  # ... and per KV-cache dtype of their attention layers: none (as built), bf16
     llamacpp: list[str] = MISSING  # path= of a transformers checkpoint: llama.cpp rows at these GGUF types
     llamacpp_flash_attn: list[bool] = MISSING
     llamacpp_converter: str | None = MISSING  # a llama.cpp checkout; null: the installed version's converter

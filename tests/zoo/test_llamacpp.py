@@ -105,6 +105,7 @@ def test_zoo_bench_writes_llama_cpp_rows_next_to_ours(tmp_path, one_thread):
         "seed": 0,
         "isolate": False,
         "quantize": ["none", "int8"],
+        "kv_cache": ["none"],
         "llamacpp": ["f32", "q8_0"],
         "llamacpp_flash_attn": [False],
         "llamacpp_converter": None,
@@ -140,7 +141,8 @@ def test_missing_llama_cpp_leaves_its_rows_out_with_a_note(tmp_path, monkeypatch
     cfg = BenchConfig(
         archs=None, attn_layers=None, peers=[], sizes=[], vocab_size=VOCAB, prompt_lens=[16], gen_tokens=2,
         batch_sizes=[1], batch_max_prompt=16, prefill_chunk=16, device="cpu", dtype="auto", memory_budget_gb=1.0,
-        time_budget_s=10, seed=0, isolate=False, quantize=["none"], llamacpp=["f32"], llamacpp_flash_attn=[False],
+        time_budget_s=10, seed=0, isolate=False, quantize=["none"], kv_cache=["none"], llamacpp=["f32"],
+        llamacpp_flash_attn=[False],
         llamacpp_converter=None,
     )  # fmt: skip
     labels = [job.label for job in plan(cfg, str(folder))]

@@ -25,6 +25,7 @@ the run. A length that would exceed `memory_budget_gb` (by cache size) or whose 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 import traceback
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ from zoo.evals.recall import Budget
 from zoo.io.hf import is_transformers_checkpoint
 from zoo.io.results import update_results
 from zoo.io.runs import locate
+from zoo.model.quant import KV_CACHE_DTYPES
 from zoo.model.quant import MODES as QUANT_MODES
 from zoo.schemas import BenchConfig, BenchRoot, BenchSize
 
@@ -67,10 +69,11 @@ class Job:
     device: str
     dtype: str
     quantize: str = "none"  # our models' linear-weight mode (HybridLM.quantize), "none" as built
+    kv_cache: str = "none"  # our attention layers' KV-cache dtype (HybridLM.quantize(kv_cache=)), "none" as built
 
 
 def zoo_runner(
-    arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtype, attn_layers=None, quantize="none"
+    arch: str, size: BenchSize | None, cfg: BenchConfig, device, dtype, attn_layers=None, quantize="none", kv="none"
 ) -> ZooRunner:
     note = ""
     if arch.startswith("path:"):
@@ -89,8 +92,8 @@ def zoo_runner(
             overrides.append(f"model.attn.layers={list(attn_layers)}")
         model = zoo.build_model(compose(overrides).model).to(device)
     model = model.to(dtype).eval()
-    if quantize != "none":
-        model.quantize(quantize)
+    if quantize != "none" or kv != "none":
+        model.quantize(None if quantize == "none" else quantize, None if kv == "none" else kv)
     return ZooRunner(model.optimize_for_decode(), cfg.prefill_chunk, note)
 
 
@@ -127,7 +130,7 @@ def measure_cells(job: Job) -> list[dict]:
     elif name.startswith("hf_"):
         runner = peer_runner(name, job.size, cfg, device, dtype, job.attn_layers)
     else:
-        runner = zoo_runner(name, job.size, cfg, device, dtype, job.attn_layers, job.quantize)
+        runner = zoo_runner(name, job.size, cfg, device, dtype, job.attn_layers, job.quantize, job.kv_cache)
     d_model, n_layers = (job.size.d_model, job.size.n_layers) if job.size is not None else (None, None)
     if isinstance(runner, ZooRunner | llamacpp.LlamaCppRunner):  # a checkpoint's size is its own
         d_model, n_layers = runner.model.config.d_model, runner.model.config.n_layers
@@ -142,7 +145,11 @@ def measure_cells(job: Job) -> list[dict]:
         "weight_bytes": runner.weight_bytes,
         "flop_params": runner.flop_params,
         "device": str(device),
-        "dtype": job.dtype if job.quantize == "none" else f"{job.dtype}, {job.quantize} linears",
+        "dtype": ", ".join(
+            [job.dtype]
+            + ([f"{job.quantize} linears"] if job.quantize != "none" else [])
+            + ([f"{job.kv_cache} KV cache"] if job.kv_cache != "none" else [])
+        ),
         "note": runner.note,
     }
     gen = cfg.gen_tokens
@@ -223,6 +230,9 @@ def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
     bad = sorted(set(cfg.quantize) - {"none", *QUANT_MODES})
     if bad or not cfg.quantize:
         raise ZooError(f"bench.quantize={list(cfg.quantize)}: valid modes are none, {', '.join(QUANT_MODES)}")
+    bad = sorted(set(cfg.kv_cache) - {"none", *KV_CACHE_DTYPES})
+    if bad or not cfg.kv_cache:
+        raise ZooError(f"bench.kv_cache={list(cfg.kv_cache)}: valid are none, {', '.join(KV_CACHE_DTYPES)}")
     peer_names: list[str] = []
     if path is not None:
         folder = locate(path)[0]
@@ -250,9 +260,10 @@ def plan(cfg: BenchConfig, path: str | None) -> list[Job]:
         for name, attn in names:
             label = name.removeprefix("path:") + ("" if attn is None else f"+attn{list(attn)}")
             attn = None if attn is None else list(attn)
-            for mode in cfg.quantize if not name.startswith("hf_") else ["none"]:
-                suffix = "" if mode == "none" else f"+{mode}"
-                jobs.append(Job(name, label + suffix, attn, size, cfg, device, dtype, mode))
+            ours = not name.startswith("hf_")
+            for mode, kv in itertools.product(cfg.quantize if ours else ["none"], cfg.kv_cache if ours else ["none"]):
+                suffix = ("" if mode == "none" else f"+{mode}") + ("" if kv == "none" else f"+kv_{kv}")
+                jobs.append(Job(name, label + suffix, attn, size, cfg, device, dtype, mode, kv))
         jobs += [Job(name, name, None, size, cfg, device, dtype) for name in peer_names]
     return jobs
 

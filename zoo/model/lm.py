@@ -325,17 +325,29 @@ class HybridLM(nn.Module):
                 module.weight.data = module.weight.data.t().contiguous().t()
         return self
 
-    def quantize(self, mode: str) -> HybridLM:
-        """Reduced-precision linear weights for CPU inference, in place: `"int8"` (int8 weights with a scale per
-        output row, dynamically quantized int8 activations, int32 accumulation), `"bf16"` or `"fp16"` (weights
-        stored in that dtype). Every other weight and every recurrent state keeps its dtype, so `state_bytes` is
-        unchanged. Inference only: a quantized model neither trains nor saves (`zoo/model/quant.py`)."""
-        from zoo.model.quant import quantize_linears  # noqa: PLC0415 - beside the one use
+    def quantize(self, mode: str | None = None, kv_cache: str | None = None) -> HybridLM:
+        """Reduced precision for CPU inference, in place. `mode`, the linear weights: `"int8"` (int8 weights with
+        a scale per output row, dynamically quantized int8 activations in decode, int32 accumulation), `"bf16"`
+        or `"fp16"` (weights stored in that dtype); every other weight and every recurrent state keeps its dtype,
+        so `state_bytes` does not change. `kv_cache="bf16"`: attention layers keep their KV cache in bf16 and
+        attend over it in bf16 (a cache half the size, which long-context decode mostly reads); the parallel
+        forward without a cache is unchanged. Inference only: a quantized model neither trains nor saves
+        (`zoo/model/quant.py`)."""
+        from zoo.model.mixers.attention import Attention  # noqa: PLC0415 - beside the one use
+        from zoo.model.quant import KV_CACHE_DTYPES, quantize_linears  # noqa: PLC0415
 
         if self.training:
             raise ValueError("quantize() is for inference: call model.eval() first (a quantized model does not train)")
-        quantize_linears(self, mode)
-        self.quantized = mode
+        if kv_cache is not None and kv_cache not in KV_CACHE_DTYPES:
+            raise ValueError(f"unknown kv_cache {kv_cache!r}; valid: {', '.join(KV_CACHE_DTYPES)}")
+        if mode is None and kv_cache is None:
+            raise ValueError("quantize() needs a mode for the linear weights and/or a kv_cache dtype")
+        if mode is not None:
+            quantize_linears(self, mode)
+        for module in self.modules():
+            if kv_cache is not None and isinstance(module, Attention):
+                module.kv_dtype = KV_CACHE_DTYPES[kv_cache]
+        self.quantized = "+".join(filter(None, [mode, kv_cache and f"kv_{kv_cache}"]))
         return self
 
     def kernel_backends(self) -> dict[str, str]:
@@ -354,7 +366,7 @@ class HybridLM(nn.Module):
         """Parameters, tied weights counted once; a quantized linear counts its weights, but for the LM head that
         quantization untied from the embedding: the model's count does not change."""
         quantized = sum(m.num_weights() for m in self.modules() if isinstance(m, QuantizedLinear))
-        untied = self.quantized is not None and self.config.tie_embeddings
+        untied = isinstance(self.lm_head, QuantizedLinear) and self.config.tie_embeddings
         return sum(p.numel() for p in self.parameters()) + quantized - (self.embed.weight.numel() if untied else 0)
 
     def weight_bytes(self) -> int:

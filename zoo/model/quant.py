@@ -105,6 +105,10 @@ class Int8Linear(QuantizedLinear):
         return self.in_features * self.out_features + 4 * self.out_features * (2 if self.bias is not None else 1)
 
 
+# kv_cache -> the dtype attention layers keep keys and values in (HybridLM.quantize(kv_cache=...)); bf16 only: CPUs
+# with AVX-512 BF16 run PyTorch's attention kernel fast in it, fp16 attention ran 14x slower there (torch 2.13)
+KV_CACHE_DTYPES = {"bf16": torch.bfloat16}
+
 # mode -> the module that replaces an nn.Linear
 MODES = {
     "bf16": lambda linear: HalfLinear(linear, torch.bfloat16),

@@ -196,7 +196,12 @@ def attend(
         o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=True)
     elif T == 1 and key_mask is None:  # decode: one query sees every key of its window, so no mask is needed
         w = S if window_size is None else min(S, window_size)
-        o = _one_query_attention(qh, kh[:, :, -w:], vh[:, :, -w:])
+        if qh.dtype == torch.bfloat16:
+            # SDPA's bf16 kernel: one query over 8k keys took 0.85 ms per d768 layer on an AVX-512 BF16 CPU,
+            # against 9.6 ms for the matmuls below in bf16 (torch 2.13, one run)
+            o = F.scaled_dot_product_attention(qh, kh[:, :, -w:], vh[:, :, -w:], enable_gqa=True)
+        else:
+            o = _one_query_attention(qh, kh[:, :, -w:], vh[:, :, -w:])
     else:
         mask = _allowed(q_start, T, S, window_size, q.device)
         if key_mask is not None:
@@ -296,6 +301,9 @@ class Attention(Mixer):
         self.k_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_model, self.num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * head_dim, d_model, bias=out_bias)
+        # the dtype of the KV cache (and of the attention over it) at inference; None: the activations'.
+        # HybridLM.quantize(kv_cache="bf16") sets it: decode at long contexts reads mostly the cache
+        self.kv_dtype: torch.dtype | None = None
         if qk_norm not in QK_NORMS:
             raise ConfigError(f"layer {layer_idx}: qk_norm must be one of {list(QK_NORMS)}, got {qk_norm!r}")
         self.qk_norm = qk_norm
@@ -326,12 +334,15 @@ class Attention(Mixer):
             q, k = self._rope(q, positions), self._rope(k, positions)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D): the cache's layout
         key_mask = None
+        if cache is not None and self.kv_dtype is not None:  # attention over the cache runs in its dtype
+            q, k, v = q.to(self.kv_dtype), k.to(self.kv_dtype), v.to(self.kv_dtype)
         if cache is not None:
             # Keys are right-aligned per row, so the last `window_size` slots hold each row's last real keys
             # (the window counts real positions); padding slots that fall out of the window are dropped.
             k, v, key_mask = cache.extend(k, v, self.window_size)
             cache.offset = start + T
         o = attend(q, k, v, 0, self.window_size, key_mask, heads_first=True).transpose(1, 2).reshape(B, T, -1)
+        o = o.to(x.dtype)
         if gate is not None:
             o = o * torch.sigmoid(gate)
         return self.o_proj(o), cache
@@ -358,5 +369,5 @@ class Attention(Mixer):
 
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         kept = seq_len if self.window_size is None else min(seq_len, self.window_size)
-        keys = ((self.num_kv_heads, kept, self.head_dim), self.param_dtype)
+        keys = ((self.num_kv_heads, kept, self.head_dim), self.kv_dtype or self.param_dtype)
         return [keys, keys]  # k and v
