@@ -47,6 +47,13 @@ def decode_ppl(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: in
     return math.exp(nll.item() / count)
 
 
+def parse(mode: str) -> tuple[str | None, str | None]:
+    """`int8`, `kv_bf16` or `int8+kv_bf16` as quantize()'s (mode, kv_cache)."""
+    parts = mode.split("+")
+    kv = next((p.removeprefix("kv_") for p in parts if p.startswith("kv_")), None)
+    return next((p for p in parts if not p.startswith("kv_")), None), kv
+
+
 def run_metrics(run: Path, modes: list[str], max_examples: int | None) -> list[dict]:
     overrides = list(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
     root = typed(compose(overrides))
@@ -56,7 +63,7 @@ def run_metrics(run: Path, modes: list[str], max_examples: int | None) -> list[d
     model = zoo.from_pretrained(run / "checkpoint").eval()
     rows, base = [], None
     for mode in ["none", *modes]:
-        quantized = model if mode == "none" else zoo.from_pretrained(run / "checkpoint").eval().quantize(mode)
+        quantized = model if mode == "none" else zoo.from_pretrained(run / "checkpoint").eval().quantize(*parse(mode))
         start = time.perf_counter()
         metrics = evaluate(quantized, data, "val", root.eval, torch.device("cpu"), contextlib.nullcontext)
         inputs, labels = data.eval
@@ -87,7 +94,9 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="run folders with a checkpoint/ and .hydra/")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument(
+        "--modes", nargs="+", default=list(MODES), help=f"{', '.join(MODES)}, kv_bf16 (the KV cache), or int8+kv_bf16"
+    )
     parser.add_argument("--max-examples", type=int, default=None, help="validation blocks (default: the run's)")
     parser.add_argument("--out", type=Path, default=Path("runs/quant_ppl"))
     args = parser.parse_args(argv)
