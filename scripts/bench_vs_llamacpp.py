@@ -6,7 +6,7 @@ shape, X prompt tokens then Y generated tokens at batch 1, every system in one z
     python scripts/bench_vs_llamacpp.py --classes llama --prompt-lens 512 --out runs/vs_llamacpp   # a quick one
     python scripts/bench_vs_llamacpp.py --summarize-only --out docs/results/bench_vs_llamacpp     # tables again
 
-Needs transformers, sentencepiece and llama-cpp-python (pip install 'hybrid-zoo[bench]' llama-cpp-python; the
+Needs transformers, sentencepiece and llama-cpp-python (pip install 'hybrid-zoo[bench]'; the
 latter compiles llama.cpp, ~8 minutes on 2 idle cores). Checkpoints are built by `scripts/bench_imported.py`
 (the same classes and shapes as `docs/results/imported_bench`). Writes per class `<out>/<class>/bench.{csv,md}`,
 then `<out>/summary.md` (tokens/s per system and length, the machine's bounds, the targets checked) and
