@@ -347,7 +347,7 @@ class HybridLM(nn.Module):
         for module in self.modules():
             if kv_cache is not None and isinstance(module, Attention):
                 module.kv_dtype = KV_CACHE_DTYPES[kv_cache]
-        self.quantized = "+".join(filter(None, [mode, kv_cache and f"kv_{kv_cache}"]))
+        self.quantized = "+".join(filter(None, [self.quantized, mode, kv_cache and f"kv_{kv_cache}"]))
         return self
 
     def kernel_backends(self) -> dict[str, str]:
