@@ -229,9 +229,11 @@ def test_short_convolution_decode_path_equals_the_convolution(bias):
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-6)
 
 
-def test_optimize_for_decode_changes_layout_not_values(tmp_path):
-    """Column-major weights give the same logits and generations, stay tied, and save as the same checkpoint."""
-    model = small_model("gla", "model.attn.layers=[1]")
+@pytest.mark.parametrize("arch", ["gla", "deltanet", "based"])
+def test_optimize_for_decode_changes_layout_not_values(arch, tmp_path):
+    """Column-major weights and fused q/k/v projections give the same logits and generations, stay tied, save as
+    the same checkpoint (byte for byte) and load back; the fused product is the only one a step runs."""
+    model = small_model(arch, "model.attn.layers=[1]")
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
     with torch.no_grad():
         before = model(ids).logits
@@ -239,14 +241,22 @@ def test_optimize_for_decode_changes_layout_not_values(tmp_path):
         model.save_pretrained(tmp_path / "row")
         model.optimize_for_decode()
         after = model(ids).logits
+    fused = [m for mixer in model.mixers() for m, _ in mixer._fused.values()]
+    assert len(fused) == len(model.mixers())  # every layer's q/k/v, attention's included
+    for mixer in model.mixers():
+        (group,) = mixer.fusable
+        (weight, _), members = mixer._fused[group], [mixer.get_submodule(name) for name in group]
+        assert all(m.weight.untyped_storage().data_ptr() == weight.weight.untyped_storage().data_ptr() for m in members)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert all(m.weight.t().is_contiguous() for m in linears)
+    assert all(m.weight.stride(0) == 1 for m in linears)  # column-major: the fused ones' row slices included
     assert model.lm_head.weight is model.embed.weight
     assert_close(after, before, rtol=1e-5, atol=1e-6, name="logits")
     assert torch.equal(model.generate(ids, max_new_tokens=5), generated)
     model.save_pretrained(tmp_path / "col")
     saved = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("row", "col")]
     assert saved[0] == saved[1]
+    with torch.no_grad():
+        assert_close(zoo.from_pretrained(tmp_path / "col")(ids).logits, before, rtol=1e-5, atol=1e-6, name="reloaded")
 
 
 def test_mlp_none_builds_blocks_of_their_mixer_alone():

@@ -154,3 +154,19 @@ def test_bf16_kv_cache_halves_the_cache_and_keeps_the_logits(arch):
         q.quantize(kv_cache="fp8")
     with pytest.raises(ValueError, match="needs a mode for the linear weights and/or a kv_cache"):
         q.quantize()
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_fused_projections_of_quantized_linears_compute_the_same(mode):
+    """`optimize_for_decode()` after `quantize()` fuses the quantized q/k/v into one quantized product (the same
+    integers and scales per row): prefill and decode steps give what the unfused model gives."""
+    model = small_model("gated_deltanet", hybrid=True)
+    ids = random_ids(1, 12, seed=6)
+    plain, fused = quantized_copy(model, mode), quantized_copy(model, mode).optimize_for_decode()
+    assert all(len(mixer._fused) == 1 for mixer in fused.mixers())
+    with torch.no_grad():
+        outs = []
+        for m in (plain, fused):
+            first = m(ids[:, :11], use_cache=True)
+            outs.append(torch.cat([first.logits, m(ids[:, 11:], cache=first.cache).logits], 1))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)

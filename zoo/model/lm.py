@@ -318,11 +318,16 @@ class HybridLM(nn.Module):
         A decode step is one matrix-vector product per weight: with the usual row-major `[out, in]` layout
         each output is a dot product over a short row (768 floats at d_model 768), and on 2 CPU cores MKL
         streams that at about 17 GB/s; column-major it streams at 20-27 GB/s (`scripts/bench_matvec.py`), so
-        decode gets that much faster while prefill matmuls take the same time. Checkpoints are saved
-        contiguous as always. Training keeps the default layout: sharded data-parallel engines expect it."""
+        decode gets that much faster while prefill matmuls take the same time. Then each mixer's input
+        projections that read the same input (q/k/v) run as one wider product (`Mixer.fuse_projections`): one
+        dispatch instead of three per layer and token, which int8 weights (`quantize`) feel most. Call it last,
+        after `.to(...)` and `quantize(...)`. Checkpoints are saved contiguous and unchanged, as always. Training
+        keeps the default layout: sharded data-parallel engines expect it."""
         for module in self.modules():
             if isinstance(module, nn.Linear) and module.weight.is_contiguous():  # a tied weight only once
                 module.weight.data = module.weight.data.t().contiguous().t()
+        for mixer in self.mixers():  # q/k/v (and similar groups) as one product each, same checkpoint
+            mixer.fuse_projections()
         return self
 
     def quantize(self, mode: str | None = None, kv_cache: str | None = None) -> HybridLM:

@@ -38,6 +38,10 @@ class QuantizedLinear(nn.Module):
     def weight_bytes(self) -> int:
         raise NotImplementedError
 
+    def dequantized(self) -> nn.Linear:
+        """A float linear layer with this one's weights as they are used (for fusing several into one)."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
 
@@ -58,6 +62,9 @@ class HalfLinear(QuantizedLinear):
 
     def weight_bytes(self) -> int:
         return self.num_weights() * self.weight.element_size()
+
+    def dequantized(self) -> nn.Linear:
+        return float_linear(self.weight.to(self.act_dtype), None if self.bias is None else self.bias.to(self.act_dtype))
 
 
 class Int8Linear(QuantizedLinear):
@@ -100,6 +107,9 @@ class Int8Linear(QuantizedLinear):
             out = F.linear(flat, self.qweight.float() * self.scales[:, None], self.bias)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
+    def dequantized(self) -> nn.Linear:
+        return float_linear(self.qweight.float() * self.scales[:, None], self.bias)
+
     def weight_bytes(self) -> int:
         # what decode streams: int8 weights, one fp32 scale per row, the fp32 bias
         return self.in_features * self.out_features + 4 * self.out_features * (2 if self.bias is not None else 1)
@@ -115,6 +125,45 @@ MODES = {
     "fp16": lambda linear: HalfLinear(linear, torch.float16),
     "int8": Int8Linear,
 }
+
+
+def float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    return linear
+
+
+def fuse_linears(members: list[nn.Module]) -> nn.Module:
+    """One linear layer computing `members` (same input width) side by side, outputs concatenated in order.
+    Float `nn.Linear`s share their storage with it: the fused weight is stored column-major (as
+    `optimize_for_decode` stores weights) and each member's weight and bias become views of its rows, so nothing
+    is stored twice and the members' tensors, what a checkpoint holds, keep their values. Quantized members (one
+    mode) are dequantized, concatenated and quantized again in that mode: with a scale per output row that gives
+    the same integers and scales."""
+    if all(type(m) is nn.Linear for m in members):
+        weight = torch.cat([m.weight.detach() for m in members]).t().contiguous().t()
+        has_bias = [m.bias is not None for m in members]
+        if any(has_bias) and not all(has_bias):
+            raise ValueError("cannot fuse linear layers of which only some have a bias")
+        bias = torch.cat([m.bias.detach() for m in members]) if all(has_bias) else None
+        start = 0
+        for m in members:  # the members read the fused storage from now on
+            rows = slice(start, start + m.out_features)
+            m.weight.data = weight[rows]
+            if bias is not None:
+                m.bias.data = bias[rows]
+            start += m.out_features
+        return float_linear(weight, bias)
+    modes = {getattr(m, "mode", None) for m in members}
+    if len(modes) != 1 or None in modes or not all(isinstance(m, QuantizedLinear) for m in members):
+        kinds = [type(m).__name__ for m in members]
+        raise ValueError(f"cannot fuse {kinds}: they must all be plain nn.Linear, or quantized in one mode")
+    parts = [m.dequantized() for m in members]
+    weight = torch.cat([p.weight for p in parts])
+    bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+    return MODES[modes.pop()](float_linear(weight, bias))
 
 
 def quantize_linears(model: nn.Module, mode: str) -> list[str]:

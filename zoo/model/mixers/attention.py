@@ -25,7 +25,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.model.layers import RMSNorm, positions_after, rope_frequencies, rotary
 from zoo.model.mixers import register
-from zoo.model.mixers.base import Mixer, check_divides, per_sequence, split_heads
+from zoo.model.mixers.base import QKV, Mixer, check_divides, per_sequence, split_heads
 from zoo.model.quant import activation_device
 
 
@@ -314,9 +314,11 @@ class Attention(Mixer):
         self.q_norm = None if qk_norm is None else RMSNorm(q_width, norm_eps)
         self.k_norm = None if qk_norm is None else RMSNorm(k_width, norm_eps)
 
+    fusable = (QKV,)
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.project(x, QKV)
         gate = None
         if self.output_gate:  # per head [q, gate]
             q, gate = q.view(B, T, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)

@@ -13,7 +13,9 @@ from torch import nn
 
 import kernels
 from zoo.errors import ConfigError
-from zoo.model.quant import activation_device, activation_dtype
+from zoo.model.quant import activation_device, activation_dtype, fuse_linears
+
+QKV = ("q_proj", "k_proj", "v_proj")  # the input projections most mixers share, fused for decode
 
 if not hasattr(kernels, "resolve_backend"):  # another distribution's `kernels` came first on the import path
     raise ImportError(
@@ -60,9 +62,31 @@ class Mixer(nn.Module, abc.ABC):
     written before an option existed builds as it did (`build_mixer` fills it in). The constructor still has no
     default, and conf/mixer/<name>.yaml sets every option for new configs."""
 
+    fusable: tuple[tuple[str, ...], ...] = ()
+    """Groups of linear layers (module paths) that read the same input and are applied through `project`:
+    `HybridLM.optimize_for_decode()` runs each group as one wider product (`fuse_projections`)."""
+
     def __init__(self, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
+        self._fused: dict = {}  # group -> (fused linear, output widths); a plain dict: no checkpoint tensors
+
+    def project(self, x: torch.Tensor, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        """The linear layers `names` applied to `x`, one product per group once `fuse_projections` has run."""
+        fused = self._fused.get(names)
+        if fused is None:
+            return tuple(self.get_submodule(name)(x) for name in names)
+        module, widths = fused
+        return module(x).split(widths, dim=-1)
+
+    def fuse_projections(self) -> None:
+        """Each `fusable` group as one linear layer computing its outputs side by side: a decode step then runs
+        one matrix-vector product per group instead of one per layer (each a dispatch, and a short weight row).
+        The members stay, with their weights as views into the fused one (`zoo.model.quant.fuse_linears`), so
+        the checkpoint's tensors, names and bytes do not change."""
+        for names in self.fusable:
+            members = [self.get_submodule(name) for name in names]
+            self._fused[names] = (fuse_linears(members), [m.out_features for m in members])
 
     @abc.abstractmethod
     def init_cache(self):
@@ -153,12 +177,14 @@ class LinearMixer(Mixer):
         self.q_proj = nn.Linear(d_model, key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, value_dim, bias=False)
+        self.fusable = (QKV,)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`q, k` `[B, T, H, K]` and `v` `[B, T, H, V]`: the projections of `init_heads`, split into heads."""
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_k, self.head_v
-        return self.q_proj(x).view(B, T, H, K), self.k_proj(x).view(B, T, H, K), self.v_proj(x).view(B, T, H, V)
+        q, k, v = self.project(x, QKV)
+        return q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
 
     def recurrence(self, *args: torch.Tensor | None, cache: StateCache | None, **kwargs) -> torch.Tensor:
         """Run the layer's recurrence (`kernel_family`) on `args` (the op's tensors, in its order) and return

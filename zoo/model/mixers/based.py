@@ -34,7 +34,7 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.mixers import register
-from zoo.model.mixers.base import LinearMixer, StateCache, check_divides
+from zoo.model.mixers.base import QKV, LinearMixer, StateCache, check_divides
 
 
 class TaylorFeatureMap(nn.Module):
@@ -98,6 +98,7 @@ class BasedLinearAttention(LinearMixer):
         self.q_proj = nn.Linear(d_model, self.num_heads * feature_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.num_heads * feature_dim, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.fusable = (QKV,)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
 
     @property
@@ -112,9 +113,10 @@ class BasedLinearAttention(LinearMixer):
     def forward(self, x: torch.Tensor, cache: StateCache | None = None):
         B, T, _ = x.shape
         H, F, V = self.num_heads, self.feature_dim, self.head_v
-        q = self.feature_map(self.q_proj(x).view(B, T, H, F))  # (B, T, H, E)
-        k = self.feature_map(self.k_proj(x).view(B, T, H, F))
-        v = self.v_proj(x).view(B, T, H, V)
+        q, k, v = self.project(x, QKV)
+        q = self.feature_map(q.view(B, T, H, F))  # (B, T, H, E)
+        k = self.feature_map(k.view(B, T, H, F))
+        v = v.view(B, T, H, V)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, V + 1): last column sums phi(k)
         o = self.recurrence(q, k, v, cache=cache, scale=1.0)
         o = o[..., :V] / (o[..., V:] + self.eps)  # phi(q)^T S / (phi(q)^T z + eps)

@@ -32,7 +32,7 @@ from torch import nn
 
 from zoo.model.layers import RMSNorm, ShortConvolution
 from zoo.model.mixers import register
-from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32, check_divides, whole
+from zoo.model.mixers.base import QKV, LinearMixer, StateCache, at_least_fp32, check_divides, whole
 
 
 @dataclass
@@ -108,7 +108,7 @@ class DeltaNet(LinearMixer):
     def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
         B, T, _ = x.shape
         H, K, V, Hv = self.num_heads, self.head_k, self.head_v, self.num_v_heads
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.project(x, QKV)
         if self.use_short_conv:  # SiLU is the convs' activation
             c = cache if cache is not None else DeltaNetCache()
             q, q_tail = self.q_conv(q, c.q_tail)
