@@ -76,6 +76,7 @@ DISTRIBUTION_OF = {
     "lm_eval": "lm-eval",
     "flash_attn": "flash-attn",
     "fla": "fla-core",
+    "llama_cpp": "llama-cpp-python",  # not installed in CI: it compiles llama.cpp
 }
 
 
