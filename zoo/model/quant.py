@@ -9,7 +9,10 @@ fp32's, `bf16` / `fp16` half (whether the CPU turns that into speed is what `zoo
 measures). A quantized model is for inference only: it does not train, and it is not saved (quantize the fp32
 checkpoint again after loading it).
 
-    model = zoo.from_pretrained("runs/RUN").eval().quantize("int8")
+`quantize(kv_cache="bf16")` also keeps attention's KV cache in bf16 (`KV_CACHE_DTYPES`), and `fuse_linears` is
+how `optimize_for_decode()` runs a mixer's q/k/v as one product, quantized or not.
+
+    model = zoo.from_pretrained("runs/RUN").eval().quantize("int8", kv_cache="bf16").optimize_for_decode()
 """
 
 from __future__ import annotations
