@@ -12,8 +12,10 @@ import torch
 
 import zoo
 from tests.helpers import assert_close
+from tests.test_bench import TINY
 from zoo.bench import llamacpp
 from zoo.bench.cli import plan, run
+from zoo.config import from_mapping
 from zoo.schemas import BenchConfig
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -87,28 +89,13 @@ def test_same_checkpoint_gives_the_zoo_logits_in_llama_cpp(kind, tmp_path, one_t
 def test_zoo_bench_writes_llama_cpp_rows_next_to_ours(tmp_path, one_thread):
     pytest.importorskip("sentencepiece")
     folder = tiny_checkpoint("llama", tmp_path / "llama")
-    cfg = {
+    cfg = TINY | {
         "archs": None,
-        "attn_layers": None,
-        "peers": [],
         "sizes": [],
         "vocab_size": VOCAB,
-        "prompt_lens": [16, 48],
         "gen_tokens": 3,
-        "batch_sizes": [1, 2],
-        "batch_max_prompt": 16,
-        "prefill_chunk": 16,
-        "device": "cpu",
-        "dtype": "auto",
-        "memory_budget_gb": 4.0,
-        "time_budget_s": 300,
-        "seed": 0,
-        "isolate": False,
         "quantize": ["none", "int8"],
-        "kv_cache": ["none"],
         "llamacpp": ["f32", "q8_0"],
-        "llamacpp_flash_attn": [False],
-        "llamacpp_converter": None,
     }
     rows, _ = run(cfg, tmp_path / "out", path=str(folder))
     by_arch = {}
@@ -138,13 +125,8 @@ def test_missing_llama_cpp_leaves_its_rows_out_with_a_note(tmp_path, monkeypatch
     folder = tiny_checkpoint("llama", tmp_path / "llama")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
-    cfg = BenchConfig(
-        archs=None, attn_layers=None, peers=[], sizes=[], vocab_size=VOCAB, prompt_lens=[16], gen_tokens=2,
-        batch_sizes=[1], batch_max_prompt=16, prefill_chunk=16, device="cpu", dtype="auto", memory_budget_gb=1.0,
-        time_budget_s=10, seed=0, isolate=False, quantize=["none"], kv_cache=["none"], llamacpp=["f32"],
-        llamacpp_flash_attn=[False],
-        llamacpp_converter=None,
-    )  # fmt: skip
+    settings = TINY | {"sizes": [], "vocab_size": VOCAB, "prompt_lens": [16], "llamacpp": ["f32"]}
+    cfg = from_mapping(BenchConfig, settings, "bench")
     labels = [job.label for job in plan(cfg, str(folder))]
     assert labels == [str(folder), f"transformers:{folder}"]
     assert "llama-cpp-python is not installed, so the llama.cpp rows are left out" in capsys.readouterr().err

@@ -17,6 +17,7 @@ how `optimize_for_decode()` runs a mixer's q/k/v as one product, quantized or no
 
 from __future__ import annotations
 
+import abc
 import warnings
 
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(nn.Module, abc.ABC):
     """What the quantized linears share: the shape, the activations' dtype they take and return, and the weight
     storage's size (for `num_params` and the decode bandwidth bound)."""
 
@@ -38,12 +39,13 @@ class QuantizedLinear(nn.Module):
     def num_weights(self) -> int:
         return self.in_features * self.out_features + (self.out_features if self.bias is not None else 0)
 
+    @abc.abstractmethod
     def weight_bytes(self) -> int:
-        raise NotImplementedError
+        """Bytes of the weight storage a decode step streams."""
 
+    @abc.abstractmethod
     def dequantized(self) -> nn.Linear:
         """A float linear layer with this one's weights as they are used (for fusing several into one)."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
