@@ -120,6 +120,8 @@ CASES = {
     "mamba2-untied-no-conv-bias": ("Mamba2Config", {**MAMBA2, "use_conv_bias": False, "layer_norm_epsilon": 1e-6}),
     "bamba": ("BambaConfig", {**LLAMA, **BAMBA, "attn_layer_indices": [1]}),
     "nemotron_h": ("NemotronHConfig", NEMOTRON_H),
+    # transformers' Nemotron-H keeps its own lm_head even when the config says tied
+    "nemotron_h-tied-flag": ("NemotronHConfig", {**NEMOTRON_H, "tie_word_embeddings": True}),
     "olmo_hybrid": ("OlmoHybridConfig", OLMO_HYBRID),
     "qwen3_5": ("Qwen3_5TextConfig", QWEN3_5),
     # no RoPE, grouped values (2 key heads for 4 value heads), beta in (0, 1)

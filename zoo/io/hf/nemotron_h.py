@@ -100,7 +100,9 @@ class NemotronHFamily(HFArch):
             mlp=[ZOO_LAYER[t][1] for t in types],
             mlp_ratio=4.0,  # unused: mlp_hidden is the checkpoint's intermediate_size
             mlp_hidden=cfg.require("intermediate_size"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            # transformers' NemotronHForCausalLM ties nothing (`_tied_weights_keys` is empty), whatever
+            # tie_word_embeddings says: its lm_head is always its own weight
+            tie_embeddings=False,
             norm_eps=eps,
             init_std=cfg.get("initializer_range", 0.02),
         )
