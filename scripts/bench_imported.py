@@ -57,7 +57,15 @@ def configs(d: int, n: int, vocab: int) -> dict[str, tuple[str, dict]]:
             "Qwen3_5TextConfig",
             {**dense, **linear, "head_dim": 64, "linear_value_head_dim": 128, "layer_types": every4},
         ),
-        "falcon_h1": ("FalconH1Config", {**dense, **mamba, "mamba_d_ssm": 2 * d}),
+        # the layout of the released Qwen3.5 / Qwen3-Next models, value heads as wide as key heads and twice as
+        # many (llama.cpp loads only that; same parameters and state bytes as qwen3_5 above)
+        "qwen3_5_equal_heads": (
+            "Qwen3_5TextConfig",
+            {**dense, **linear, "head_dim": 64, "linear_value_head_dim": 64, "layer_types": every4}
+            | {"linear_num_value_heads": 2 * heads},
+        ),
+        # released Falcon-H1 configs carry head_dim (llama.cpp's converter reads it; transformers' class does not)
+        "falcon_h1": ("FalconH1Config", {**dense, **mamba, "mamba_d_ssm": 2 * d, "head_dim": 64}),
         "zamba2": (
             "Zamba2Config",
             {
@@ -119,7 +127,7 @@ def summary(out: Path, names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/imported_bench"))
-    parser.add_argument("--classes", nargs="*", default=None, help="default: every class")
+    parser.add_argument("--classes", nargs="*", default=None, help="default: every class but the layout variants")
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--n-layers", type=int, default=12)
     parser.add_argument("--vocab", type=int, default=32000)
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", nargs="*", default=[], help="zoo-bench overrides, e.g. bench.quantize=[none,int8]")
     args = parser.parse_args(argv)
     specs = configs(args.d_model, args.n_layers, args.vocab)
-    names = args.classes or list(specs)
+    names = args.classes or [n for n in specs if not n.endswith("_equal_heads")]
     unknown = sorted(set(names) - set(specs))
     if unknown:
         parser.error(f"unknown classes {unknown}; valid: {', '.join(specs)}")

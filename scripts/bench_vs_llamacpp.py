@@ -2,7 +2,7 @@
 llama.cpp (f32, f16, q8_0; flash attention off and on) on random-init checkpoints of the README's d768 x 12
 shape, X prompt tokens then Y generated tokens at batch 1, every system in one zoo-bench run per checkpoint.
 
-    python scripts/bench_vs_llamacpp.py --out docs/results/bench_vs_llamacpp       # llama, mamba2, bamba, qwen3_5
+    python scripts/bench_vs_llamacpp.py --out docs/results/bench_vs_llamacpp       # every class of CLASSES
     python scripts/bench_vs_llamacpp.py --classes llama --prompt-lens 512 --out runs/vs_llamacpp   # a quick one
     python scripts/bench_vs_llamacpp.py --summarize-only --out docs/results/bench_vs_llamacpp     # tables again
 
@@ -22,7 +22,8 @@ import re
 import sys
 from pathlib import Path
 
-CLASSES = ["llama", "mamba2", "bamba", "qwen3_5"]  # the classes the zoo imports that llama.cpp also runs
+# the classes the zoo imports that llama.cpp also runs (not OLMo-Hybrid or Zamba2: its converter has neither)
+CLASSES = ["llama", "qwen3", "mamba2", "bamba", "nemotron_h", "falcon_h1", "qwen3_5_equal_heads"]
 
 
 def system(arch: str, folder: str) -> str | None:

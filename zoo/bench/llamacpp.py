@@ -8,8 +8,12 @@ llama.cpp commit), downloaded once by pip into `~/.cache/hybrid-zoo/llama.cpp/<v
 checkout named by `bench.llamacpp_converter`. GGUF files are cached in `~/.cache/hybrid-zoo/gguf/`.
 
 A checkpoint without a tokenizer (the random-init ones zoo-bench and `scripts/bench_vs_llamacpp.py` build) gets
-a placeholder SentencePiece vocabulary of the model's size for the conversion (needs `sentencepiece`): the
-benchmark feeds token ids, so the vocabulary's text never matters, only its size.
+a placeholder vocabulary of the model's size for the conversion: the benchmark feeds token ids, so the
+vocabulary's text never matters, only its size. It is written twice, as a SentencePiece model (needs
+`sentencepiece`; the Llama and Mamba-2 converters take it) and as a byte-level BPE `tokenizer.json` (the Qwen3.5
+and Nemotron-H converters load a BPE tokenizer through transformers). llama.cpp's converter names a BPE
+tokenizer's pre-tokenizer by hashing how it splits a test text, which no placeholder can match, so for a
+placeholder the converter runs with that lookup answering llama.cpp's "default" pre-tokenizer.
 """
 
 from __future__ import annotations
@@ -103,6 +107,46 @@ def placeholder_tokenizer(folder: Path, vocab_size: int) -> None:
     (folder / "tokenizer.model").write_bytes(model.SerializeToString())
 
 
+def placeholder_bpe(folder: Path, vocab_size: int) -> None:
+    """A byte-level BPE `tokenizer.json` of `vocab_size` tokens (the 256 byte symbols, one merge, then `t<i>`
+    fillers), with a `tokenizer_config.json` that makes transformers load it as is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merged = "\u0120t"  # llama.cpp refuses a BPE vocabulary without merges
+    vocab = {ch: i for i, ch in enumerate([*alphabet, merged])}
+    if vocab_size < len(vocab):
+        raise ZooError(f"a placeholder BPE vocabulary needs at least {len(vocab)} tokens; the model has {vocab_size}")
+    vocab.update({f"t{i}": len(vocab) + i for i in range(vocab_size - len(vocab))})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "t")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+# runs the converter with the BPE pre-tokenizer lookup answering "default" (only for a placeholder vocabulary)
+_PLACEHOLDER_RUN = """
+import runpy, sys
+from pathlib import Path
+script = Path(sys.argv[1])
+sys.argv = sys.argv[1:]
+sys.path[:0] = [str(script.parent), str(script.parent / "gguf-py")]
+try:
+    from conversion.base import TextModel
+except ImportError:
+    sys.exit("this llama.cpp converter has no conversion package (llama.cpp of 2026 or later has): it cannot "
+             "convert a checkpoint without a tokenizer whose converter needs a BPE tokenizer")
+TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"
+runpy.run_path(str(script), run_name="__main__")
+"""
+
+# converters that also export multi-token-prediction heads ask for them unless told not to; the zoo's import
+# leaves such heads out, so the GGUF does too
+NO_MTP = ("Qwen3_5", "Qwen3Next")
+
+
 def to_gguf(folder: Path, outtype: str, vocab_size: int, checkout: str | None) -> tuple[Path, str]:
     """The checkpoint as GGUF at `outtype`, converted once and cached by the folder's files (name, size, mtime);
     returns (path, note), the note saying when a placeholder vocabulary was used."""
@@ -129,8 +173,13 @@ def to_gguf(folder: Path, outtype: str, vocab_size: int, checkout: str | None) -
             for f in folder.iterdir():
                 (source / f.name).symlink_to(f)
             placeholder_tokenizer(source, vocab_size)
+            placeholder_bpe(source, vocab_size)
         partial = out.with_suffix(".partial")
-        cmd = [sys.executable, str(script), str(source), "--outtype", outtype, "--outfile", str(partial)]
+        run = [sys.executable, str(script)] if has_tokenizer else [sys.executable, "-c", _PLACEHOLDER_RUN, str(script)]
+        cmd = [*run, str(source), "--outtype", outtype, "--outfile", str(partial)]
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+        if archs[0].startswith(NO_MTP):
+            cmd.append("--no-mtp")
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             partial.unlink(missing_ok=True)
@@ -145,9 +194,17 @@ class WorkerCrash(RuntimeError):
 
 
 def time_gguf(
-    gguf: Path, ids: torch.Tensor, gen: int, prefill_chunk: int, flash_attn: bool, logits=False, extra_bufts=True
+    gguf: Path,
+    ids: torch.Tensor,
+    gen: int,
+    prefill_chunk: int,
+    flash_attn: bool,
+    logits=False,
+    extra_bufts=True,
+    kv_f32=False,
 ) -> dict:
-    """One cell in a fresh process (`llamacpp_worker.py`) with this process's thread count."""
+    """One cell in a fresh process (`llamacpp_worker.py`) with this process's thread count; `kv_f32` keeps the KV
+    cache in f32 (llama.cpp's default, which zoo-bench measures, is f16)."""
     request = {
         "gguf": str(gguf),
         "ids": ids.flatten().tolist(),
@@ -157,6 +214,7 @@ def time_gguf(
         "flash_attn": flash_attn,
         "logits": logits,
         "extra_bufts": extra_bufts,
+        "kv_f32": kv_f32,
     }
     done = subprocess.run([sys.executable, str(WORKER)], input=json.dumps(request), capture_output=True, text=True)
     if done.returncode != 0:

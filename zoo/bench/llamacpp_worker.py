@@ -8,7 +8,8 @@ The request names the GGUF file, the prompt token ids, the number of tokens to g
 piece size (llama.cpp's n_batch, as the zoo's prefill chunk) and flash attention on or off. The cell is timed as
 the zoo's are (`zoo/bench/measure.py`): after a warm-up, prefill of the prompt to the first generated token, then
 greedy decode one token at a time, `gen` steps at the median step's pace. With `logits`, the last prompt
-position's logits come back too (the tests compare them with the zoo's on the same checkpoint).
+position's logits come back too (the tests compare them with the zoo's on the same checkpoint, with `kv_f32`: the
+KV cache in f32 instead of llama.cpp's f16).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def run(request: dict) -> dict:
         n_threads=request["threads"],
         n_threads_batch=request["threads"],
         flash_attn=request["flash_attn"],
+        **({"type_k": 0, "type_v": 0} if request.get("kv_f32") else {}),  # GGML_TYPE_F32; default f16
         seed=0,
         verbose=False,
     )
