@@ -163,3 +163,17 @@ def test_missing_llama_cpp_leaves_its_rows_out_with_a_note(tmp_path, monkeypatch
     labels = [job.label for job in plan(cfg, str(folder))]
     assert labels == [str(folder), f"transformers:{folder}"]
     assert "llama-cpp-python is not installed, so the llama.cpp rows are left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kind", "with_fa"), [("falcon_h1", True), ("mamba2", False), ("bamba", True)])
+def test_flash_attention_rows_wherever_a_layer_has_attention(kind, with_fa, tmp_path, monkeypatch):
+    """Falcon-H1's attention is a branch of the `parallel` mixer: it still gets llama.cpp's flash-attention rows."""
+    folder = tiny_checkpoint(kind, tmp_path / kind)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else real(name, *a)
+    )
+    settings = TINY | {"sizes": [], "vocab_size": VOCAB, "prompt_lens": [16], "llamacpp": ["f32"]}
+    settings["llamacpp_flash_attn"] = [False, True]
+    labels = [job.label for job in plan(from_mapping(BenchConfig, settings, "bench"), str(folder))]
+    assert (f"llama.cpp:f32+fa:{folder}" in labels) == with_fa and f"llama.cpp:f32:{folder}" in labels

@@ -284,9 +284,14 @@ def checkpoint_peers(folder: Path, cfg: BenchConfig) -> list[str]:
         )
     elif cfg.llamacpp:
         from zoo.io.hf import read_hf_config
+        from zoo.model.config import branch_names
 
         arch, hf_cfg = read_hf_config(folder)
-        has_attention = any(name in ("attn", "swa") for name in arch.zoo_config(hf_cfg).layer_names())
+        zoo_cfg = arch.zoo_config(hf_cfg)
+        names_used = {
+            n for name in zoo_cfg.layer_names() for n in [name, *branch_names(name, zoo_cfg.mixer_kwargs(name))]
+        }
+        has_attention = bool(names_used & {"attn", "swa"})  # Falcon-H1's attention is a branch of `parallel`
         names += llamacpp.job_names(str(folder), list(cfg.llamacpp), list(cfg.llamacpp_flash_attn), has_attention)
     return names
 
