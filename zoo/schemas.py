@@ -93,6 +93,14 @@ class CopyData(DataConfig):
 
 
 @dataclass
+class StateTrackingData(DataConfig):
+    task: str = MISSING
+    modulus: int | None = MISSING  # mod_add only
+    train_size: int = MISSING
+    test_size: int = MISSING
+
+
+@dataclass
 class TextData(DataConfig):
     tokenizer: str = MISSING
     bpe_vocab_size: int = MISSING
@@ -125,6 +133,7 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "mqar": MqarData,
     "passkey": PasskeyData,
     "copy": CopyData,
+    "state_tracking": StateTrackingData,
     "text": TextData,
     "hf": HfData,
 }
@@ -201,6 +210,16 @@ class CopyRecall:
 
 
 @dataclass
+class StateTrackingRecall:
+    task: str | None = MISSING  # the task the model was trained on; null: skipped with a note
+    modulus: int | None = MISSING
+    lengths: list[int] = MISSING
+    num_examples: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+
+
+@dataclass
 class NeedleRecall:
     """What the needle tasks (passkey, niah) share: long prompts streamed through the cache under a budget."""
 
@@ -232,6 +251,7 @@ class RecallConfig:
     device: str = MISSING
     mqar: MqarRecall = MISSING
     copy: CopyRecall = MISSING
+    state_tracking: StateTrackingRecall = MISSING
     passkey: PasskeyRecall = MISSING
     niah: NiahRecall = MISSING
 

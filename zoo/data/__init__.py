@@ -23,6 +23,7 @@ from zoo.data.copy import build_copy_splits
 from zoo.data.hf import hf_documents, load_hf_documents
 from zoo.data.mqar import IGNORE_INDEX, build_mqar_splits
 from zoo.data.passkey import build_passkey_splits
+from zoo.data.state_tracking import build_state_tracking_splits
 from zoo.data.text import (
     build_lm_splits,
     build_text_splits,
@@ -102,6 +103,13 @@ def _copy(*, vocab_size: int, seq_len: int, min_len: int, train_size: int, test_
     return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
 
 
+def _state_tracking(**settings) -> DataBundle:
+    """Every setting is one of `build_state_tracking_splits`; accuracy over every position."""
+    tokenizer = IntTokenizer(settings["vocab_size"])
+    splits = build_state_tracking_splits(**settings)
+    return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
+
+
 def _lm_bundle(train_docs, val_docs, *, tokenizer: str, vocab_size, bpe_vocab_size: int, seq_len: int) -> DataBundle:
     """Tokenize (the tokenizer learns from training documents only) and pack; per-token and per-byte ppl."""
     tok = build_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size, train_docs)
@@ -144,6 +152,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "hf": DatasetSpec(_hf, forwards=hf_documents),
     "passkey": DatasetSpec(_passkey),
     "copy": DatasetSpec(_copy),
+    "state_tracking": DatasetSpec(_state_tracking, forwards=build_state_tracking_splits),
 }
 
 
@@ -161,7 +170,8 @@ def build_data(name: str, **settings: Any) -> DataBundle:
     not have is a ConfigError naming the valid ones).
 
     mqar: IntTokenizer(vocab_size); accuracy on the test split. passkey: ByteTokenizer; accuracy on the 5 digits.
-    copy: IntTokenizer; accuracy on the copied tokens. text (the offline corpus) and hf (Hugging Face datasets):
+    copy: IntTokenizer; accuracy on the copied tokens. state_tracking: IntTokenizer; accuracy of the running
+    product at every position. text (the offline corpus) and hf (Hugging Face datasets):
     byte or BPE tokens (vocab_size is derived from the tokenizer; a stated value must agree); "ppl" on the
     validation split, with `eval_bytes`. Each setting is documented in its yaml."""
     if name not in DATASETS:

@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from zoo import schemas
-from zoo.config import check_command_line, conf_dir, from_mapping, pick_device, typed
+from zoo.config import check_command_line, conf_dir, load_option, pick_device, typed
 from zoo.errors import ZooError
 from zoo.evals.recall import run_suite
 from zoo.io.checkpoint import from_pretrained
@@ -34,11 +34,11 @@ from zoo.schemas import EvalRoot, LMEvalConfig, RecallConfig
 def evaluate_folder(
     path, tasks: list[str], recall_cfg: RecallConfig | Mapping, lm_eval_cfg: LMEvalConfig | None = None
 ) -> tuple[dict, list[dict], list[str]]:
-    """Recall `tasks` (none when empty) with the settings `recall_cfg` (`eval.recall`; a plain dict needs every
-    section but `tasks`), then the lm-eval tasks of `lm_eval_cfg.tasks` (if any), on the checkpoint of `path`;
-    each part's metrics are merged into results.json as soon as it is done."""
+    """Recall `tasks` (none when empty) with the settings `recall_cfg` (`eval.recall`; a plain dict's sections
+    override those of conf/eval/recall/default.yaml), then the lm-eval tasks of `lm_eval_cfg.tasks` (if any), on the
+    checkpoint of `path`; each part's metrics are merged into results.json as soon as it is done."""
     if not isinstance(recall_cfg, RecallConfig):
-        recall_cfg = from_mapping(RecallConfig, {"tasks": list(tasks), **recall_cfg}, "eval.recall")
+        recall_cfg = load_option("eval/recall", "default", {**recall_cfg, "tasks": list(tasks)})
     checkpoint, results_dir = locate(path)
     lm_tasks = list(lm_eval_cfg.tasks) if lm_eval_cfg is not None else []
     if tasks or not lm_tasks:

@@ -12,6 +12,9 @@ Tasks (registry `TASKS`, each `task(model, tokenizer, settings, device) -> TaskR
   tokens (BPE, an imported checkpoint's tokenizer): the prompt is text tokenized whole and ends before the
   space ("The pass key is"); the answer's tokens plus a margin are generated, and a hit is a decoded text that,
   stripped, starts with the key (zoo/data/passkey.py: `answer_tokens`, `is_answer`).
+- `state_tracking`: the word problem of the group a model was trained on (`data=state_tracking`): accuracy of
+  the running product at every position and at the last, per length (`state_tracking/accuracy@L`,
+  `state_tracking/last_accuracy@L`); integer tokens; not in the default task list.
 - `niah`: RULER-style multi-key needle (`niah/accuracy@L`, the 7 digits scored as for passkey); any text
   tokenizer.
 
@@ -43,10 +46,11 @@ from zoo.data.passkey import (
     niah_examples,
     passkey_examples,
 )
+from zoo.data.state_tracking import state_tracking_examples
 from zoo.data.tokenizer import IntTokenizer
 from zoo.errors import ConfigError
 from zoo.model.lm import HybridLM
-from zoo.schemas import CopyRecall, MqarRecall, NiahRecall, PasskeyRecall, RecallConfig
+from zoo.schemas import CopyRecall, MqarRecall, NiahRecall, PasskeyRecall, RecallConfig, StateTrackingRecall
 
 
 class TaskSkipped(Exception):
@@ -110,6 +114,16 @@ def label_accuracy(model: HybridLM, inputs, labels, batch_size: int, device) -> 
         total += mask.sum().item()
         exact += hit.all(-1).sum().item()
     return correct / max(total, 1), exact / max(len(inputs), 1)
+
+
+@torch.inference_mode()
+def position_hits(model: HybridLM, inputs, labels, batch_size: int, device) -> torch.Tensor:
+    """Teacher-forced argmax accuracy per position `[T]`, over the rows (for tasks that label every position)."""
+    hits = torch.zeros(inputs.shape[1], dtype=torch.float64)
+    for i in range(0, len(inputs), batch_size):
+        x, y = inputs[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
+        hits += (model(x).logits.argmax(-1) == y).sum(0).cpu()
+    return hits / max(len(inputs), 1)
 
 
 def _grows(model: HybridLM) -> bool:
@@ -252,11 +266,38 @@ def copy_task(model, tokenizer, cfg: CopyRecall, device) -> TaskResult:
     return result
 
 
+def state_tracking_task(model, tokenizer, cfg: StateTrackingRecall, device) -> TaskResult:
+    """Accuracy of the running product at every position and at the last, per length (lengths past the training
+    length measure whether the model tracks the state or fits the training length)."""
+    _need(tokenizer, "int", "state_tracking")
+    if cfg.task is None:
+        raise TaskSkipped(
+            "no task: set eval.recall.state_tracking.task to the one the model was trained on "
+            "(parity, mod_add with eval.recall.state_tracking.modulus, s3, s5)"
+        )
+    result = TaskResult()
+    for length in cfg.lengths:
+        reason = past_positions(model, length)
+        if reason:
+            result.notes.append(f"state_tracking@{length}: skipped: {reason}")
+            continue
+        x, y = state_tracking_examples(
+            cfg.task, cfg.num_examples, length, tokenizer.vocab_size, cfg.seed, modulus=cfg.modulus
+        )
+        hits = position_hits(model, x, y, cfg.batch_size, device)  # every position is labelled
+        acc, last = hits.mean().item(), hits[-1].item()
+        result.metrics[f"state_tracking/accuracy@{length}"] = acc
+        result.metrics[f"state_tracking/last_accuracy@{length}"] = last
+        result.rows.append({"task": f"state_tracking:{cfg.task}", "length": length, "accuracy": acc, "last": last})
+    return result
+
+
 TASKS: dict[str, Callable[..., TaskResult]] = {
     "copy": copy_task,
     "mqar": mqar_task,
     "niah": niah_task,
     "passkey": passkey_task,
+    "state_tracking": state_tracking_task,
 }
 
 
