@@ -105,7 +105,9 @@ class DeltaNet(LinearMixer):
     def state_shape(self) -> tuple[int, ...]:
         return (self.num_v_heads, self.head_k, self.head_v)
 
-    def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
+    def delta_inputs(self, x: torch.Tensor, cache: DeltaNetCache | None):
+        """`q, k [B, T, Hv, K]` (convolved, SiLU, L2-normalized, repeated for grouped values), `v [B, T, Hv, V]`
+        and `beta [B, T, Hv]` (times 2 with allow_neg_eigval); the conv tails go into `cache`."""
         B, T, _ = x.shape
         H, K, V, Hv = self.num_heads, self.head_k, self.head_v, self.num_v_heads
         q, k, v = self.project(x, QKV)
@@ -122,16 +124,20 @@ class DeltaNet(LinearMixer):
         k = l2_norm(k.view(B, T, H, K))
         if Hv != H:  # each q / k head serves Hv / H consecutive value heads
             q, k = q.repeat_interleave(Hv // H, dim=2), k.repeat_interleave(Hv // H, dim=2)
-        v = v.view(B, T, Hv, V)
         beta = at_least_fp32(self.b_proj(x)).sigmoid()  # (B, T, Hv)
         if self.allow_neg_eigval:
             beta = 2 * beta
+        return q, k, v.view(B, T, Hv, V), beta
+
+    def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
+        B, T, _ = x.shape
+        q, k, v, beta = self.delta_inputs(x, cache)
         g = self.log_decay(x)
         o = self.recurrence(*((q, k, v, beta) if g is None else (q, k, v, g, beta)), cache=cache)  # fla's order
         o = self.o_norm(o)  # (B, T, Hv, V)
         if self.use_gate:
-            o = o * F.silu(self.g_proj(x).view(B, T, Hv, V))
-        return self.o_proj(o.reshape(B, T, Hv * V)), cache
+            o = o * F.silu(self.g_proj(x).view(o.shape))
+        return self.o_proj(o.reshape(B, T, -1)), cache
 
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         if not self.use_short_conv:

@@ -1,0 +1,89 @@
+"""Public Kimi Delta Attention ops (family ``kda``): :func:`chunk_kda` (training / prefill) and
+:func:`fused_recurrent_kda` (decode), in fla's layout and argument order: input checks, one backend resolution
+(``kernels.backend``), then ``naive.py`` or ``torch.py``. The recurrence is in the package docstring."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.backend import resolve_backend
+from kernels.kda.naive import naive_recurrent_kda
+from kernels.kda.torch import chunk_kda_torch, fused_recurrent_kda_torch
+from kernels.utils import check_inputs, run_varlen, without_autocast
+
+__all__ = ["chunk_kda", "fused_recurrent_kda"]
+
+
+@without_autocast
+def chunk_kda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+    chunk_size: int = 64,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunkwise-parallel Kimi Delta Attention (Kimi Linear, arXiv 2510.26692; training and prefill).
+
+    ``S_t = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
+
+    Args:
+        q: queries ``[B, T, H, K]``.
+        k: keys ``[B, T, H, K]``, L2-normalized along K by the caller.
+        v: values ``[B, T, H, V]``.
+        g: log decay per key channel ``[B, T, H, K]``, ``<= 0``.
+        beta: write strengths ``[B, T, H]``, in (0, 1), or (0, 2) for negative eigenvalues.
+        scale: query scale; defaults to ``K ** -0.5``.
+        initial_state: ``[N, H, K, V]`` (zeros if None); N = B, or the number of packed sequences.
+        output_final_state: also return the state after the last token (of every sequence).
+        backend: ``"auto"`` | ``"torch"`` | ``"naive"`` (no Triton kernels yet: ``auto`` is ``torch``).
+        chunk_size: chunk length (a multiple of 16 above 16); T need not be a multiple of it.
+        cu_seqlens: ``[N + 1]`` offsets of sequences packed along T (B must be 1), fla's convention.
+
+    Returns:
+        ``(o [B, T, H, V]`` in the dtype of v, ``final_state [N, H, K, V]`` in fp32, or None unless requested).
+    """
+    return _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, chunk_size, cu_seqlens)
+
+
+@without_autocast
+def fused_recurrent_kda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step-by-step KDA (decode). Same arguments and returns as :func:`chunk_kda` (no ``chunk_size``)."""
+    return _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, None, cu_seqlens)
+
+
+def _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, chunk_size, cu_seqlens):
+    if g is None:
+        raise ValueError(
+            "kda needs g [B, T, H, K] (log decay per key channel); for a scalar decay use the gated delta rule"
+        )
+    check_inputs(q, k, v, g=(g, "BTHK"), beta=(beta, "BTH"), initial_state=initial_state, cu_seqlens=cu_seqlens)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    resolved = resolve_backend(backend, q, k, v, g, beta, initial_state, family="kda")
+    if resolved == "naive":
+        fn, extra = naive_recurrent_kda, {}
+    elif chunk_size is None:
+        fn, extra = fused_recurrent_kda_torch, {}
+    else:
+        fn, extra = chunk_kda_torch, {"chunk_size": chunk_size}
+    per_token = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
+    if cu_seqlens is not None:
+        return run_varlen(fn, cu_seqlens, per_token, initial_state, output_final_state, scale=scale, **extra)
+    return fn(**per_token, scale=scale, initial_state=initial_state, output_final_state=output_final_state, **extra)
