@@ -26,28 +26,27 @@ from pathlib import Path
 CLASSES = ["llama", "qwen3", "mamba2", "bamba", "nemotron_h", "falcon_h1", "qwen3_5_equal_heads"]
 
 
-def system(arch: str, folder: str) -> str | None:
-    """The system and precision of a bench.csv row: zoo fp32 / zoo int8 / transformers fp32 / llama.cpp <type>."""
-    if arch == folder or arch.startswith(folder + "+"):
-        parts = arch[len(folder) :].split("+")[1:]  # e.g. ["int8", "kv_bf16"]
-        weights = next((p for p in parts if not p.startswith("kv_")), "fp32")
-        return "zoo " + "+".join([weights, *(p for p in parts if p.startswith("kv_"))])
+def system(arch: str) -> str:
+    """The system and precision of a bench.csv row: zoo fp32 / zoo int8 / transformers fp32 / llama.cpp <type>.
+    A zoo row is the checkpoint's folder with `+<mode>` suffixes (wherever the run wrote it: the label does not
+    depend on the folder, so tables copied from `runs/` summarize the same)."""
     if arch.startswith("transformers:"):
         return "transformers fp32"
     if arch.startswith("llama.cpp:"):
         kind = arch.removeprefix("llama.cpp:").split(":")[0]
         return f"llama.cpp {kind.replace('+fa', ' fa')}"
-    return None
+    parts = arch.rpartition("/")[2].split("+")[1:]  # e.g. ["int8", "kv_bf16"]
+    weights = next((p for p in parts if not p.startswith("kv_")), "fp32")
+    return "zoo " + "+".join([weights, *(p for p in parts if p.startswith("kv_"))])
 
 
 def load(out: Path, name: str) -> tuple[dict, str]:
     """{(system, prompt_len): row} of one class's bench.csv (batch 1, measured rows), and its machine line."""
     path = out / name / "bench.csv"
-    folder = str(out / name / "checkpoint")
     cells = {}
     for r in csv.DictReader(path.open()):
-        label = system(r["arch"], folder)
-        if label is not None and r.get("batch") == "1" and r.get("prefill_tok_s"):
+        label = system(r["arch"])
+        if r.get("batch") == "1" and r.get("prefill_tok_s"):
             cells[(label, int(r["prompt_len"]))] = r
     md = (out / name / "bench.md").read_text()
     found = re.search(r"Machine, measured in this run: matrix-vector ([^.]*\.\d+ GB/s, matmul \d+ GFLOP/s)", md)
