@@ -352,3 +352,15 @@ def test_realistic_decode_matches_torch_backend_on_gpu(K, dtype, fam):
     rel = 2e-3 if dtype == torch.float32 else 5e-2
     assert_close(o.float(), o_ref, rtol=rel, atol=rel * o_ref.abs().max().item(), name="o")
     assert_close(S, S_ref, rtol=rel, atol=rel * S_ref.abs().max().item(), name="final_state")
+
+
+@FAMILIES
+@pytest.mark.parametrize("op", ["chunk", "fused"])
+def test_beta_up_to_two_matches_naive(op, fam):
+    """Negative eigenvalues (beta in (0, 2), allow_neg_eigval) through the Triton kernels, gradients included."""
+    x = make_inputs(1, 37, 2, 16, 16, requires_grad=False)
+    x["beta"] = 2 * x["beta"]
+    x = {n: t.requires_grad_() for n, t in x.items()}
+    fn = fam.chunk if op == "chunk" else fam.fused
+    kwargs = {"chunk_size": 16} if op == "chunk" else {}
+    check(run_with_grads(fam, fn, x, backend="triton", **kwargs), oracle(fam, x), FP32)
