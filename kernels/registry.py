@@ -64,6 +64,8 @@ class Family:
             fla-compatible tensors for one call of the family's chunk op (an op name or the op itself);
             q/k/v-like tensors in ``dtype``, gates and betas in fp32 (fp64 for fp64), as the mixers pass them.
         fla: import string of flash-linear-attention's op equivalent to the chunk op (same arguments), or None.
+        stateful: the ops carry a recurrent state (``initial_state``, ``output_final_state``, ``(o, state)``
+            returns); False for attention-like families whose ops return ``o`` alone (forgetting attention).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Family:
     backends: frozenset[str]
     make_inputs: Callable[..., tuple[Target, dict[str, torch.Tensor]]] = field(repr=False)
     fla: str | None = None
+    stateful: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", frozenset(self.backends))
