@@ -316,7 +316,9 @@ class Attention(Mixer):
 
     fusable = (QKV,)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None):
+    def heads(self, x: torch.Tensor, cache: KVCache | None):
+        """`q [B, H, T, D]`, `k, v [B, H_kv, T, D]` (QK norm and RoPE applied, in the KV cache's dtype when it has
+        one), the output gate `[B, T, H * D]` or None, and the position of the first token."""
         B, T, _ = x.shape
         q, k, v = self.project(x, QKV)
         gate = None
@@ -335,9 +337,14 @@ class Attention(Mixer):
         if self.rope_theta is not None:
             q, k = self._rope(q, positions), self._rope(k, positions)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D): the cache's layout
-        key_mask = None
         if cache is not None and self.kv_dtype is not None:  # attention over the cache runs in its dtype
             q, k, v = q.to(self.kv_dtype), k.to(self.kv_dtype), v.to(self.kv_dtype)
+        return q, k, v, gate, start
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q, k, v, gate, start = self.heads(x, cache)
+        key_mask = None
         if cache is not None:
             # Keys are right-aligned per row, so the last `window_size` slots hold each row's last real keys
             # (the window counts real positions); padding slots that fall out of the window are dropped.
