@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_inputs", "run_varlen", "without_autocast"]
+__all__ = ["check_inputs", "decayed_pairs", "run_varlen", "without_autocast"]
 
 
 def check_inputs(
@@ -109,6 +109,38 @@ def run_varlen(
         finals.append(s)
     o = torch.cat(outs, dim=1) if outs else ref.new_zeros(ref.shape)
     return o, (torch.cat(finals, dim=0) if output_final_state else None)
+
+
+def decayed_pairs(
+    a: torch.Tensor, b: torch.Tensor, G_row: torch.Tensor, G_col: torch.Tensor, sub: int, strict: bool
+) -> torch.Tensor:
+    """`M[i, j] = sum_c a[i, c] b[j, c] exp(G_row[i, c] - G_col[j, c])` for `j < i` (`strict`) or `j <= i`, 0 above:
+    the pair terms of a chunk under a decay per key channel (KDA, the DPLR delta rule).
+
+    a, b, G_row, G_col: `(..., C, K)`; G_col non-increasing along C (a cumulative log decay) and G_row either G_col
+    or G_col one token earlier (`G_row[i] = G_col[i - 1]`, the exclusive sum), so that every used exponent is
+    <= 0. Splitting `exp(G_row_i - G_col_j)` as `exp(G_row_i) exp(-G_col_j)` overflows under strong decay, so the
+    chunk is cut into sub-chunks of `sub` tokens (C a multiple of it): inside one, the exact `(sub, sub, K)`
+    exponents (masked to -inf above the diagonal before `exp`); between a sub-chunk I and the tokens before it,
+    the product through the last token r before I, `exp(G_row_i - G_col_r) exp(G_col_r - G_col_j)`, both of
+    exponent <= 0 (i > r >= j), one matmul per sub-chunk."""
+    *lead, C, K = a.shape
+    S = C // sub
+    a_s, b_s, Gr_s, Gc_s = (x.reshape(*lead, S, sub, K) for x in (a, b, G_row, G_col))
+    keep = torch.ones(sub, sub, dtype=torch.bool, device=a.device).tril(-1 if strict else 0)  # j (<)= i
+    diff = (Gr_s[..., :, None, :] - Gc_s[..., None, :, :]).masked_fill(~keep[..., None], float("-inf"))
+    diag = torch.einsum("...ik,...jk,...ijk->...ij", a_s, b_s, diff.exp())  # (..., S, sub, sub)
+    eye = torch.eye(S, dtype=a.dtype, device=a.device)
+    M = torch.einsum("...Iij,IJ->...IiJj", diag, eye).reshape(*lead, S, sub, C)  # block I at columns of I
+    if S > 1:
+        G_r = Gc_s[..., :-1, -1, :]  # (..., S-1, K): the last token before each sub-chunk I = 1..S-1
+        left = a_s[..., 1:, :, :] * (Gr_s[..., 1:, :, :] - G_r[..., None, :]).exp()  # (..., S-1, sub, K)
+        before = torch.arange(C, device=a.device) < torch.arange(1, S, device=a.device)[:, None] * sub  # j <= r
+        to_r = (G_r[..., :, None, :] - G_col[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))
+        right = b[..., None, :, :] * to_r.exp()  # (..., S-1, C, K): b_j exp(G_r - G_j), 0 for j > r
+        earlier = left @ right.transpose(-1, -2)  # (..., S-1, sub, C)
+        M = M + torch.cat([torch.zeros_like(earlier[..., :1, :, :]), earlier], dim=-3)
+    return M.reshape(*lead, C, C)
 
 
 def without_autocast(fn: Callable) -> Callable:

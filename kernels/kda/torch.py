@@ -9,34 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.utils import decayed_pairs
+
 __all__ = ["chunk_kda_torch", "fused_recurrent_kda_torch"]
-
-
-def decayed_pairs(a: torch.Tensor, b: torch.Tensor, G: torch.Tensor, sub: int, strict: bool) -> torch.Tensor:
-    """`M[i, j] = sum_c a[i, c] b[j, c] exp(G[i, c] - G[j, c])` for `j < i` (`strict`) or `j <= i`, 0 above.
-
-    a, b, G: `(..., C, K)`, G non-increasing along C (a cumulative log decay). `exp(G_i - G_j)` can overflow when
-    split as `exp(G_i) exp(-G_j)`, so the chunk is cut into sub-chunks of `sub` tokens: inside one, the exact
-    `(sub, sub, K)` exponents (masked to -inf above the diagonal before `exp`); between a sub-chunk I and the
-    earlier tokens, the product through the last token r before I, `exp(G_i - G_r) exp(G_r - G_j)`, both
-    factors of exponent <= 0 (i > r >= j), which is one matmul per sub-chunk."""
-    *lead, C, K = a.shape
-    S = C // sub
-    a_s, b_s, G_s = (x.reshape(*lead, S, sub, K) for x in (a, b, G))
-    keep = torch.ones(sub, sub, dtype=torch.bool, device=a.device).tril(-1 if strict else 0)  # j (<)= i
-    diff = (G_s[..., :, None, :] - G_s[..., None, :, :]).masked_fill(~keep[..., None], float("-inf"))
-    diag = torch.einsum("...ik,...jk,...ijk->...ij", a_s, b_s, diff.exp())  # (..., S, sub, sub)
-    eye = torch.eye(S, dtype=a.dtype, device=a.device)
-    M = torch.einsum("...Iij,IJ->...IiJj", diag, eye).reshape(*lead, S, sub, C)  # block I at columns of I
-    if S > 1:
-        G_r = G_s[..., :-1, -1, :]  # (..., S-1, K): the last token before each sub-chunk I = 1..S-1
-        left = a_s[..., 1:, :, :] * (G_s[..., 1:, :, :] - G_r[..., None, :]).exp()  # (..., S-1, sub, K)
-        before = torch.arange(C, device=a.device) < torch.arange(1, S, device=a.device)[:, None] * sub  # j <= r
-        to_r = (G_r[..., :, None, :] - G[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))
-        right = b[..., None, :, :] * to_r.exp()  # (..., S-1, C, K): b_j exp(G_r - G_j), 0 for j > r
-        earlier = left @ right.transpose(-1, -2)  # (..., S-1, sub, C)
-        M = M + torch.cat([torch.zeros_like(earlier[..., :1, :, :]), earlier], dim=-3)
-    return M.reshape(*lead, C, C)
 
 
 def chunk_kda_torch(
@@ -77,10 +52,10 @@ def chunk_kda_torch(
 
     # UT transform, all chunks at once: the pseudo-values u = U - W S (S: the state entering the chunk) solve
     # (I + A) u = diag(beta) (V - (K * exp(G)) S), A[i, j] = beta_i k_i . (k_j exp(G_i - G_j)) for j < i.
-    A = decayed_pairs(k, k, G, sub, strict=True) * beta[..., None]
+    A = decayed_pairs(k, k, G, G, sub, strict=True) * beta[..., None]
     T_c = torch.linalg.solve_triangular(A, torch.diag_embed(beta), upper=False, unitriangular=True)
     U, W = T_c @ v, T_c @ (k * eG)  # (B, H, N, C, V), (B, H, N, C, K)
-    scores = decayed_pairs(q, k, G, sub, strict=False)  # (B, H, N, C, C) inclusive causal, decayed per channel
+    scores = decayed_pairs(q, k, G, G, sub, strict=False)  # (B, H, N, C, C) inclusive causal, decayed per channel
     q_in = q * eG
 
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)

@@ -90,10 +90,10 @@ def test_factory_is_seeded_and_keeps_gates_fp32(family):
     _, x = fam.inputs(1, 6, 2, 4, 4, dtype=torch.bfloat16, initial_state=fam.stateful)
     _, again = fam.inputs(1, 6, 2, 4, 4, dtype=torch.bfloat16, initial_state=fam.stateful)
     assert x.keys() == again.keys() and all(torch.equal(x[n], again[n]) for n in x)
-    fp32 = {"g", "w", "beta", "initial_state"}  # as the mixers pass them
+    fp32 = {"g", "w", "gk", "beta", "initial_state"}  # as the mixers pass them
     for name, t in x.items():
         assert t.dtype == (torch.float32 if name in fp32 else torch.bfloat16), name
-        if name in {"g", "w"}:
+        if name in {"g", "w", "gk"}:
             assert (t <= 0).all(), name
     if "beta" in x:  # the delta rules take unit keys
         norms = x["k"].float().norm(dim=-1)  # [1, 6, 2], or [1, 6 * n, 2] for n steps per token (DeltaProduct)
