@@ -5,12 +5,13 @@ cannot be stacked."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.helpers import assert_close
-from zoo.errors import ZooError
 from zoo.model.config import mixer_defaults
 from zoo.model.mixers.attention import Attention
 from zoo.model.mixers.fox import ForgetCache, ForgettingAttention
@@ -103,6 +104,19 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-def test_caches_of_different_lengths_cannot_be_stacked_yet():
-    with pytest.raises(ZooError, match="cannot batch prompts of different lengths"):
-        ForgetCache.stack([ForgetCache(), ForgetCache()])
+def test_stacked_caches_hide_the_padding_through_infinite_gates():
+    """Two prompts of different lengths prefilled alone, stacked (left padding), then one decode step each: the
+    same outputs as each prompt's own decode step."""
+    layer = make_layer({"num_kv_heads": 2})  # no window: the shorter prompt's row gets padding slots
+    x = torch.randn(2, 9, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        alone, caches = [], []
+        for row, n in ((0, 6), (1, 8)):
+            _, c = layer(x[row : row + 1, :n], layer.init_cache())
+            caches.append(c)
+            alone.append(layer(x[row : row + 1, n : n + 1], copy.deepcopy(c))[0])
+        stacked = ForgetCache.stack(caches)
+        assert torch.isinf(stacked.gc[0, :, :2]).all() and torch.isfinite(stacked.gc[1]).all()
+        step = torch.cat([x[0:1, 6:7], x[1:2, 8:9]])
+        together, _ = layer(step, stacked)
+    assert_close(together, torch.cat(alone), rtol=1e-9, atol=1e-10, name="batched decode step")

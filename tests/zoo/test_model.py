@@ -265,5 +265,5 @@ def test_mlp_none_builds_blocks_of_their_mixer_alone():
     mlp_params = sum(p.numel() for b in plain.blocks for p in [*b.mlp.parameters(), *b.mlp_norm.parameters()])
     assert sum(p.numel() for p in bare.parameters()) == sum(p.numel() for p in plain.parameters()) - mlp_params
     assert bare.state_bytes(100) == plain.state_bytes(100)  # SwiGLU keeps no state either
-    with pytest.raises(ConfigError, match="unknown mlp 'nope'; valid mlps: none, relu2, rwkv_cmix, swiglu"):
+    with pytest.raises(ConfigError, match="unknown mlp 'nope'; valid mlps: none, relu2, rwkv7_cmix, rwkv_cmix, swiglu"):
         small_model("gla", "model.mlp=nope")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -88,15 +89,22 @@ class Block(nn.Module):
         halves = (self.mixer, self.mlp, self.shared_use)
         return LayerCache(*(None if half is None else half.init_cache() for half in halves))
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, context: SharedContext | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: LayerCache | None = None,
+        context: SharedContext | None = None,
+        carry: dict | None = None,
+    ):
         """`x` `[B, T, d]` -> `[B, T, d]` and the layer's cache; `context` (embeddings and the model's shared blocks)
-        only at a layer with a `shared_use`."""
+        only at a layer with a `shared_use`; `carry`, the forward call's cross-layer inputs (`Mixer.uses_carry`)."""
         mixer_cache = mlp_cache = shared_cache = side = None
         if self.shared_use is not None:
             side, shared_cache = self.shared_use(x, context, None if cache is None else cache.shared)
         if self.mixer is not None:
             mixer = None if cache is None else cache.mixer
-            x, mixer_cache = self._residual(x, self.mixer, self.mixer_norm, mixer, side)
+            f = partial(self.mixer, carry=carry) if self.mixer.uses_carry else self.mixer
+            x, mixer_cache = self._residual(x, f, self.mixer_norm, mixer, side)
         if self.mlp is not None:
             x, mlp_cache = self._residual(x, self.mlp, self.mlp_norm, None if cache is None else cache.mlp)
         return x, (None if cache is None else LayerCache(mixer_cache, mlp_cache, shared_cache))
@@ -206,8 +214,9 @@ class HybridLM(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(self._positions(input_ids, cache))
         context = None if self.shared_blocks is None else SharedContext(x, self.shared_blocks)
+        carry = {}  # cross-layer inputs of this call (Mixer.uses_carry), e.g. RWKV-7's v_first
         for i, block in enumerate(self.blocks):
-            x, layer_cache = block(x, cache.layers[i] if cache is not None else None, context)
+            x, layer_cache = block(x, cache.layers[i] if cache is not None else None, context, carry)
             if cache is not None:
                 cache.layers[i] = layer_cache
         if cache is not None:

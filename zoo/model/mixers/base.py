@@ -62,6 +62,11 @@ class Mixer(nn.Module, abc.ABC):
     written before an option existed builds as it did (`build_mixer` fills it in). The constructor still has no
     default, and conf/mixer/<name>.yaml sets every option for new configs."""
 
+    uses_carry: bool = False
+    """The mixer reads or writes the forward call's carry (`forward(x, cache, carry=dict)`): a dict the model makes
+    anew for every call and hands to each such layer in order, for inputs that cross layers (RWKV-7's `v_first`).
+    It holds the current tokens' tensors only, so no cache keeps it."""
+
     fusable: tuple[tuple[str, ...], ...] = ()
     """Groups of linear layers (module paths) that read the same input and are applied through `project`:
     `HybridLM.optimize_for_decode()` runs each group as one wider product (`fuse_projections`)."""

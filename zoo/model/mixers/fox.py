@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from zoo.errors import ZooError
 from zoo.model.mixers import register
 from zoo.model.mixers.attention import Attention, KVCache
 from zoo.model.mixers.base import at_least_fp32
@@ -37,10 +36,12 @@ class ForgetCache(KVCache):
 
     @classmethod
     def stack(cls, caches: list[KVCache]) -> KVCache:
-        raise ZooError(
-            "fox layers cannot batch prompts of different lengths yet (their cache keeps cumulative gates per "
-            "row): generate one prompt at a time, or pad the prompts to one length"
-        )
+        """Attention's stacking (keys right-aligned, padding on the left), the gates padded with +inf: a padding
+        slot's logit `gc_q - inf` is -inf, so no query attends it, without a mask in the kernel."""
+        stacked = super().stack(caches)
+        S = stacked.k.shape[2]
+        stacked.gc = torch.cat([F.pad(c.gc, (S - c.gc.shape[-1], 0), value=float("inf")) for c in caches])
+        return stacked
 
 
 @register("fox")
@@ -87,9 +88,7 @@ class ForgettingAttention(Attention):
             base = 0.0 if cache.gc is None else cache.gc[..., -1:]  # the running sum so far (B, HQ, 1)
             gc_new = base + g.transpose(1, 2).cumsum(-1)  # (B, HQ, T)
             gc_all = gc_new if cache.gc is None else torch.cat([cache.gc, gc_new], dim=-1)
-            k, v, key_mask = cache.extend(k, v, self.window_size)
-            if key_mask is not None:
-                raise ZooError("fox layers do not take a key mask (batched prompts of different lengths)")
+            k, v, _ = cache.extend(k, v, self.window_size)  # padding slots (a stacked cache): +inf gates, never seen
             cache.gc = gc_all[..., -cache.k.shape[2] :]  # as many as the keys the cache keeps
             cache.offset = cache.offset + T
             qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))

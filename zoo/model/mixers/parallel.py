@@ -51,10 +51,15 @@ class Parallel(Mixer):
         super().__init__(layer_idx)
         self.branches = nn.ModuleDict({branch.name: branch for branch in branches})  # blocks.i.mixer.branches.<name>.
 
-    def forward(self, x: torch.Tensor, cache: ParallelCache | None = None):
+    @property
+    def uses_carry(self) -> bool:
+        return any(branch.uses_carry for branch in self.branches.values())
+
+    def forward(self, x: torch.Tensor, cache: ParallelCache | None = None, carry: dict | None = None):
         outs, caches = [], []
         for i, branch in enumerate(self.branches.values()):
-            y, branch_cache = branch(x, None if cache is None else cache.branches[i])
+            extra = {"carry": carry} if branch.uses_carry else {}
+            y, branch_cache = branch(x, None if cache is None else cache.branches[i], **extra)
             outs.append(y)
             caches.append(branch_cache)
         return sum(outs[1:], outs[0]), None if cache is None else ParallelCache(caches)
