@@ -193,7 +193,11 @@ def sweep_jobs(experiment: str) -> tuple[list[list[str]], dict]:
     return jobs, params
 
 
-@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 14), ("tradeoff", 24)])
+# tradeoff: every conf/model architecture but hybrid_gla, pure and with one attention layer
+TRADEOFF_JOBS = 2 * (len(list((conf_dir() / "model").glob("*.yaml"))) - 1)
+
+
+@pytest.mark.parametrize(("experiment", "n_jobs"), [("hybrid_ratio", 14), ("tradeoff", TRADEOFF_JOBS)])
 def test_sweep_experiments_compose_and_every_job_builds(experiment, n_jobs):
     jobs, _ = sweep_jobs(experiment)
     assert len(jobs) == n_jobs

@@ -36,6 +36,7 @@ from zoo.model.mixers import register
 from zoo.model.mixers.base import LinearMixer, at_least_fp32, check_divides
 from zoo.model.mixers.rwkv6 import RWKVCache, ShiftCache, _ratios, token_shift
 from zoo.model.mlps import register_mlp
+from zoo.model.quant import activation_dtype
 
 NORM_EPS = 64e-5  # RWKV-LM: GroupNorm eps = 1e-5 * head_size_divisor**2, head_size_divisor 8
 MIXES = ("r", "w", "k", "v", "a", "g")
@@ -163,4 +164,4 @@ class RWKV7ChannelMix(nn.Module):
         return ShiftCache()
 
     def state_bytes(self, batch_size: int = 1) -> int:
-        return batch_size * self.d_model * self.key.weight.element_size()  # the previous token
+        return batch_size * self.d_model * activation_dtype(self).itemsize  # the previous token (activations)
