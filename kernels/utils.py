@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_inputs", "decayed_pairs", "run_varlen", "without_autocast"]
+__all__ = ["check_inputs", "decayed_pairs", "run_torch_backends", "run_varlen", "without_autocast"]
 
 
 def check_inputs(
@@ -141,6 +141,35 @@ def decayed_pairs(
         earlier = left @ right.transpose(-1, -2)  # (..., S-1, sub, C)
         M = M + torch.cat([torch.zeros_like(earlier[..., :1, :, :]), earlier], dim=-3)
     return M.reshape(*lead, C, C)
+
+
+def run_torch_backends(
+    resolved: str,
+    naive: Callable,
+    chunk: Callable,
+    step: Callable,
+    chunk_size: int | None,
+    per_token: dict[str, torch.Tensor | None],
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+    scale: float | None,
+    cu_seqlens: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dispatch a family without Triton kernels shares: `naive` for the naive backend, else `chunk` (with
+    `chunk_size`) or the step loop `step` (`chunk_size` None: a fused_recurrent op), sequence by sequence when
+    `cu_seqlens` packs several. `per_token` are the op's `[B, T, ...]` tensors by keyword."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    fn, extra = (
+        (naive, {})
+        if resolved == "naive"
+        else (step, {})
+        if chunk_size is None
+        else (chunk, {"chunk_size": chunk_size})
+    )
+    if cu_seqlens is not None:
+        return run_varlen(fn, cu_seqlens, per_token, initial_state, output_final_state, scale=scale, **extra)
+    return fn(**per_token, scale=scale, initial_state=initial_state, output_final_state=output_final_state, **extra)
 
 
 def without_autocast(fn: Callable) -> Callable:

@@ -9,7 +9,7 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.dplr_delta_rule.naive import naive_recurrent_dplr_delta_rule
 from kernels.dplr_delta_rule.torch import chunk_dplr_delta_rule_torch, fused_recurrent_dplr_delta_rule_torch
-from kernels.utils import check_inputs, run_varlen, without_autocast
+from kernels.utils import check_inputs, run_torch_backends, without_autocast
 
 __all__ = ["chunk_dplr_delta_rule", "fused_recurrent_dplr_delta_rule"]
 
@@ -78,16 +78,17 @@ def _run(q, k, v, a, b, gk, scale, initial_state, output_final_state, backend, c
     )
     if a is None or b is None or gk is None:
         raise ValueError("the DPLR delta rule needs a, b and gk, each [B, T, H, K]")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     resolved = resolve_backend(backend, q, k, v, a, b, gk, initial_state, family="dplr_delta_rule")
-    if resolved == "naive":
-        fn, extra = naive_recurrent_dplr_delta_rule, {}
-    elif chunk_size is None:
-        fn, extra = fused_recurrent_dplr_delta_rule_torch, {}
-    else:
-        fn, extra = chunk_dplr_delta_rule_torch, {"chunk_size": chunk_size}
     per_token = {"q": q, "k": k, "v": v, "a": a, "b": b, "gk": gk}
-    if cu_seqlens is not None:
-        return run_varlen(fn, cu_seqlens, per_token, initial_state, output_final_state, scale=scale, **extra)
-    return fn(**per_token, scale=scale, initial_state=initial_state, output_final_state=output_final_state, **extra)
+    return run_torch_backends(
+        resolved,
+        naive_recurrent_dplr_delta_rule,
+        chunk_dplr_delta_rule_torch,
+        fused_recurrent_dplr_delta_rule_torch,
+        chunk_size,
+        per_token,
+        initial_state,
+        output_final_state,
+        scale,
+        cu_seqlens,
+    )

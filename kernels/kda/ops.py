@@ -9,7 +9,7 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.kda.naive import naive_recurrent_kda
 from kernels.kda.torch import chunk_kda_torch, fused_recurrent_kda_torch
-from kernels.utils import check_inputs, run_varlen, without_autocast
+from kernels.utils import check_inputs, run_torch_backends, without_autocast
 
 __all__ = ["chunk_kda", "fused_recurrent_kda"]
 
@@ -74,16 +74,17 @@ def _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, ch
             "kda needs g [B, T, H, K] (log decay per key channel); for a scalar decay use the gated delta rule"
         )
     check_inputs(q, k, v, g=(g, "BTHK"), beta=(beta, "BTH"), initial_state=initial_state, cu_seqlens=cu_seqlens)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     resolved = resolve_backend(backend, q, k, v, g, beta, initial_state, family="kda")
-    if resolved == "naive":
-        fn, extra = naive_recurrent_kda, {}
-    elif chunk_size is None:
-        fn, extra = fused_recurrent_kda_torch, {}
-    else:
-        fn, extra = chunk_kda_torch, {"chunk_size": chunk_size}
     per_token = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
-    if cu_seqlens is not None:
-        return run_varlen(fn, cu_seqlens, per_token, initial_state, output_final_state, scale=scale, **extra)
-    return fn(**per_token, scale=scale, initial_state=initial_state, output_final_state=output_final_state, **extra)
+    return run_torch_backends(
+        resolved,
+        naive_recurrent_kda,
+        chunk_kda_torch,
+        fused_recurrent_kda_torch,
+        chunk_size,
+        per_token,
+        initial_state,
+        output_final_state,
+        scale,
+        cu_seqlens,
+    )
