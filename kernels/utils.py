@@ -112,10 +112,11 @@ def run_varlen(
 
 
 def decayed_pairs(
-    a: torch.Tensor, b: torch.Tensor, G_row: torch.Tensor, G_col: torch.Tensor, sub: int, strict: bool
-) -> torch.Tensor:
-    """`M[i, j] = sum_c a[i, c] b[j, c] exp(G_row[i, c] - G_col[j, c])` for `j < i` (`strict`) or `j <= i`, 0 above:
-    the pair terms of a chunk under a decay per key channel (KDA, the DPLR delta rule).
+    a: torch.Tensor, bs: tuple[torch.Tensor, ...], G_row: torch.Tensor, G_col: torch.Tensor, sub: int, strict: bool
+) -> list[torch.Tensor]:
+    """For each b of `bs`: `M[i, j] = sum_c a[i, c] b[j, c] exp(G_row[i, c] - G_col[j, c])` for `j < i` (`strict`)
+    or `j <= i`, 0 above: the pair terms of a chunk under a decay per key channel (KDA, the DPLR delta rule). The
+    decay factors are computed once for all of `bs` (the DPLR rule needs two b's per a).
 
     a, b, G_row, G_col: `(..., C, K)`; G_col non-increasing along C (a cumulative log decay) and G_row either G_col
     or G_col one token earlier (`G_row[i] = G_col[i - 1]`, the exclusive sum), so that every used exponent is
@@ -126,21 +127,26 @@ def decayed_pairs(
     exponent <= 0 (i > r >= j), one matmul per sub-chunk."""
     *lead, C, K = a.shape
     S = C // sub
-    a_s, b_s, Gr_s, Gc_s = (x.reshape(*lead, S, sub, K) for x in (a, b, G_row, G_col))
+    a_s, Gr_s, Gc_s = (x.reshape(*lead, S, sub, K) for x in (a, G_row, G_col))
     keep = torch.ones(sub, sub, dtype=torch.bool, device=a.device).tril(-1 if strict else 0)  # j (<)= i
-    diff = (Gr_s[..., :, None, :] - Gc_s[..., None, :, :]).masked_fill(~keep[..., None], float("-inf"))
-    diag = torch.einsum("...ik,...jk,...ijk->...ij", a_s, b_s, diff.exp())  # (..., S, sub, sub)
-    eye = torch.eye(S, dtype=a.dtype, device=a.device)
-    M = torch.einsum("...Iij,IJ->...IiJj", diag, eye).reshape(*lead, S, sub, C)  # block I at columns of I
+    inside = (Gr_s[..., :, None, :] - Gc_s[..., None, :, :]).masked_fill(~keep[..., None], float("-inf")).exp()
+    a_inside = a_s[..., :, None, :] * inside  # (..., S, sub, sub, K): a_i exp(G_row_i - G_col_j)
     if S > 1:
         G_r = Gc_s[..., :-1, -1, :]  # (..., S-1, K): the last token before each sub-chunk I = 1..S-1
         left = a_s[..., 1:, :, :] * (Gr_s[..., 1:, :, :] - G_r[..., None, :]).exp()  # (..., S-1, sub, K)
         before = torch.arange(C, device=a.device) < torch.arange(1, S, device=a.device)[:, None] * sub  # j <= r
-        to_r = (G_r[..., :, None, :] - G_col[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))
-        right = b[..., None, :, :] * to_r.exp()  # (..., S-1, C, K): b_j exp(G_r - G_j), 0 for j > r
-        earlier = left @ right.transpose(-1, -2)  # (..., S-1, sub, C)
-        M = M + torch.cat([torch.zeros_like(earlier[..., :1, :, :]), earlier], dim=-3)
-    return M.reshape(*lead, C, C)
+        to_r = (G_r[..., :, None, :] - G_col[..., None, :, :]).masked_fill(~before[..., None], float("-inf")).exp()
+    out = []
+    for b in bs:
+        diag = (a_inside * b.reshape(*lead, S, 1, sub, K)).sum(-1)  # (..., S, sub, sub)
+        M = torch.zeros(*lead, S, sub, S, sub, dtype=diag.dtype, device=diag.device)
+        M.diagonal(dim1=-4, dim2=-2).copy_(diag.movedim(-3, -1))  # block I at the columns of I
+        M = M.reshape(*lead, S, sub, C)
+        if S > 1:
+            earlier = left @ (b[..., None, :, :] * to_r).transpose(-1, -2)  # (..., S-1, sub, C): through token r
+            M = M + torch.cat([torch.zeros_like(earlier[..., :1, :, :]), earlier], dim=-3)
+        out.append(M.reshape(*lead, C, C))
+    return out
 
 
 def run_torch_backends(

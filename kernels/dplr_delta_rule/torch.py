@@ -52,13 +52,11 @@ def chunk_dplr_delta_rule_torch(
 
     # The low-rank term's pseudo-values u_i = S_{i-1}^T a_i, for all chunks at once: u = U + W S with S the entering
     # state, from (I - A_ab) u = A_ak V + (a * exp(Gp)) S; A_xy[i, j] = sum_c x_ic y_jc exp(Gp_ic - G_jc), j < i.
-    A_ab = decayed_pairs(a, b, Gp, G, sub, strict=True)
-    A_ak = decayed_pairs(a, k, Gp, G, sub, strict=True)
+    A_ab, A_ak = decayed_pairs(a, (b, k), Gp, G, sub, strict=True)
     eye = torch.eye(C, dtype=acc, device=q.device)
     T_c = torch.linalg.solve_triangular(-A_ab, eye.expand_as(A_ab), upper=False, unitriangular=True)  # (I - A_ab)^-1
     U, W = T_c @ (A_ak @ v), T_c @ (a * Gp.exp())  # (B, H, N, C, V), (B, H, N, C, K)
-    A_qk = decayed_pairs(q, k, G, G, sub, strict=False)  # inclusive: o_i reads S_i
-    A_qb = decayed_pairs(q, b, G, G, sub, strict=False)
+    A_qk, A_qb = decayed_pairs(q, (k, b), G, G, sub, strict=False)  # inclusive: o_i reads S_i
     q_in = q * G.exp()
     to_end = (G[..., -1:, :] - G).exp()  # decay from token j to the chunk end
     k_out, b_out = k * to_end, b * to_end

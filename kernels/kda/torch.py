@@ -52,10 +52,11 @@ def chunk_kda_torch(
 
     # UT transform, all chunks at once: the pseudo-values u = U - W S (S: the state entering the chunk) solve
     # (I + A) u = diag(beta) (V - (K * exp(G)) S), A[i, j] = beta_i k_i . (k_j exp(G_i - G_j)) for j < i.
-    A = decayed_pairs(k, k, G, G, sub, strict=True) * beta[..., None]
+    (A,) = decayed_pairs(k, (k,), G, G, sub, strict=True)
+    A = A * beta[..., None]
     T_c = torch.linalg.solve_triangular(A, torch.diag_embed(beta), upper=False, unitriangular=True)
     U, W = T_c @ v, T_c @ (k * eG)  # (B, H, N, C, V), (B, H, N, C, K)
-    scores = decayed_pairs(q, k, G, G, sub, strict=False)  # (B, H, N, C, C) inclusive causal, decayed per channel
+    (scores,) = decayed_pairs(q, (k,), G, G, sub, strict=False)  # (B, H, N, C, C) inclusive causal, decayed per channel
     q_in = q * eG
 
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
