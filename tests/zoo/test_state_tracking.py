@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from zoo.data import build_data
 from zoo.data.state_tracking import build_state_tracking_splits, group, state_tracking_examples
@@ -125,3 +126,25 @@ def test_evaluation_without_a_task_is_skipped_with_the_setting_to_set():
     cfg["state_tracking"] |= {"batch_size": 4, "seed": 0}
     metrics, _, notes = run_suite(RunningProductLM("s3", 8, 99), IntTokenizer(8), ["state_tracking"], cfg, "cpu")
     assert metrics == {} and "set eval.recall.state_tracking.task" in notes[0]
+
+
+def test_zoo_eval_reads_the_task_from_the_run_folder(tmp_path):
+    import zoo
+    from zoo.config import compose
+    from zoo.evals.cli import evaluate_folder
+
+    overrides = ["data=state_tracking", "data.task=s3", "data.vocab_size=8", "model=gla", "model.d_model=32"]
+    cfg = compose([*overrides, "model.n_layers=1", "model.head_dim=16"])
+    run = tmp_path / "run"
+    model = zoo.build_model(cfg.model)
+    model.tokenizer = IntTokenizer(8)  # as zoo-train saves it
+    model.save_pretrained(run / "checkpoint")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    settings = {"state_tracking": {"lengths": [8, 16], "num_examples": 4, "batch_size": 4}}
+    metrics, _, notes = evaluate_folder(run, ["state_tracking"], settings)
+    assert set(metrics) == {f"state_tracking/{m}@{n}" for m in ("accuracy", "last_accuracy") for n in (8, 16)}
+    assert notes == []
+    (run / ".hydra" / "config.yaml").unlink()  # a folder that does not say its task: skipped, with the fix
+    _, _, notes = evaluate_folder(run, ["state_tracking"], settings)
+    assert "set eval.recall.state_tracking.task" in notes[0]

@@ -17,9 +17,10 @@ import csv
 import dataclasses
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zoo import schemas
 from zoo.config import check_command_line, conf_dir, load_option, pick_device, typed
@@ -31,6 +32,19 @@ from zoo.io.runs import locate
 from zoo.schemas import EvalRoot, LMEvalConfig, RecallConfig
 
 
+def with_trained_task(recall_cfg: RecallConfig, run_dir: Path) -> RecallConfig:
+    """`eval.recall.state_tracking` with the task (and modulus) a run folder was trained on (`data=state_tracking`
+    in its `.hydra/config.yaml`); unchanged for any other folder, where the task then reports what to set."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        return recall_cfg
+    data = OmegaConf.load(saved).get("data") or {}
+    if data.get("name") != "state_tracking":
+        return recall_cfg
+    section = dataclasses.replace(recall_cfg.state_tracking, task=data.get("task"), modulus=data.get("modulus"))
+    return dataclasses.replace(recall_cfg, state_tracking=section)
+
+
 def evaluate_folder(
     path, tasks: list[str], recall_cfg: RecallConfig | Mapping, lm_eval_cfg: LMEvalConfig | None = None
 ) -> tuple[dict, list[dict], list[str]]:
@@ -40,6 +54,8 @@ def evaluate_folder(
     if not isinstance(recall_cfg, RecallConfig):
         recall_cfg = load_option("eval/recall", "default", {**recall_cfg, "tasks": list(tasks)})
     checkpoint, results_dir = locate(path)
+    if "state_tracking" in tasks and recall_cfg.state_tracking.task is None:
+        recall_cfg = with_trained_task(recall_cfg, results_dir)
     lm_tasks = list(lm_eval_cfg.tasks) if lm_eval_cfg is not None else []
     if tasks or not lm_tasks:
         device = pick_device(recall_cfg.device, "eval.recall.device")

@@ -75,7 +75,8 @@ def _need(tokenizer, kind: str, task: str) -> None:
     """Skip `task` unless `tokenizer` is of `kind`: "text" (any text tokenizer) or "int" (`IntTokenizer`)."""
     if not (is_text(tokenizer) if kind == "text" else isinstance(tokenizer, IntTokenizer)):
         have = "none" if tokenizer is None else f"{type(tokenizer).__name__}"
-        want = "text (byte-level or subword tokens)" if kind == "text" else "integer tokens (data=mqar/copy)"
+        integer = "integer tokens (data=mqar, copy or state_tracking)"
+        want = "text (byte-level or subword tokens)" if kind == "text" else integer
         raise TaskSkipped(f"{task} needs a model trained on {want}; this checkpoint's tokenizer is {have}")
 
 
@@ -273,7 +274,7 @@ def state_tracking_task(model, tokenizer, cfg: StateTrackingRecall, device) -> T
     if cfg.task is None:
         raise TaskSkipped(
             "no task: set eval.recall.state_tracking.task to the one the model was trained on "
-            "(parity, mod_add with eval.recall.state_tracking.modulus, s3, s5)"
+            "(parity, mod_add with eval.recall.state_tracking.modulus, s3, s5); zoo-eval reads it from a run folder"
         )
     result = TaskResult()
     for length in cfg.lengths:
