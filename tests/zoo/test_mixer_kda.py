@@ -105,3 +105,14 @@ def test_init_and_decay_range():
 def test_config_errors_name_the_option():
     with pytest.raises(ConfigError, match="A_init_range must satisfy 0 < low < high"):
         make_layer({"A_init_range": (0.0, 16.0)})
+
+
+def test_the_chunked_form_under_autograd_equals_the_step_form_of_inference():
+    """Without autograd on CPU the layer runs the step op (steps_for_inference); with it, the chunked op."""
+    layer = make_layer(CASES["default"])
+    x = torch.randn(2, 40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        stepped, _ = layer(x)
+    chunked, _ = layer(x)
+    assert chunked.requires_grad
+    assert_close(chunked.detach(), stepped, rtol=1e-9, atol=1e-11, name="chunk vs step")

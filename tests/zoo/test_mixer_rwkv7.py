@@ -139,3 +139,14 @@ def test_gradients_reach_every_parameter(layer_idx):
             assert p.grad is None, name
             continue
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_the_chunked_form_under_autograd_equals_the_step_form_of_inference():
+    layer = make_layer(1)
+    x = torch.randn(2, 40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    v_first = torch.randn(2, 40, D, dtype=torch.float64)
+    with torch.no_grad():
+        stepped, _ = layer(x, carry={"v_first": v_first})
+    chunked, _ = layer(x, carry={"v_first": v_first})
+    assert chunked.requires_grad
+    assert_close(chunked.detach(), stepped, rtol=1e-9, atol=1e-11, name="chunk vs step")

@@ -7,6 +7,7 @@ import abc
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -132,6 +133,10 @@ class LinearMixer(Mixer):
 
     kernel_family: str
     cache_class: type[StateCache] = StateCache
+    steps_for_inference: bool = False
+    """Run every call without autograd on CPU through the step op (`fused_recurrent_<family>`), even of many tokens:
+    for families whose chunked torch form pays for its backward with a slower forward (the per-channel decays of
+    KDA and the DPLR rule: see their kernel READMEs). Both forms compute the same recurrence."""
 
     def __init__(self, layer_idx: int, *, backend: str, chunk_size: int):
         super().__init__(layer_idx)
@@ -193,16 +198,17 @@ class LinearMixer(Mixer):
 
     def recurrence(self, *args: torch.Tensor | None, cache: StateCache | None, **kwargs) -> torch.Tensor:
         """Run the layer's recurrence (`kernel_family`) on `args` (the op's tensors, in its order) and return
-        `o`. Without a cache: the chunked parallel form. With one: continue from `cache.state` (None = a new
-        sequence) and store the new state; one new token takes the step-by-step decode op, more the chunked op."""
-        chunk = getattr(kernels, f"chunk_{self.kernel_family}")
-        if cache is None:
-            return chunk(*args, backend=self.backend, chunk_size=self.chunk_size, **kwargs)[0]
-        carry = {"initial_state": cache.state, "output_final_state": True, "backend": self.backend, **kwargs}
-        if args[0].shape[1] == 1:
-            o, cache.state = getattr(kernels, f"fused_recurrent_{self.kernel_family}")(*args, **carry)
+        `o`. Without a cache: the parallel form. With one: continue from `cache.state` (None = a new sequence) and
+        store the new state. One new token of a cached sequence takes the step op (`fused_recurrent_<family>`),
+        and so does every call without autograd on CPU when `steps_for_inference`; the rest the chunked op."""
+        cpu_inference = not torch.is_grad_enabled() and args[0].device.type == "cpu"
+        if (cache is not None and args[0].shape[1] == 1) or (self.steps_for_inference and cpu_inference):
+            op = getattr(kernels, f"fused_recurrent_{self.kernel_family}")
         else:
-            o, cache.state = chunk(*args, chunk_size=self.chunk_size, **carry)
+            op = partial(getattr(kernels, f"chunk_{self.kernel_family}"), chunk_size=self.chunk_size)
+        if cache is None:
+            return op(*args, backend=self.backend, **kwargs)[0]
+        o, cache.state = op(*args, initial_state=cache.state, output_final_state=True, backend=self.backend, **kwargs)
         return o
 
 
