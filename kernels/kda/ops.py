@@ -42,7 +42,7 @@ def chunk_kda(
         initial_state: ``[N, H, K, V]`` (zeros if None); N = B, or the number of packed sequences.
         output_final_state: also return the state after the last token (of every sequence).
         backend: ``"auto"`` | ``"torch"`` | ``"naive"`` (no Triton kernels yet: ``auto`` is ``torch``).
-        chunk_size: chunk length (a multiple of 16 above 16); T need not be a multiple of it.
+        chunk_size: chunk length (a multiple of 8 above 8); T need not be a multiple of it.
         cu_seqlens: ``[N + 1]`` offsets of sequences packed along T (B must be 1), fla's convention.
 
     Returns:
