@@ -7,8 +7,8 @@ Reads every run folder below the given folders (`results.json` + `.hydra/config.
 architecture and the mixer options that tell its variants apart (negative eigenvalues, Householder steps), keeps
 the best learning rate per (task, point) (the higher held-out accuracy at the training length, then the fewer
 steps), and writes `state_tracking.csv` (every run), `state_tracking.md` (per task: accuracy at each evaluated
-length, the last position's accuracy at the longest, steps to 0.99 and lr) and `state_tracking.png` (a panel per
-task: accuracy against length, one line per point).
+length, the last position's accuracy at the longest, steps to the early-stop target and lr) and
+`state_tracking.png` (a panel per task: accuracy against length, one line per point).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def table(best: list[dict]) -> str:
         lengths = sorted({n for r in rows for n in r["accuracy"]})
         lines += [f"### {task} (trained at {rows[0]['train_len']} tokens)", ""]
         lines.append(
-            "| point | " + " | ".join(f"acc @{n}" for n in lengths) + f" | last @{lengths[-1]} | steps to 0.99 | lr |"
+            "| point | " + " | ".join(f"acc @{n}" for n in lengths) + f" | last @{lengths[-1]} | steps to target | lr |"
         )
         lines.append("|---|" + "---:|" * (len(lengths) + 3))
         for r in rows:
