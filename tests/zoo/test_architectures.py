@@ -56,6 +56,10 @@ FEATURES["zamba2-shared-blocks"] = (  # Mamba-2 layers; one shared attention blo
     + ("model.shared.rope_theta=10000.0", "model.shared.mlp_hidden=48", "model.shared.adapter_rank=4")
     + ("model.mlp=none",),
 )
+FEATURES["rwkv7-in-parallel"] = (  # a mixer that reads the forward call's carry (v_first), as a parallel branch
+    "parallel",
+    ("model.mixers.parallel.branches=[swa,rwkv7]", "+mixer@model.mixers.rwkv7=rwkv7"),
+)
 VARIANTS = [(arch, extra) for arch in ARCHS for extra in (PURE, HYBRID)] + list(FEATURES.values())
 VARIANT_IDS = [f"{arch}{'+attn' if extra == HYBRID else ''}" for arch in ARCHS for extra in (PURE, HYBRID)] + list(
     FEATURES
