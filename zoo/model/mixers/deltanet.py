@@ -54,6 +54,7 @@ class DeltaNet(LinearMixer):
     kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
     cache_class = DeltaNetCache
     added_options = {"num_v_heads": None, "allow_neg_eigval": False}  # configs from before them
+    steps_per_token = 1  # delta steps per token: k, v and beta hold that many per token (Gated DeltaProduct: n_h)
 
     def __init__(
         self,
@@ -106,10 +107,12 @@ class DeltaNet(LinearMixer):
         return (self.num_v_heads, self.head_k, self.head_v)
 
     def delta_inputs(self, x: torch.Tensor, cache: DeltaNetCache | None):
-        """`q, k [B, T, Hv, K]` (convolved, SiLU, L2-normalized, repeated for grouped values), `v [B, T, Hv, V]`
-        and `beta [B, T, Hv]` (times 2 with allow_neg_eigval); the conv tails go into `cache`."""
+        """`q [B, T, Hv, K]`, `k [B, S, Hv, K]` (convolved, SiLU, L2-normalized, repeated for grouped values),
+        `v [B, S, Hv, V]` and `beta [B, S, Hv]` (times 2 with allow_neg_eigval), S = T * steps_per_token (a token's
+        steps step-major in the projections, fla's `(n h d)`); the conv tails go into `cache`."""
         B, T, _ = x.shape
         H, K, V, Hv = self.num_heads, self.head_k, self.head_v, self.num_v_heads
+        S = T * self.steps_per_token
         q, k, v = self.project(x, QKV)
         if self.use_short_conv:  # SiLU is the convs' activation
             c = cache if cache is not None else DeltaNetCache()
@@ -121,13 +124,13 @@ class DeltaNet(LinearMixer):
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = l2_norm(q.view(B, T, H, K))  # the kernels expect unit keys; they do not normalize
-        k = l2_norm(k.view(B, T, H, K))
+        k = l2_norm(k.reshape(B, S, H, K))
         if Hv != H:  # each q / k head serves Hv / H consecutive value heads
             q, k = q.repeat_interleave(Hv // H, dim=2), k.repeat_interleave(Hv // H, dim=2)
-        beta = at_least_fp32(self.b_proj(x)).sigmoid()  # (B, T, Hv)
+        beta = at_least_fp32(self.b_proj(x)).sigmoid().reshape(B, S, Hv)
         if self.allow_neg_eigval:
             beta = 2 * beta
-        return q, k, v.view(B, T, Hv, V), beta
+        return q, k, v.reshape(B, S, Hv, V), beta
 
     def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
         B, T, _ = x.shape
@@ -142,5 +145,6 @@ class DeltaNet(LinearMixer):
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         if not self.use_short_conv:
             return super().cache_tensors(seq_len)
-        tails = [(self.conv_size - 1, dim) for dim in (self.key_dim, self.key_dim, self.value_dim)]
+        n = self.steps_per_token
+        tails = [(self.conv_size - 1, dim) for dim in (self.key_dim, n * self.key_dim, n * self.value_dim)]
         return [*super().cache_tensors(seq_len), *((shape, self.param_dtype) for shape in tails)]  # activations

@@ -12,21 +12,18 @@ generalized Householder matrices, a rank-n update (n = 1 is Gated DeltaNet):
 With `allow_neg_eigval` beta is in (0, 2): each factor then has eigenvalues in (-1, 1), and products of two
 such reflections are rotations, which is what tracking a permutation's state needs (Grazzi et al. 2024; the
 paper's S3 / S5 results). The projections' n-wide outputs are read as fla lays them out, step-major within a
-token (`(n h d)`), and the kernel takes steps `[B, T*n, H, *]` (`kernels.chunk_gated_delta_product`). Grouped
-values (`num_v_heads`) are not supported. Defaults live in `conf/mixer/gated_deltaproduct.yaml`.
+token (`(n h d)`), and the kernel takes steps `[B, T*n, H, *]` (`kernels.chunk_gated_delta_product`): DeltaNet's
+input path and forward with `steps_per_token = n`. Grouped values (`num_v_heads`) are not supported. Defaults
+live in `conf/mixer/gated_deltaproduct.yaml`.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.layers import ShortConvolution
 from zoo.model.mixers import register
-from zoo.model.mixers.base import QKV, at_least_fp32
-from zoo.model.mixers.deltanet import DeltaNetCache, l2_norm
 from zoo.model.mixers.gated_deltanet import GatedDeltaNet
 
 
@@ -69,7 +66,7 @@ class GatedDeltaProduct(GatedDeltaNet):
         super().__init__(
             d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_heads=num_heads, num_v_heads=None, **options
         )
-        n = self.num_householder = num_householder
+        n = self.num_householder = self.steps_per_token = num_householder
         # k, v and beta: one set per Householder step (Gated DeltaNet's widths, n times)
         self.k_proj = nn.Linear(d_model, n * self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n * self.value_dim, bias=False)
@@ -77,34 +74,3 @@ class GatedDeltaProduct(GatedDeltaNet):
         if use_short_conv:
             self.k_conv = ShortConvolution(n * self.key_dim, conv_size, activation=True, bias=conv_bias)
             self.v_conv = ShortConvolution(n * self.value_dim, conv_size, activation=True, bias=conv_bias)
-
-    def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None):
-        B, T, _ = x.shape
-        H, K, V, n = self.num_heads, self.head_k, self.head_v, self.num_householder
-        q, k, v = self.project(x, QKV)
-        if self.use_short_conv:  # SiLU is the convs' activation
-            c = cache if cache is not None else DeltaNetCache()
-            q, q_tail = self.q_conv(q, c.q_tail)
-            k, k_tail = self.k_conv(k, c.k_tail)
-            v, v_tail = self.v_conv(v, c.v_tail)
-            if cache is not None:
-                cache.q_tail, cache.k_tail, cache.v_tail = q_tail, k_tail, v_tail
-        else:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q = l2_norm(q.view(B, T, H, K))
-        k = l2_norm(k.reshape(B, T * n, H, K))  # (n h d) per token -> n steps of [H, K]
-        v = v.reshape(B, T * n, H, V)
-        beta = at_least_fp32(self.b_proj(x)).sigmoid().reshape(B, T * n, H)
-        if self.allow_neg_eigval:
-            beta = 2 * beta
-        o = self.recurrence(q, k, v, self.log_decay(x), beta, cache=cache)  # (B, T, H, V)
-        o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, V))
-        return self.o_proj(o.reshape(B, T, H * V)), cache
-
-    def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
-        if not self.use_short_conv:
-            return super().cache_tensors(seq_len)
-        n, tails = self.num_householder, []
-        for dim in (self.key_dim, n * self.key_dim, n * self.value_dim):
-            tails.append(((self.conv_size - 1, dim), self.param_dtype))  # activations
-        return [(self.state_shape, self.state_dtype), *tails]
