@@ -48,6 +48,22 @@ def make_layer(case: str, dtype=torch.float64, seed: int = 0):
     return layer
 
 
+def qkv_step(layer, xt: torch.Tensor, history: dict) -> dict[str, torch.Tensor]:
+    """One token's q, k, v of a delta-rule layer (DeltaNet, Gated DeltaNet / DeltaProduct, KDA): the projections,
+    each through its causal depthwise short conv (`history`: conv name -> its last `conv_size` inputs, kept
+    across calls) when the layer has them, then SiLU."""
+    feats = {"q": layer.q_proj(xt), "k": layer.k_proj(xt), "v": layer.v_proj(xt)}
+    for name, u in feats.items():
+        if layer.use_short_conv:
+            conv = getattr(layer, f"{name}_conv")
+            past = history.get(name, xt.new_zeros(xt.shape[0], layer.conv_size, u.shape[-1]))
+            history[name] = torch.cat([past[:, 1:], u[:, None]], dim=1)
+            u = (history[name] * conv.weight[:, 0, :].T).sum(1)  # causal depthwise conv
+            u = u + (conv.bias if conv.bias is not None else 0)
+        feats[name] = F.silu(u)
+    return feats
+
+
 def reference(layer: DeltaNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer token by token: `y [B, T, d]` and the final state `[B, H, K, V]`."""
     B, T, _ = x.shape
@@ -59,15 +75,7 @@ def reference(layer: DeltaNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     ys = []
     for t in range(T):
         xt = x[:, t]
-        feats = {"q": layer.q_proj(xt), "k": layer.k_proj(xt), "v": layer.v_proj(xt)}
-        for name, u in feats.items():
-            if layer.use_short_conv:
-                conv = getattr(layer, f"{name}_conv")
-                past = history.get(name, x.new_zeros(B, layer.conv_size, u.shape[-1]))
-                history[name] = torch.cat([past[:, 1:], u[:, None]], dim=1)
-                u = (history[name] * conv.weight[:, 0, :].T).sum(1)  # causal depthwise conv
-                u = u + (conv.bias if conv.bias is not None else 0)
-            feats[name] = F.silu(u)
+        feats = qkv_step(layer, xt, history)
         q, k = (feats[n].view(B, Hk, K) for n in "qk")
         q, k = (z / (z.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt() for z in (q, k))  # L2 norm per head
         q, k = (z.repeat_interleave(H // Hk, dim=1) for z in (q, k))  # value head h reads key head h // (H / Hk)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import assert_close
+from tests.zoo.test_mixer_deltanet import qkv_step
 from zoo.errors import ConfigError
 from zoo.model.config import mixer_defaults
 from zoo.model.mixers.kda import KimiDeltaAttention
@@ -37,14 +38,7 @@ def reference(layer: KimiDeltaAttention, x: torch.Tensor) -> tuple[torch.Tensor,
     S, eye, history, ys = x.new_zeros(B, H, K, V), torch.eye(K, dtype=x.dtype), {}, []
     for t in range(T):
         xt = x[:, t]
-        feats = {"q": layer.q_proj(xt), "k": layer.k_proj(xt), "v": layer.v_proj(xt)}
-        for name, u in feats.items():
-            if layer.use_short_conv:
-                conv = getattr(layer, f"{name}_conv")
-                past = history.get(name, x.new_zeros(B, layer.conv_size, u.shape[-1]))
-                history[name] = torch.cat([past[:, 1:], u[:, None]], dim=1)
-                u = (history[name] * conv.weight[:, 0, :].T).sum(1) + (conv.bias if conv.bias is not None else 0)
-            feats[name] = F.silu(u)
+        feats = qkv_step(layer, xt, history)
         q, k = ((z := feats[n].view(B, Hk, K)) / (z.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt() for n in "qk")
         q, k = (z.repeat_interleave(H // Hk, dim=1) for z in (q, k))
         v = feats["v"].view(B, H, V)
