@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_inputs", "decayed_pairs", "run_torch_backends", "run_varlen", "without_autocast"]
+__all__ = ["check_inputs", "decayed_pairs", "sub_chunked", "run_torch_backends", "run_varlen", "without_autocast"]
 
 
 def check_inputs(
@@ -109,6 +109,25 @@ def run_varlen(
         finals.append(s)
     o = torch.cat(outs, dim=1) if outs else ref.new_zeros(ref.shape)
     return o, (torch.cat(finals, dim=0) if output_final_state else None)
+
+
+def sub_chunked(
+    tensors: tuple[torch.Tensor, ...], chunk_size: int, sub_chunk: int, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], int, int]:
+    """`[B, T, H, *D]` tensors as `[B, H, N, C, *D]` chunks in `dtype` for the sub-chunked forms (KDA, the DPLR rule):
+    C is `chunk_size` rounded up to a multiple of the sub-chunk `min(sub_chunk, chunk_size)`, and T is padded with
+    zeros to N * C (zero inputs and zero log decays leave the state as it is). Returns `(chunks, sub, C)`."""
+    B, T, H = tensors[0].shape[:3]
+    sub = min(sub_chunk, chunk_size)
+    C = -(-chunk_size // sub) * sub
+    N = -(-T // C)
+    out = []
+    for x in tensors:
+        x = x.to(dtype).transpose(1, 2)
+        if N * C > T:
+            x = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 3) + (0, N * C - T))
+        out.append(x.reshape(B, H, N, C, *x.shape[3:]))
+    return out, sub, C
 
 
 def decayed_pairs(

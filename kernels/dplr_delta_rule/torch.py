@@ -7,9 +7,8 @@ The derivation is in README.md; every `exp` is of a number <= 0 (`kernels.utils.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from kernels.utils import decayed_pairs
+from kernels.utils import decayed_pairs, sub_chunked
 
 __all__ = ["chunk_dplr_delta_rule_torch", "fused_recurrent_dplr_delta_rule_torch"]
 
@@ -34,18 +33,8 @@ def chunk_dplr_delta_rule_torch(
     V = v.shape[-1]
     out_dtype, acc = v.dtype, torch.promote_types(q.dtype, torch.float32)
     scale = K**-0.5 if scale is None else scale
-    sub = min(sub_chunk, chunk_size)
-    C = -(-chunk_size // sub) * sub
-    N = -(-T // C)
-    pad = N * C - T
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, D) -> (B, H, N, C, D)
-        x = x.to(acc).transpose(1, 2)
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))
-        return x.reshape(B, H, N, C, x.shape[-1])
-
-    q, k, v, a, b, gk = (to_chunks(x) for x in (q, k, v, a, b, gk))
+    (q, k, v, a, b, gk), sub, C = sub_chunked((q, k, v, a, b, gk), chunk_size, sub_chunk, acc)
+    N = q.shape[2]
     q = q * scale
     G = gk.cumsum(-2)  # (B, H, N, C, K) inclusive cumulative log decay per channel, non-increasing
     Gp = G - gk  # exclusive: the decay before token i's own (the low-rank term reads the undecayed state)

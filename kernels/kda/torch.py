@@ -7,9 +7,8 @@ The derivation and the stability argument are in README.md: every `exp` here is 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from kernels.utils import decayed_pairs
+from kernels.utils import decayed_pairs, sub_chunked
 
 __all__ = ["chunk_kda_torch", "fused_recurrent_kda_torch"]
 
@@ -33,18 +32,8 @@ def chunk_kda_torch(
     V = v.shape[-1]
     out_dtype, acc = v.dtype, torch.promote_types(q.dtype, torch.float32)
     scale = K**-0.5 if scale is None else scale
-    sub = min(sub_chunk, chunk_size)
-    C = -(-chunk_size // sub) * sub
-    N = -(-T // C)
-    pad = N * C - T
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, *D) -> (B, H, N, C, *D)
-        x = x.to(acc).transpose(1, 2)
-        if pad:
-            x = F.pad(x, (0, 0) * (x.ndim - 3) + (0, pad))
-        return x.reshape(B, H, N, C, *x.shape[3:])
-
-    q, k, v, g, beta = (to_chunks(x) for x in (q, k, v, g, beta))
+    (q, k, v, g, beta), sub, C = sub_chunked((q, k, v, g, beta), chunk_size, sub_chunk, acc)
+    N = q.shape[2]
     q = q * scale
     G = g.cumsum(-2)  # (B, H, N, C, K) cumulative log decay per key channel inside each chunk, non-increasing
     eG = G.exp()  # decay from the chunk start to token i (through token i's own decay)
