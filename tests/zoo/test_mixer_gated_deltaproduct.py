@@ -35,7 +35,7 @@ def make_layer(opts: dict, dtype=torch.float64, seed: int = 0) -> GatedDeltaProd
 
 def reference(layer: GatedDeltaProduct, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, _ = x.shape
-    H, K, V, n = layer.num_heads, layer.head_k, layer.head_v, layer.num_householder
+    H, K, V, n = layer.num_heads, layer.head_k, layer.head_v, layer.steps_per_token
     S, eye, history, ys = x.new_zeros(B, H, K, V), torch.eye(K, dtype=x.dtype), {}, []
     for t in range(T):
         xt = x[:, t]

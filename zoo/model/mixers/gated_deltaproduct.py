@@ -66,7 +66,7 @@ class GatedDeltaProduct(GatedDeltaNet):
         super().__init__(
             d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_heads=num_heads, num_v_heads=None, **options
         )
-        n = self.num_householder = self.steps_per_token = num_householder
+        n = self.steps_per_token = num_householder
         # k, v and beta: one set per Householder step (Gated DeltaNet's widths, n times)
         self.k_proj = nn.Linear(d_model, n * self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n * self.value_dim, bias=False)
