@@ -87,6 +87,7 @@ class ForgettingAttention(Attention):
         else:
             base = 0.0 if cache.gc is None else cache.gc[..., -1:]  # the running sum so far (B, HQ, 1)
             gc_new = base + g.transpose(1, 2).cumsum(-1)  # (B, HQ, T)
+            # a cat per call, not the KV buffer's in-place append: one fp32 per key and head, 1/(2D) of the keys' copy
             gc_all = gc_new if cache.gc is None else torch.cat([cache.gc, gc_new], dim=-1)
             k, v, _ = cache.extend(k, v, self.window_size)  # padding slots (a stacked cache): +inf gates, never seen
             cache.gc = gc_all[..., -cache.k.shape[2] :]  # as many as the keys the cache keeps
