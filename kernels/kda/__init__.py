@@ -10,8 +10,8 @@ The decay comes first, then the delta step (the two do not commute once the deca
 decay constant over K it is the gated delta rule. Layout (fla's): q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g
 ``[B, T, H, K]``, beta ``[B, T, H]``, states ``[B, H, K, V]``. Public ops (``ops.py``): :func:`chunk_kda`
 (training / prefill) and :func:`fused_recurrent_kda` (decode). Backends: ``naive`` (the per-step loop, the
-oracle) and ``torch`` (chunked WY/UT form with a per-channel decay / step loop; README.md). No Triton kernels
-yet: ``backend="triton"`` raises, ``auto`` runs ``torch`` on every device.
+oracle), ``torch`` (chunked WY/UT form with a per-channel decay / step loop; README.md) and ``triton`` (chunked
+forward and backward kernels and a decode kernel, ``triton/``; ``auto`` picks it for CUDA tensors).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ FAMILIES = (
     Family(
         name="kda",
         ops={"chunk_kda": "kernels.kda.ops:chunk_kda", "fused_recurrent_kda": "kernels.kda.ops:fused_recurrent_kda"},
-        backends={"naive", "torch"},
+        backends={"naive", "torch", "triton"},
         make_inputs=_inputs,
         fla="fla.ops.kda:chunk_kda",
     ),

@@ -1,6 +1,7 @@
 """Public Kimi Delta Attention ops (family ``kda``): :func:`chunk_kda` (training / prefill) and
 :func:`fused_recurrent_kda` (decode), in fla's layout and argument order: input checks, one backend resolution
-(``kernels.backend``), then ``naive.py`` or ``torch.py``. The recurrence is in the package docstring."""
+(``kernels.backend``), then ``naive.py``, ``torch.py`` or ``triton/`` (imported only when that backend runs). The
+recurrence is in the package docstring."""
 
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ def chunk_kda(
         scale: query scale; defaults to ``K ** -0.5``.
         initial_state: ``[N, H, K, V]`` (zeros if None); N = B, or the number of packed sequences.
         output_final_state: also return the state after the last token (of every sequence).
-        backend: ``"auto"`` | ``"torch"`` | ``"naive"`` (no Triton kernels yet: ``auto`` is ``torch``).
-        chunk_size: chunk length (a multiple of 8 above 8); T need not be a multiple of it.
+        backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``: ``auto`` is
+            ``triton`` on CUDA tensors, ``torch`` elsewhere).
+        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64
+            (and K <= 256); ``torch`` rounds it up to a multiple of its 8-token sub-chunks.
         cu_seqlens: ``[N + 1]`` offsets of sequences packed along T (B must be 1), fla's convention.
 
     Returns:
@@ -75,6 +78,14 @@ def _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, ch
         )
     check_inputs(q, k, v, g=(g, "BTHK"), beta=(beta, "BTH"), initial_state=initial_state, cu_seqlens=cu_seqlens)
     resolved = resolve_backend(backend, q, k, v, g, beta, initial_state, family="kda")
+    if resolved == "triton":  # imported lazily: `import kernels` never imports Triton
+        from kernels.kda.triton import chunk_kda_triton, fused_recurrent_kda_triton
+
+        if chunk_size is None:
+            return fused_recurrent_kda_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        return chunk_kda_triton(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, cu_seqlens)
     per_token = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
     return run_torch_backends(
         resolved,
