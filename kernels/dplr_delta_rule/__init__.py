@@ -8,7 +8,8 @@ A diagonal decay per key channel plus a rank-one term that reads the state befor
 special cases (``a = -beta k``, ``b = k``); RWKV-7 runs on it (``kernels.rwkv7``). Layout: q, k, a, b, gk
 ``[B, T, H, K]``, v ``[B, T, H, V]``, states ``[B, H, K, V]``. Public ops (``ops.py``): :func:`chunk_dplr_delta_rule`
 (training / prefill) and :func:`fused_recurrent_dplr_delta_rule` (decode). Backends: ``naive`` (the per-step
-loop, the oracle) and ``torch`` (the WY/UT form extended to a diagonal decay; README.md). No Triton kernels yet.
+loop, the oracle), ``torch`` (the WY/UT form extended to a diagonal decay; README.md) and ``triton`` (the same form
+in Triton kernels with their backward, and a fused decode kernel; ``triton/README.md``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ FAMILIES = (
             "chunk_dplr_delta_rule": "kernels.dplr_delta_rule.ops:chunk_dplr_delta_rule",
             "fused_recurrent_dplr_delta_rule": "kernels.dplr_delta_rule.ops:fused_recurrent_dplr_delta_rule",
         },
-        backends={"naive", "torch"},
+        backends={"naive", "torch", "triton"},
         make_inputs=_inputs,
         fla="fla.ops.generalized_delta_rule:chunk_dplr_delta_rule",
     ),

@@ -1,6 +1,7 @@
 """Public DPLR delta rule ops (family ``dplr_delta_rule``): :func:`chunk_dplr_delta_rule` (training / prefill) and
 :func:`fused_recurrent_dplr_delta_rule` (decode), in fla's layout and argument order: input checks, one backend
-resolution (``kernels.backend``), then ``naive.py`` or ``torch.py``."""
+resolution (``kernels.backend``), then ``naive.py``, ``torch.py`` or ``triton/`` (imported only when that backend
+runs)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def chunk_dplr_delta_rule(
         scale: query scale; defaults to ``K ** -0.5``.
         initial_state: ``[N, H, K, V]`` (zeros if None); N = B, or the number of packed sequences.
         output_final_state: also return the state after the last token (of every sequence).
-        backend: ``"auto"`` | ``"torch"`` | ``"naive"`` (no Triton kernels yet: ``auto`` is ``torch``).
-        chunk_size: chunk length (a multiple of 8 above 8); T need not be a multiple of it.
+        backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (see ``kernels.backend``).
+        chunk_size: chunk length; T need not be a multiple of it. The ``triton`` backend takes 16, 32 or 64;
+            ``torch`` rounds a chunk above 8 up to a multiple of 8.
         cu_seqlens: ``[N + 1]`` offsets of sequences packed along T (B must be 1), fla's convention.
 
     Returns:
@@ -67,7 +69,8 @@ def fused_recurrent_dplr_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Step-by-step DPLR delta rule (decode). Same arguments and returns as :func:`chunk_dplr_delta_rule` (no
-    ``chunk_size``)."""
+    ``chunk_size``). The ``triton`` step kernel is forward-only: with autograd recording and an input that requires
+    grad, the call runs the chunked Triton kernels (chunk 16), which have a backward."""
     return _run(q, k, v, a, b, gk, scale, initial_state, output_final_state, backend, None, cu_seqlens)
 
 
@@ -79,6 +82,19 @@ def _run(q, k, v, a, b, gk, scale, initial_state, output_final_state, backend, c
     if a is None or b is None or gk is None:
         raise ValueError("the DPLR delta rule needs a, b and gk, each [B, T, H, K]")
     resolved = resolve_backend(backend, q, k, v, a, b, gk, initial_state, family="dplr_delta_rule")
+    if resolved == "triton":  # imported lazily: `import kernels` never imports Triton
+        from kernels.dplr_delta_rule.triton import (
+            chunk_dplr_delta_rule_triton,
+            fused_recurrent_dplr_delta_rule_triton,
+        )
+
+        if chunk_size is None:
+            return fused_recurrent_dplr_delta_rule_triton(
+                q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens
+            )
+        return chunk_dplr_delta_rule_triton(
+            q, k, v, a, b, gk, scale, initial_state, output_final_state, chunk_size, cu_seqlens
+        )
     per_token = {"q": q, "k": k, "v": v, "a": a, "b": b, "gk": gk}
     return run_torch_backends(
         resolved,

@@ -1,7 +1,7 @@
 """RWKV-7 "Goose" time mix (Peng et al. 2025, arXiv 2503.14456): the DPLR delta rule under RWKV's names, fla's
 conventions (``w`` the log decay, the layer passing ``a = -kk`` and ``b = kk * a_gate``, no query scale). Public
 ops (``ops.py``): :func:`chunk_rwkv7` (training / prefill) and :func:`fused_recurrent_rwkv7` (decode); backends
-are ``kernels.dplr_delta_rule``'s."""
+are ``kernels.dplr_delta_rule``'s (naive, torch, triton): the ops resolve ``backend`` as that family."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ FAMILIES = (
             "chunk_rwkv7": "kernels.rwkv7.ops:chunk_rwkv7",
             "fused_recurrent_rwkv7": "kernels.rwkv7.ops:fused_recurrent_rwkv7",
         },
-        backends={"naive", "torch"},
+        backends={"naive", "torch", "triton"},  # kernels.dplr_delta_rule's
         make_inputs=_inputs,
         fla="fla.ops.rwkv7:chunk_rwkv7",
     ),
