@@ -10,8 +10,9 @@ A zero gate is causal softmax attention; a gate near -inf forgets everything bef
 recurrence: the cache is a KV cache that also keeps each key's cumulative gate, so the ops return ``o`` alone.
 Public ops (``ops.py``): :func:`parallel_forgetting_attn` (fla's name; training, prefill, packed sequences, a
 window) and :func:`forgetting_attn_cached` (continuation from such a cache: chunked prefill and decode). Backends:
-``naive`` (the whole masked score matrix, the oracle) and ``torch`` (PyTorch's SDPA per block of queries with the
-gates as an additive mask). No Triton kernel yet: ``auto`` is ``torch`` on every device.
+``naive`` (the whole masked score matrix, the oracle), ``torch`` (PyTorch's SDPA per block of queries with the
+gates as an additive mask) and ``triton`` (flash-attention forward and backward kernels with the gates in the
+logits, ``triton/``); ``auto`` is ``triton`` on CUDA tensors, ``torch`` elsewhere.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ FAMILIES = (
             "parallel_forgetting_attn": "kernels.forgetting_attn.ops:parallel_forgetting_attn",
             "forgetting_attn_cached": "kernels.forgetting_attn.ops:forgetting_attn_cached",
         },
-        backends={"naive", "torch"},
+        backends={"naive", "torch", "triton"},
         make_inputs=_inputs,
         fla="fla.ops.forgetting_attn:parallel_forgetting_attn",
         stateful=False,

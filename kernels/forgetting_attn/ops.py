@@ -1,7 +1,7 @@
 """Public forgetting attention ops (family ``forgetting_attn``): :func:`parallel_forgetting_attn` (fla's name;
 training and prefill) and :func:`forgetting_attn_cached` (continuation from a KV cache that keeps each key's
-cumulative gate: chunked prefill and decode). Input checks, one backend resolution, then ``naive.py`` or
-``torch.py``."""
+cumulative gate: chunked prefill and decode). Input checks, one backend resolution, then ``naive.py``, ``torch.py``
+or ``triton/`` (imported only when that backend runs)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def parallel_forgetting_attn(
         scale: logit scale; defaults to ``K ** -0.5``.
         window_size: attend only to the last ``window_size`` keys (j > i - window_size); None: all.
         cu_seqlens: ``[N + 1]`` offsets of sequences packed along T (B must be 1); none attends across.
-        backend: ``"auto"`` | ``"torch"`` | ``"naive"`` (no Triton kernel yet: ``auto`` is ``torch``).
+        backend: ``"auto"`` | ``"triton"`` | ``"torch"`` | ``"naive"`` (``auto``: ``triton`` on CUDA tensors, else
+            ``torch``; see ``kernels.backend``). The ``triton`` backend takes fp32 / bf16 / fp16, K and V <= 256.
 
     Returns:
         ``o [B, T, HQ, V]`` in the dtype of v (fla's op returns the output alone too).
@@ -48,12 +49,19 @@ def parallel_forgetting_attn(
     if g is None or tuple(g.shape) != (B, T, HQ):
         got = None if g is None else tuple(g.shape)
         raise ValueError(f"g must be [B, T, HQ]={[B, T, HQ]} (log forget gates), got {got}")
+    if cu_seqlens is not None:
+        offsets = cu_seqlens.tolist()
+        steps = zip(offsets, offsets[1:], strict=False)
+        if B != 1 or offsets[0] != 0 or offsets[-1] != T or any(b < a for a, b in steps):
+            raise ValueError(f"cu_seqlens must rise from 0 to T={T} with B=1, got {offsets} and B={B}")
+    backend = resolve_backend(backend, q, k, v, g, family="forgetting_attn")
+    if backend == "triton":
+        from kernels.forgetting_attn.triton import parallel_forgetting_attn_triton
+
+        return parallel_forgetting_attn_triton(q, k, v, g, scale, window_size, cu_seqlens)
     G = g.to(torch.promote_types(g.dtype, torch.float32)).cumsum(1)
     if cu_seqlens is None:
         return forgetting_attn_cached(q, k, v, G, G, scale, window_size, backend)
-    offsets = cu_seqlens.tolist()
-    if B != 1 or offsets[0] != 0 or offsets[-1] != T or any(b < a for a, b in zip(offsets, offsets[1:], strict=False)):
-        raise ValueError(f"cu_seqlens must rise from 0 to T={T} with B=1, got {offsets} and B={B}")
     parts = [
         forgetting_attn_cached(q[:, a:b], k[:, a:b], v[:, a:b], G[:, a:b], G[:, a:b], scale, window_size, backend)
         for a, b in zip(offsets, offsets[1:], strict=False)
@@ -78,7 +86,8 @@ def forgetting_attn_cached(
 
     Shapes: q ``[B, T, HQ, K]``; k ``[B, S, H, K]``, v ``[B, S, H, V]`` with S >= T (the cache, these T tokens
     included); gc_q ``[B, T, HQ]``, gc_k ``[B, S, HQ]``: one running sum of the gates from the sequence start, so
-    ``gc_q_i - gc_k_j`` is the sum of the gates of tokens j+1 .. i. Returns ``o [B, T, HQ, V]``."""
+    ``gc_q_i - gc_k_j`` is the sum of the gates of tokens j+1 .. i (``gc_k = +inf`` marks a padding slot that no
+    query sees). ``backend`` as :func:`parallel_forgetting_attn`. Returns ``o [B, T, HQ, V]``."""
     B, T, HQ, _ = _check(q, k, v, window_size, same_length=False)
     S = k.shape[1]
     if tuple(gc_q.shape) != (B, T, HQ) or tuple(gc_k.shape) != (B, S, HQ):
@@ -87,6 +96,10 @@ def forgetting_attn_cached(
             f"{tuple(gc_q.shape)} and {tuple(gc_k.shape)}"
         )
     resolved = resolve_backend(backend, q, k, v, gc_q, gc_k, family="forgetting_attn")
+    if resolved == "triton":
+        from kernels.forgetting_attn.triton import forgetting_attn_cached_triton
+
+        return forgetting_attn_cached_triton(q, k, v, gc_q, gc_k, scale, window_size)
     fn = naive_forgetting_attn_cached if resolved == "naive" else forgetting_attn_torch
     return fn(q, k, v, gc_q, gc_k, scale, window_size)
 

@@ -27,6 +27,7 @@ import kernels
 from zoo.model.mixers import register
 from zoo.model.mixers.attention import Attention, KVCache
 from zoo.model.mixers.base import at_least_fp32
+from zoo.model.quant import activation_device
 
 
 @dataclass
@@ -102,7 +103,8 @@ class ForgettingAttention(Attention):
         return self.o_proj(o), cache
 
     def kernel_backends(self) -> dict[str, str]:
-        return {"forgetting_attn": "torch"}
+        probe = torch.empty(0, device=activation_device(self))  # the ops run with backend="auto"
+        return {"forgetting_attn": kernels.resolve_backend("auto", probe, family="forgetting_attn")}
 
     def init_cache(self) -> ForgetCache:
         return ForgetCache()
