@@ -1,4 +1,5 @@
-"""Helpers shared by the Triton kernels: sequence/chunk bookkeeping, block sizes, dot precision.
+"""Helpers shared by the Triton backends: sequence/chunk bookkeeping, the chunk-local gate cumsum, small in-kernel
+helpers (chunk spans, triangular loads, causal decays), tile sizes, dot precision, and input checks / preparation.
 
 Imported only from the Triton backends (``kernels/<family>/triton/``), never by ``import kernels``:
 this module imports Triton at the top.
@@ -21,17 +22,29 @@ import triton.language as tl
 __all__ = [
     "Chunks",
     "prepare_chunks",
+    "seq_offsets",
     "chunk_span",
+    "chunk_cumsum",
+    "load_tril",
+    "causal_decay",
     "block_size",
+    "state_tiles",
+    "recurrent_tiles",
     "num_warps",
     "dot_dtype",
     "dot_precision",
     "check_chunk_size",
     "check_dtypes",
+    "prepare_inputs",
+    "needs_autograd",
 ]
 
 CHUNK_SIZES = (16, 32, 64)
 """Chunk lengths the Triton kernels are compiled for (powers of two, multiples of the 16-row sub-block)."""
+
+MAX_K = 256
+"""Largest key dimension of the kernels that hold all of K (a ``[K, BV]`` slice of the state in registers): the
+state and fused recurrent kernels of the delta rule, KDA and the DPLR delta rule."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,9 @@ class Chunks:
 
 def prepare_chunks(cu_seqlens: torch.Tensor | None, B: int, T: int, BT: int, device: torch.device) -> Chunks:
     """Sequence offsets and the chunk table for ``B`` rows of ``T`` tokens, or for packed ``cu_seqlens``."""
+    cu = seq_offsets(cu_seqlens, B, T, device)
     if cu_seqlens is None:
         nt = triton.cdiv(T, BT)
-        cu = torch.arange(0, B * T + 1, T, dtype=torch.int64, device=device)
         seq = torch.arange(B, dtype=torch.int32, device=device).repeat_interleave(nt)
         idx = torch.arange(nt, dtype=torch.int32, device=device).repeat(B)
         offsets = torch.arange(0, B * nt + 1, nt, dtype=torch.int32, device=device)
@@ -69,13 +82,20 @@ def prepare_chunks(cu_seqlens: torch.Tensor | None, B: int, T: int, BT: int, dev
         offsets.append(offsets[-1] + c)
     chunk_indices = torch.tensor(table, dtype=torch.int32).reshape(-1, 2)
     return Chunks(
-        cu_seqlens.to(device=device, dtype=torch.int64).contiguous(),
+        cu,
         chunk_indices.to(device).contiguous(),
         torch.tensor(offsets, dtype=torch.int32, device=device),
         len(lengths),
         len(table),
         BT,
     )
+
+
+def seq_offsets(cu_seqlens: torch.Tensor | None, B: int, T: int, device: torch.device) -> torch.Tensor:
+    """int64 ``[N + 1]`` token offsets of the sequences: ``cu_seqlens`` as given, else ``B`` rows of ``T`` tokens."""
+    if cu_seqlens is None:
+        return torch.arange(0, B * T + 1, T, dtype=torch.int64, device=device)
+    return cu_seqlens.to(device=device, dtype=torch.int64).contiguous()
 
 
 @triton.jit
@@ -89,9 +109,94 @@ def chunk_span(cu, chunk_indices, i_c, BT: tl.constexpr):
     return i_n, t0, tl.minimum(eos - t0, BT)
 
 
+@triton.jit
+def _cumsum_scalar(g, G, cu, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
+    o_t = tl.arange(0, BT)
+    off = (t0 + o_t) * H + i_h
+    b_g = tl.load(g + off, mask=o_t < n, other=0).to(tl.float32)
+    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=o_t < n)
+
+
+@triton.jit
+def _cumsum_channels(g, G, cu, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m = (o_t[:, None] < n) & (o_k[None, :] < K)
+    off = ((t0 + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    b_g = tl.load(g + off, mask=m, other=0).to(tl.float32)
+    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=m)
+
+
+def chunk_cumsum(g: torch.Tensor | None, ch: Chunks, max_tile: int = 64) -> torch.Tensor | None:
+    """``G``: the fp32 cumsum of a log decay inside each chunk, for a scalar gate ``g [B, T, H]`` (grid
+    ``[NT, H]``) or a per-channel one ``g [B, T, H, K]`` (grid ``[NT, NK, H]``, K tiles of at most
+    ``max_tile``); None for ``g=None``."""
+    if g is None:
+        return None
+    G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+    if g.ndim == 3:
+        H = g.shape[-1]
+        _cumsum_scalar[(ch.NT, H)](g, G, ch.cu, ch.chunk_indices, H=H, BT=ch.BT)
+    else:
+        H, K = g.shape[-2:]
+        BK = block_size(K, max_tile)
+        _cumsum_channels[(ch.NT, triton.cdiv(K, BK), H)](g, G, ch.cu, ch.chunk_indices, H=H, K=K, BT=ch.BT, BK=BK)
+    return G
+
+
+@triton.jit
+def load_tril(A, rows, n, BT: tl.constexpr, STRICT: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """In a kernel: a chunk's ``[BT, BT]`` matrix from an fp32 ``[B*T, H, BT]`` buffer (``A^T`` if TRANSPOSE),
+    kept on its lower triangle (strict if STRICT) and zero on rows past the chunk's end."""
+    o_t = tl.arange(0, BT)
+    if TRANSPOSE:  # [j, i] = A[i, j]
+        o_i, o_j = o_t[None, :], o_t[:, None]
+        ptr = A + rows[None, :] * BT + o_t[:, None]
+    else:
+        o_i, o_j = o_t[:, None], o_t[None, :]
+        ptr = A + rows[:, None] * BT + o_t[None, :]
+    mask = (o_i < n) & ((o_i > o_j) if STRICT else (o_i >= o_j))
+    return tl.load(ptr, mask=mask, other=0)
+
+
+@triton.jit
+def causal_decay(b_G, n, BT: tl.constexpr, STRICT: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """In a kernel, from a chunk's cumulative log decays ``b_G [BT]``: ``Gamma_ij = exp(G_i - G_j)`` on the causal
+    triangle (``j < i`` if STRICT, else ``j <= i``) of valid rows, 0 elsewhere; ``Gamma^T`` if TRANSPOSE. The
+    exponent is ``-inf`` before ``exp`` off the triangle (on it, ``G_i - G_j <= 0`` for log decays <= 0)."""
+    o_t = tl.arange(0, BT)
+    if TRANSPOSE:  # [j, i]
+        o_i, o_j = o_t[None, :], o_t[:, None]
+        b_Gi, b_Gj = b_G[None, :], b_G[:, None]
+    else:
+        o_i, o_j = o_t[:, None], o_t[None, :]
+        b_Gi, b_Gj = b_G[:, None], b_G[None, :]
+    keep = (o_i < n) & ((o_i > o_j) if STRICT else (o_i >= o_j))
+    return tl.exp(tl.where(keep, b_Gi - b_Gj, float("-inf")))
+
+
 def block_size(d: int, cap: int = 64) -> int:
     """Tile size for a head dimension ``d``: a power of two in ``[16, cap]`` (``tl.dot`` needs >= 16)."""
     return max(16, min(cap, triton.next_power_of_2(d)))
+
+
+def state_tiles(K: int, max_tile: int = 64) -> tuple[int, int]:
+    """``(BK, BV)`` of a chunked state kernel that holds all of K (``K <= MAX_K``) by a V tile: 32-column V tiles
+    up to K = 64, 16 beyond (the fewest register spills when compiled for sm_90, ``compile_check.py``), at most
+    ``max_tile``."""
+    BK = block_size(K, MAX_K)
+    return BK, min(max_tile, 32 if BK <= 64 else 16)
+
+
+def recurrent_tiles(K: int, V: int) -> tuple[int, int]:
+    """``(BK, BV)`` of a fused recurrent kernel that holds all of K (``K <= MAX_K``): V tiles of 16 to 64 columns,
+    at most 4096 fp32 state values per program."""
+    BK = block_size(K, MAX_K)
+    return BK, block_size(V, max(16, min(64, 4096 // BK)))
 
 
 def num_warps(*tile: int) -> int:
@@ -140,6 +245,29 @@ def check_dtypes(*tensors: torch.Tensor | None) -> None:
                 f"backend='triton' supports float32, bfloat16 and float16 inputs, got {x.dtype}; "
                 "use backend='torch' (or 'naive') for other dtypes"
             )
+
+
+def prepare_inputs(
+    main: tuple[torch.Tensor, ...], rest: tuple[torch.Tensor | None, ...] = (), max_k: int | None = None
+) -> tuple[torch.Tensor | None, ...]:
+    """A Triton op's inputs, checked and made contiguous: ``main`` (q, k, v, ...) brought to their promoted dtype,
+    ``rest`` (gates, the state; None allowed) kept in theirs. ``max_k``: ValueError for a key dim
+    ``K = main[0].shape[-1]`` above it."""
+    check_dtypes(*main, *rest)
+    if max_k is not None and main[0].shape[-1] > max_k:
+        raise ValueError(
+            f"backend='triton' supports key dims K <= {max_k} (the state kernels hold all of K), got "
+            f"q.shape={tuple(main[0].shape)}; use backend='torch'"
+        )
+    dtype = main[0].dtype
+    for x in main[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)
+    return (*(x.to(dtype).contiguous() for x in main), *(None if x is None else x.contiguous() for x in rest))
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Autograd is recording and one of ``tensors`` requires grad: the forward-only fused kernels cannot serve."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
 
 
 @triton.jit

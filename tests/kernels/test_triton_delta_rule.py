@@ -8,11 +8,7 @@ same (rounded) values.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,26 +23,22 @@ from kernels.delta_rule import (  # noqa: E402
     naive_recurrent_gated_delta_rule,
 )
 from tests.helpers import assert_close  # noqa: E402
+from tests.kernels import triton_helpers
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    GPU_ONLY,
+    assert_compiles_for_sm90,
+    check,
+    check_low_precision,
+    check_relative,
+    fp64_copies,
+    prefill_then_decode,
+)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
 FP32 = {"rtol": 1e-4, "atol": 1e-4}
 NAMES = ["q", "k", "v", "g", "beta", "h0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret_on_cpu():
-    """Without a GPU, run the kernels in Triton's interpreter: TRITON_INTERPRET=1 must be set before the kernel
-    modules are imported (they are, lazily, by the first Triton call). Restored after this module. One intra-op
-    thread: the tensors are tiny and OpenMP threads only add contention."""
-    if torch.cuda.is_available():
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -101,30 +93,14 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, gate="random", seed=0, N=Non
     return {n: t.to(DEVICE, dtype).requires_grad_(requires_grad) for n, t in x.items()}
 
 
-def run_with_grads(fam, fn, x, seed=1, final_state_grad=True, **kwargs):
+def run_with_grads(fam, fn, x, **kwargs):
     """Forward with final state, backward of a random linear loss on o (and the final state); o, S, grads."""
-    o, S = fn(*fam.args(x), initial_state=x["h0"], output_final_state=True, **kwargs)
-    gen = torch.Generator().manual_seed(seed)
-    do = torch.randn(o.shape, generator=gen).to(DEVICE, o.dtype)
-    dS = torch.randn(S.shape, generator=gen).to(DEVICE, S.dtype)
-    ((o * do).sum() + ((S * dS).sum() if final_state_grad else 0)).backward()
-    return o, S, {n: x[n].grad for n in fam.grad_names()}
+    return triton_helpers.run_with_grads(fn, x, fam.args, fam.grad_names(), **kwargs)
 
 
 def oracle(fam, x, fn=None, **kwargs):
     """The naive loop (or ``fn``) on fp64 copies of the same values, with gradients."""
-    fresh = {n: t.detach().double().requires_grad_(True) for n, t in x.items()}
-    return run_with_grads(fam, fam.naive if fn is None else fn, fresh, **kwargs)
-
-
-def check(actual, expected, tol, names=None):
-    (o, S, grads), (o_ref, S_ref, grads_ref) = actual, expected
-    assert_close(o.float(), o_ref, **tol, name="o")
-    assert_close(S, S_ref, **tol, name="final_state")
-    for name in names if names is not None else grads:
-        grad = grads[name]
-        assert grad is not None and bool(grad.isfinite().all()), f"d{name} missing or not finite"
-        assert_close(grad.float(), grads_ref[name], **tol, name=f"d{name}")
+    return run_with_grads(fam, fam.naive if fn is None else fn, fp64_copies(x), **kwargs)
 
 
 # ----------------------------------------------------------------------------- chunked kernels vs naive
@@ -213,16 +189,8 @@ def test_strong_decay_is_finite_and_matches_naive(gate):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_low_precision_inputs_close_to_fp32(dtype, fam):
     x = make_inputs(1, 40, 2, 16, 32, dtype, requires_grad=True)
-    o_ref, S_ref, grads_ref = oracle(fam, x)  # on the same rounded values
-    o, S, grads = run_with_grads(fam, fam.chunk, x, backend="triton", chunk_size=32)
-    assert o.dtype == dtype and S.dtype == torch.float32
-    loose = {"rtol": 5e-2, "atol": 5e-2}
-    assert_close(o.float(), o_ref, **loose, name="o")
-    assert_close(S, S_ref, **loose, name="final_state")
-    for name, grad in grads.items():
-        assert grad.dtype == dtype, f"d{name} has dtype {grad.dtype}"
-        scale = grads_ref[name].abs().max().item()
-        assert_close(grad.float(), grads_ref[name], rtol=5e-2, atol=2e-2 * scale, name=f"d{name}")
+    expected = oracle(fam, x)  # on the same rounded values
+    check_low_precision(run_with_grads(fam, fam.chunk, x, backend="triton", chunk_size=32), expected, dtype)
 
 
 # ----------------------------------------------------------------------------- fused recurrent (decode)
@@ -261,18 +229,9 @@ def test_fused_recurrent_with_grad_matches_naive(fam):
 
 @FAMILIES
 def test_prefill_then_decode_matches_parallel(fam):
-    T1, T = 35, 38
-    x = make_inputs(1, T, 2, 16, 16)
-    o_full, _ = fam.chunk(*fam.args(x), backend="triton", chunk_size=16)
-    first = {n: t if n == "h0" else t[:, :T1] for n, t in x.items()}
-    o, S = fam.chunk(*fam.args(first), output_final_state=True, backend="triton", chunk_size=16)
-    outs = [o]
-    with torch.no_grad():
-        for t in range(T1, T):
-            step = {n: v if n == "h0" else v[:, t : t + 1] for n, v in x.items()}
-            o_t, S = fam.fused(*fam.args(step), initial_state=S, output_final_state=True, backend="triton")
-            outs.append(o_t)
-    assert_close(torch.cat(outs, dim=1), o_full, **FP32, name="o")
+    x = make_inputs(1, 38, 2, 16, 16)
+    o_full, o_steps = prefill_then_decode(fam.chunk, fam.fused, fam.args, x, T1=35)
+    assert_close(o_steps, o_full, **FP32, name="o")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -307,19 +266,10 @@ def test_unsupported_chunk_size_dtype_and_key_dim_raise(fam):
 def test_every_kernel_compiles_for_sm90_without_a_gpu():
     """The interpreter cannot tell whether the kernels compile: compile each one for an H100 (sm_90) in a fresh
     process without TRITON_INTERPRET, and check its shared memory (``kernels/delta_rule/triton/compile_check.py``)."""
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-m", "kernels.delta_rule.triton.compile_check"],
-        env=env,
-        text=True,
-        capture_output=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "0 failures" in done.stdout
+    assert_compiles_for_sm90("kernels.delta_rule.triton.compile_check")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @FAMILIES
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
@@ -330,16 +280,12 @@ def test_realistic_sizes_match_torch_backend_on_gpu(K, varlen, dtype, fam):
     cu = torch.tensor([0, 300, 301, 1000], device=DEVICE) if varlen else None
     x = make_inputs(B, T, H, K, V, dtype, N=3 if varlen else B, requires_grad=True)
     kwargs = {"cu_seqlens": cu} if varlen else {}
-    o_ref, S_ref, grads_ref = oracle(fam, x, fn=fam.chunk, backend="torch", **kwargs)
-    o, S, grads = run_with_grads(fam, fam.chunk, x, backend="triton", **kwargs)
-    rel = 2e-3 if dtype == torch.float32 else 5e-2
-    pairs = {"o": (o, o_ref), "final_state": (S, S_ref), **{f"d{n}": (grads[n], grads_ref[n]) for n in grads}}
-    for name, (a, ref) in pairs.items():
-        assert bool(a.isfinite().all()), f"{name} not finite"
-        assert_close(a.float(), ref, rtol=rel, atol=rel * ref.abs().max().item(), name=name)
+    expected = oracle(fam, x, fn=fam.chunk, backend="torch", **kwargs)
+    actual = run_with_grads(fam, fam.chunk, x, backend="triton", **kwargs)
+    check_relative(actual, expected, 2e-3 if dtype == torch.float32 else 5e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @FAMILIES
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("K", [128, 256])

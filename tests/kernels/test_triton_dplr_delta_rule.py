@@ -8,11 +8,6 @@ low-rank term has RWKV-7's shape, as the mixers feed it: ``a = -kk``, ``b = kk *
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,26 +22,22 @@ from kernels.dplr_delta_rule import (
 from kernels.gla import naive_recurrent_gla
 from kernels.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
 from tests.helpers import assert_close
+from tests.kernels import triton_helpers
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    GPU_ONLY,
+    assert_compiles_for_sm90,
+    check,
+    check_low_precision,
+    check_relative,
+    fp64_copies,
+    prefill_then_decode,
+)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
 FP32 = {"rtol": 1e-4, "atol": 1e-4}
 NAMES = ["q", "k", "v", "a", "b", "gk", "h0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret_on_cpu():
-    """Without a GPU, run the kernels in Triton's interpreter: TRITON_INTERPRET=1 must be set before the kernel
-    modules are imported (they are, lazily, by the first Triton call). Restored after this module. One intra-op
-    thread: the tensors are tiny and OpenMP threads only add contention."""
-    if torch.cuda.is_available():
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
-    torch.set_num_threads(threads)
 
 
 # (B, T, H, K, V, chunk): T = 1, T not a multiple of C, T == C, K != V, K < 16 and V not a power of two
@@ -86,30 +77,14 @@ def args(x: dict) -> tuple:
     return x["q"], x["k"], x["v"], x["a"], x["b"], x["gk"]
 
 
-def run_with_grads(fn, x, seed=1, final_state_grad=True, **kwargs):
+def run_with_grads(fn, x, **kwargs):
     """Forward with final state, backward of a random linear loss on o (and the final state); o, S, grads."""
-    o, S = fn(*args(x), initial_state=x["h0"], output_final_state=True, **kwargs)
-    gen = torch.Generator().manual_seed(seed)
-    do = torch.randn(o.shape, generator=gen).to(DEVICE, o.dtype)
-    dS = torch.randn(S.shape, generator=gen).to(DEVICE, S.dtype)
-    ((o * do).sum() + ((S * dS).sum() if final_state_grad else 0)).backward()
-    return o, S, {n: x[n].grad for n in NAMES}
+    return triton_helpers.run_with_grads(fn, x, args, NAMES, **kwargs)
 
 
 def oracle(x, fn=naive_recurrent_dplr_delta_rule, **kwargs):
     """The naive loop (or ``fn``) on fp64 copies of the same values, with gradients."""
-    fresh = {n: t.detach().double().requires_grad_(True) for n, t in x.items()}
-    return run_with_grads(fn, fresh, **kwargs)
-
-
-def check(actual, expected, tol, names=NAMES):
-    (o, S, grads), (o_ref, S_ref, grads_ref) = actual, expected
-    assert_close(o.float(), o_ref, **tol, name="o")
-    assert_close(S, S_ref, **tol, name="final_state")
-    for name in names:
-        grad = grads[name]
-        assert grad is not None and bool(grad.isfinite().all()), f"d{name} missing or not finite"
-        assert_close(grad.float(), grads_ref[name], **tol, name=f"d{name}")
+    return run_with_grads(fn, fp64_copies(x), **kwargs)
 
 
 # ----------------------------------------------------------------------------- chunked kernels vs naive
@@ -249,16 +224,8 @@ def test_rwkv7_runs_on_the_triton_backend():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_low_precision_inputs_close_to_fp32(dtype):
     x = make_inputs(1, 40, 2, 16, 32, dtype, requires_grad=True)
-    o_ref, S_ref, grads_ref = oracle(x)  # on the same rounded values
-    o, S, grads = run_with_grads(chunk_dplr_delta_rule, x, backend="triton", chunk_size=32)
-    assert o.dtype == dtype and S.dtype == torch.float32
-    loose = {"rtol": 5e-2, "atol": 5e-2}
-    assert_close(o.float(), o_ref, **loose, name="o")
-    assert_close(S, S_ref, **loose, name="final_state")
-    for name, grad in grads.items():
-        assert grad.dtype == dtype, f"d{name} has dtype {grad.dtype}"
-        scale = grads_ref[name].abs().max().item()
-        assert_close(grad.float(), grads_ref[name], rtol=5e-2, atol=2e-2 * scale, name=f"d{name}")
+    expected = oracle(x)  # on the same rounded values
+    check_low_precision(run_with_grads(chunk_dplr_delta_rule, x, backend="triton", chunk_size=32), expected, dtype)
 
 
 # ----------------------------------------------------------------------------- fused recurrent (decode)
@@ -297,20 +264,9 @@ def test_fused_recurrent_with_grad_matches_naive():
 
 
 def test_prefill_then_decode_matches_parallel():
-    T1, T = 35, 38
-    x = make_inputs(1, T, 2, 16, 16)
-    o_full, _ = chunk_dplr_delta_rule(*args(x), backend="triton", chunk_size=16)
-    first = {n: t if n == "h0" else t[:, :T1] for n, t in x.items()}
-    o, S = chunk_dplr_delta_rule(*args(first), output_final_state=True, backend="triton", chunk_size=16)
-    outs = [o]
-    with torch.no_grad():
-        for t in range(T1, T):
-            step = {n: v if n == "h0" else v[:, t : t + 1] for n, v in x.items()}
-            o_t, S = fused_recurrent_dplr_delta_rule(
-                *args(step), initial_state=S, output_final_state=True, backend="triton"
-            )
-            outs.append(o_t)
-    assert_close(torch.cat(outs, dim=1), o_full, **FP32, name="o")
+    x = make_inputs(1, 38, 2, 16, 16)
+    o_full, o_steps = prefill_then_decode(chunk_dplr_delta_rule, fused_recurrent_dplr_delta_rule, args, x, T1=35)
+    assert_close(o_steps, o_full, **FP32, name="o")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -346,22 +302,10 @@ def test_unsupported_chunk_size_dtype_and_key_dim_raise():
 def test_every_kernel_compiles_for_sm90_without_a_gpu():
     """The interpreter cannot tell whether the kernels compile: compile each one for an H100 (sm_90) in a fresh
     process without TRITON_INTERPRET, and check its shared memory (``dplr_delta_rule/triton/compile_check.py``)."""
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-m", "kernels.dplr_delta_rule.triton.compile_check"],
-        env=env,
-        text=True,
-        capture_output=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "0 failures" in done.stdout
+    assert_compiles_for_sm90("kernels.dplr_delta_rule.triton.compile_check")
 
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
-
-
-@GPU
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
 @pytest.mark.parametrize("K", [64, 128])
@@ -371,16 +315,12 @@ def test_realistic_sizes_match_torch_backend_on_gpu(K, varlen, dtype):
     cu = torch.tensor([0, 300, 301, 1000], device=DEVICE) if varlen else None
     x = make_inputs(B, T, H, K, V, dtype, N=3 if varlen else B, requires_grad=True)
     kwargs = {"cu_seqlens": cu} if varlen else {}
-    o_ref, S_ref, grads_ref = oracle(x, fn=chunk_dplr_delta_rule, backend="torch", **kwargs)
-    o, S, grads = run_with_grads(chunk_dplr_delta_rule, x, backend="triton", **kwargs)
-    rel = 2e-3 if dtype == torch.float32 else 5e-2
-    pairs = {"o": (o, o_ref), "final_state": (S, S_ref), **{f"d{n}": (grads[n], grads_ref[n]) for n in grads}}
-    for name, (a, ref) in pairs.items():
-        assert bool(a.isfinite().all()), f"{name} not finite"
-        assert_close(a.float(), ref, rtol=rel, atol=rel * ref.abs().max().item(), name=name)
+    expected = oracle(x, fn=chunk_dplr_delta_rule, backend="torch", **kwargs)
+    actual = run_with_grads(chunk_dplr_delta_rule, x, backend="triton", **kwargs)
+    check_relative(actual, expected, 2e-3 if dtype == torch.float32 else 5e-2)
 
 
-@GPU
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("K", [64, 128])
 def test_realistic_decode_matches_torch_backend_on_gpu(K, dtype):
@@ -396,7 +336,7 @@ def test_realistic_decode_matches_torch_backend_on_gpu(K, dtype):
     assert_close(S, S_ref, rtol=rel, atol=rel * S_ref.abs().max().item(), name="final_state")
 
 
-@GPU
+@GPU_ONLY
 def test_auto_runs_triton_for_rwkv7_on_cuda(monkeypatch):
     """``auto`` on CUDA tensors resolves to the Triton kernels for both families (RWKV-7 through the DPLR rule)."""
     from kernels.dplr_delta_rule import triton as dplr_triton

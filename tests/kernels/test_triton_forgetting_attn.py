@@ -8,11 +8,6 @@ blocks; the oracle runs in fp64 on the same (rounded) values.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,25 +15,11 @@ import torch.nn.functional as F
 from kernels.forgetting_attn import forgetting_attn_cached, naive_forgetting_attn, parallel_forgetting_attn
 from kernels.forgetting_attn.naive import naive_forgetting_attn_cached
 from tests.helpers import assert_close
+from tests.kernels.triton_helpers import DEVICE, GPU_ONLY, assert_compiles_for_sm90, check, check_relative, fp64_copies
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
 FP32 = {"rtol": 1e-4, "atol": 1e-5}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret_on_cpu():
-    """Without a GPU, run the kernels in Triton's interpreter: TRITON_INTERPRET=1 must be set before the kernel
-    modules are imported (they are, lazily, by the first Triton call). Restored after this module. One intra-op
-    thread: the tensors are tiny and OpenMP threads only add contention."""
-    if torch.cuda.is_available():
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -81,15 +62,7 @@ def run_with_grads(fn, x, *args, seed=1, **kwargs):
 
 def oracle(x, fn=naive_forgetting_attn, **kwargs):
     """The oracle (or ``fn``) on fp64 copies of the same values, with gradients."""
-    return run_with_grads(fn, {n: t.detach().double().requires_grad_() for n, t in x.items()}, **kwargs)
-
-
-def check(actual, expected, tol):
-    (o, grads), (o_ref, grads_ref) = actual, expected
-    assert_close(o.float(), o_ref, **tol, name="o")
-    for name, grad in grads.items():
-        assert grad is not None and bool(grad.isfinite().all()), f"d{name} missing or not finite"
-        assert_close(grad.float(), grads_ref[name], **tol, name=f"d{name}")
+    return run_with_grads(fn, fp64_copies(x), **kwargs)
 
 
 # (B, T, HQ, H, K, V): T = 1, T not a multiple of the block, K != V, grouped queries (HQ = 2H), K < 16 and
@@ -211,9 +184,7 @@ def test_cached_matches_naive_with_gradients(T, small_blocks):
         return o, {n: t.grad for n, t in inputs.items()}
 
     o, grads = run(x, forgetting_attn_cached, backend="triton")
-    o_ref, grads_ref = run(
-        {n: t.detach().double().requires_grad_() for n, t in x.items()}, naive_forgetting_attn_cached
-    )
+    o_ref, grads_ref = run(fp64_copies(x), naive_forgetting_attn_cached)
     check((o, grads), (o_ref, grads_ref), FP32)
 
 
@@ -264,26 +235,17 @@ def test_unsupported_dtype_and_head_dims_raise():
 def test_every_kernel_compiles_for_sm90_without_a_gpu():
     """The interpreter cannot tell whether the kernels compile: compile each one for an H100 (sm_90) in a fresh
     process without TRITON_INTERPRET (``kernels/forgetting_attn/triton/compile_check.py``)."""
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-m", "kernels.forgetting_attn.triton.compile_check"],
-        env=env,
-        text=True,
-        capture_output=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "0 failures" in done.stdout
+    assert_compiles_for_sm90("kernels.forgetting_attn.triton.compile_check")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 def test_auto_is_triton_on_cuda():
     from kernels.backend import resolve_backend
 
     assert resolve_backend("auto", torch.empty(0, device="cuda"), family="forgetting_attn") == "triton"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("window", [None, 256], ids=["causal", "window256"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
@@ -294,16 +256,12 @@ def test_realistic_sizes_match_torch_backend_on_gpu(K, V, varlen, window, dtype)
     cu = torch.tensor([0, 300, 301, 1000], device=DEVICE) if varlen else None
     x = make_inputs(B, T, 8, 2, K, V, dtype, requires_grad=True)
     kwargs = {"window_size": window, "cu_seqlens": cu}
-    o_ref, grads_ref = oracle(x, fn=parallel_forgetting_attn, backend="torch", **kwargs)
-    o, grads = run_with_grads(parallel_forgetting_attn, x, backend="triton", **kwargs)
-    rel = 2e-3 if dtype == torch.float32 else 5e-2
-    pairs = {"o": (o, o_ref), **{f"d{n}": (grads[n], grads_ref[n]) for n in grads}}
-    for name, (a, ref) in pairs.items():
-        assert bool(a.isfinite().all()), f"{name} not finite"
-        assert_close(a.float(), ref, rtol=rel, atol=rel * ref.abs().max().item(), name=name)
+    expected = oracle(x, fn=parallel_forgetting_attn, backend="torch", **kwargs)
+    actual = run_with_grads(parallel_forgetting_attn, x, backend="triton", **kwargs)
+    check_relative(actual, expected, 2e-3 if dtype == torch.float32 else 5e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("T", [1, 100])
 def test_realistic_decode_matches_torch_backend_on_gpu(T, dtype):

@@ -7,10 +7,6 @@ unchanged on a GPU (the inputs are created on ``DEVICE``: CUDA when available, e
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,22 +15,18 @@ import torch.nn.functional as F
 from kernels import backend as kbackend  # noqa: E402
 from kernels.gla import chunk_gla, fused_recurrent_gla, naive_recurrent_gla  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    GPU_ONLY,
+    check_grads,
+    check_low_precision,
+    check_relative,
+    run_without_interpreter,
+)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
 FP32 = {"rtol": 1e-4, "atol": 1e-4}  # dg is a reverse cumsum of q dq - k dk: fp32 cancellation ~1e-6 * |q dq|
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret_on_cpu():
-    """Without a GPU, run the kernels in Triton's interpreter: TRITON_INTERPRET=1 must be set before the
-    kernel modules are imported (they are, lazily, by the first Triton call). Restored after this module,
-    so other test modules see the environment they started with."""
-    if torch.cuda.is_available():
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
 
 
 # (B, T, H, K, V, chunk): T = 1, T not a multiple of C, T == C, K != V, K < 16 and V not a power of two
@@ -80,12 +72,6 @@ def oracle(q, k, v, g, h0, fn=naive_recurrent_gla, **kwargs):
     """The naive loop on fp32 copies of the same values, with gradients."""
     fresh = [x.detach().float().requires_grad_(True) for x in (q, k, v, g, h0)]
     return run_with_grads(fn, *fresh, **kwargs)
-
-
-def check_grads(grads, grads_ref, tol):
-    for name, grad in grads.items():
-        assert grad is not None and bool(grad.isfinite().all()), f"d{name} missing or not finite"
-        assert_close(grad.float(), grads_ref[name], **tol, name=f"d{name}")
 
 
 # ----------------------------------------------------------------------------- chunked kernels vs naive
@@ -183,16 +169,8 @@ def test_strong_decay_is_finite_and_matches_naive(gate):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_low_precision_inputs_close_to_fp32(dtype):
     inputs = make_inputs(1, 40, 2, 16, 32, dtype, requires_grad=True)
-    o_ref, S_ref, grads_ref = oracle(*inputs)  # fp32 oracle on the same rounded values
-    o, S, grads = run_with_grads(chunk_gla, *inputs, backend="triton", chunk_size=32)
-    assert o.dtype == dtype and S.dtype == torch.float32
-    loose = {"rtol": 5e-2, "atol": 5e-2}
-    assert_close(o.float(), o_ref, **loose, name="o")
-    assert_close(S, S_ref, **loose, name="final_state")
-    for name, grad in grads.items():
-        assert grad.dtype == dtype, f"d{name} has dtype {grad.dtype}"
-        scale = grads_ref[name].abs().max().item()
-        assert_close(grad.float(), grads_ref[name], rtol=5e-2, atol=2e-2 * scale, name=f"d{name}")
+    expected = oracle(*inputs)  # fp32 oracle on the same rounded values
+    check_low_precision(run_with_grads(chunk_gla, *inputs, backend="triton", chunk_size=32), expected, dtype)
 
 
 # ----------------------------------------------------------------------------- fused recurrent (decode)
@@ -270,9 +248,8 @@ def test_cpu_without_interpreter_raises_in_a_fresh_process():
         "else:\n"
         "    raise SystemExit('no error')\n"
     )
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    done = run_without_interpreter("-c", code, CUDA_VISIBLE_DEVICES="")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
 def test_missing_triton_raises_with_install_hint(monkeypatch):
@@ -296,7 +273,7 @@ def test_unsupported_chunk_size_and_dtype_raise():
 # ----------------------------------------------------------------------------- compiled kernels (GPU only)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
 def test_realistic_sizes_match_torch_backend_on_gpu(dtype, varlen):
@@ -306,10 +283,6 @@ def test_realistic_sizes_match_torch_backend_on_gpu(dtype, varlen):
     q, k, v, g, _ = make_inputs(B, T, H, K, V, dtype, requires_grad=True)
     h0 = torch.randn(3 if varlen else B, H, K, V, device=DEVICE, requires_grad=True)
     kwargs = {"cu_seqlens": cu} if varlen else {}
-    o_ref, S_ref, grads_ref = oracle(q, k, v, g, h0, fn=chunk_gla, backend="torch", **kwargs)
-    o, S, grads = run_with_grads(chunk_gla, q, k, v, g, h0, backend="triton", **kwargs)
-    rel = 1e-3 if dtype == torch.float32 else 3e-2
-    pairs = {"o": (o, o_ref), "final_state": (S, S_ref), **{f"d{n}": (grads[n], grads_ref[n]) for n in grads}}
-    for name, (x, ref) in pairs.items():
-        assert bool(x.isfinite().all()), f"{name} not finite"
-        assert_close(x.float(), ref, rtol=rel, atol=rel * ref.abs().max().item(), name=name)
+    expected = oracle(q, k, v, g, h0, fn=chunk_gla, backend="torch", **kwargs)
+    actual = run_with_grads(chunk_gla, q, k, v, g, h0, backend="triton", **kwargs)
+    check_relative(actual, expected, 1e-3 if dtype == torch.float32 else 3e-2)

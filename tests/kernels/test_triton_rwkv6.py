@@ -7,35 +7,19 @@ Python. The same tests run unchanged on a GPU (the inputs are created on ``DEVIC
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from kernels.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6, naive_recurrent_rwkv6  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
+from tests.kernels.triton_helpers import DEVICE, GPU_ONLY, check_relative, run_without_interpreter
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
 NAMES = ("r", "k", "v", "w", "u", "h0")
 FP32 = {"rtol": 1e-4, "atol": 1e-5}
 """Relative error, and an absolute floor that scales with the largest reference entry (at least 1): dw is a
 sum of terms of the size of ``r * dr``, so entries far below that size carry their fp32 round-off."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret_on_cpu():
-    """Without a GPU, run the kernels in Triton's interpreter: TRITON_INTERPRET=1 must be set before the
-    kernel modules are imported (they are, lazily, by the first Triton call). Restored after this module,
-    so other test modules see the environment they started with."""
-    if torch.cuda.is_available():
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
 
 
 # (B, T, H, K, V, chunk): T = 1, T not a multiple of C with K != V, T == C, K < 16 with V not a power of
@@ -293,15 +277,14 @@ def test_import_kernels_never_imports_triton():
         "kernels.chunk_rwkv6(x, x, x, x, torch.zeros(1, 16))\n"  # auto on CPU: the torch backend
         "assert 'triton' not in sys.modules, 'triton was imported'\n"
     )
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    done = run_without_interpreter("-c", code, CUDA_VISIBLE_DEVICES="")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
 # ----------------------------------------------------------------------------- compiled kernels (GPU only)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
 def test_realistic_sizes_match_torch_backend_on_gpu(dtype, varlen):
@@ -314,10 +297,6 @@ def test_realistic_sizes_match_torch_backend_on_gpu(dtype, varlen):
         h0 = torch.randn(3 if varlen else B, H, K, K, device=DEVICE, requires_grad=True)
         kwargs = {"cu_seqlens": cu} if varlen else {}
         fresh = [x.detach().float().requires_grad_(True) for x in (r, k, v, w, u, h0)]
-        o_ref, S_ref, grads_ref = run_with_grads(chunk_rwkv6, *fresh, backend="torch", **kwargs)
-        o, S, grads = run_with_grads(chunk_rwkv6, r, k, v, w, u, h0, backend="auto", **kwargs)
-        rel = 1e-3 if dtype == torch.float32 else 5e-2
-        pairs = {"o": (o, o_ref), "final_state": (S, S_ref), **{f"d{n}": (grads[n], grads_ref[n]) for n in grads}}
-        for name, (x, ref) in pairs.items():
-            assert bool(x.isfinite().all()), f"K={K} {name} not finite"
-            assert_close(x.float(), ref, rtol=rel, atol=rel * ref.abs().max().item(), name=f"K={K} {name}")
+        expected = run_with_grads(chunk_rwkv6, *fresh, backend="torch", **kwargs)
+        actual = run_with_grads(chunk_rwkv6, r, k, v, w, u, h0, backend="auto", **kwargs)
+        check_relative(actual, expected, 1e-3 if dtype == torch.float32 else 5e-2, prefix=f"K={K} ")

@@ -12,23 +12,13 @@ import torch.nn.functional as F
 
 from kernels.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla, naive_recurrent_simple_gla  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
+from tests.kernels import triton_helpers
+from tests.kernels.triton_helpers import DEVICE, GPU_ONLY, check_low_precision, check_relative
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
 FP32 = {"rtol": 1e-4, "atol": 1e-4}
 GATES = ["none", "g", "gamma"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret_on_cpu():
-    """Without a GPU, run the kernels in Triton's interpreter: TRITON_INTERPRET=1 must be set before the
-    kernel modules are imported (they are, lazily, by the first Triton call). Restored after this module,
-    so other test modules see the environment they started with."""
-    if torch.cuda.is_available():
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
 
 
 # (B, T, H, K, V, chunk): T = 1, T not a multiple of C, K != V, K < 16 and V not a power of two, T > C = 64
@@ -79,9 +69,7 @@ def oracle(q, k, v, gates, h0, fn=naive_recurrent_simple_gla, **kwargs):
 
 def check_grads(grads, grads_ref, tol):
     assert set(grads) == set(grads_ref)
-    for name, grad in grads.items():
-        assert grad is not None and bool(grad.isfinite().all()), f"d{name} missing or not finite"
-        assert_close(grad.float(), grads_ref[name], **tol, name=f"d{name}")
+    triton_helpers.check_grads(grads, grads_ref, tol)
 
 
 # ----------------------------------------------------------------------------- chunked kernels vs naive
@@ -169,16 +157,8 @@ def test_strong_decay_is_finite_and_matches_naive(gate):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_low_precision_inputs_close_to_fp32(dtype):
     inputs = make_inputs(1, 40, 2, 16, 32, "g", dtype, requires_grad=True)
-    o_ref, S_ref, grads_ref = oracle(*inputs)  # fp32 oracle on the same rounded values
-    o, S, grads = run_with_grads(chunk_simple_gla, *inputs, backend="triton", chunk_size=32)
-    assert o.dtype == dtype and S.dtype == torch.float32
-    loose = {"rtol": 5e-2, "atol": 5e-2}
-    assert_close(o.float(), o_ref, **loose, name="o")
-    assert_close(S, S_ref, **loose, name="final_state")
-    for name, grad in grads.items():
-        assert grad.dtype == dtype, f"d{name} has dtype {grad.dtype}"
-        scale = grads_ref[name].abs().max().item()
-        assert_close(grad.float(), grads_ref[name], rtol=5e-2, atol=2e-2 * scale, name=f"d{name}")
+    expected = oracle(*inputs)  # fp32 oracle on the same rounded values
+    check_low_precision(run_with_grads(chunk_simple_gla, *inputs, backend="triton", chunk_size=32), expected, dtype)
 
 
 # ----------------------------------------------------------------------------- fused recurrent (decode)
@@ -268,16 +248,12 @@ def test_unsupported_chunk_size_and_dtype_raise():
 # ----------------------------------------------------------------------------- compiled kernels (GPU only)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compiled kernels at realistic sizes")
+@GPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("gate", GATES)
 def test_realistic_sizes_match_torch_backend_on_gpu(gate, dtype):
     """T = 1000 (not a multiple of 64), K = V = 128 (two tiles), against the chunked torch backend in fp32."""
     inputs = make_inputs(2, 1000, 4, 128, 128, gate, dtype, requires_grad=True)
-    o_ref, S_ref, grads_ref = oracle(*inputs, fn=chunk_simple_gla, backend="torch")
-    o, S, grads = run_with_grads(chunk_simple_gla, *inputs, backend="triton")
-    rel = 1e-3 if dtype == torch.float32 else 3e-2
-    pairs = {"o": (o, o_ref), "final_state": (S, S_ref), **{f"d{n}": (grads[n], grads_ref[n]) for n in grads}}
-    for name, (x, ref) in pairs.items():
-        assert bool(x.isfinite().all()), f"{name} not finite"
-        assert_close(x.float(), ref, rtol=rel, atol=rel * ref.abs().max().item(), name=name)
+    expected = oracle(*inputs, fn=chunk_simple_gla, backend="torch")
+    actual = run_with_grads(chunk_simple_gla, *inputs, backend="triton")
+    check_relative(actual, expected, 1e-3 if dtype == torch.float32 else 3e-2)

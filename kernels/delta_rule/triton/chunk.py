@@ -14,7 +14,7 @@ Every ``exp`` argument is <= 0 (``Gamma`` is built with ``-inf`` outside the cau
 Kernels (grid in brackets; NT chunks, N sequences, NV / NK tiles of V / K; the state kernels hold all of K):
 
 forward
-    ``_cumsum``        [NT, H]        G = chunk-local cumsum of g (gated only)
+    ``chunk_cumsum``   [NT, H]        G = chunk-local cumsum of g (gated only; ``kernels/triton_utils.py``)
     ``wy._fwd_solve``  [NT, H]        Ai = (I + M)^{-1} by 16 x 16 sub-blocks (kept for the backward)
     ``wy._fwd_wu``     [NT, H]        W, U (fp32)
     ``_fwd_state``     [N*H, NV]      loop over the sequence's chunks: hs[c] = S entering chunk c (fp32),
@@ -48,10 +48,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.delta_rule.triton.wy import _bwd_wy, _decay, _fwd_solve, _fwd_wu, _gate
-from kernels.triton_utils import Chunks, block_size, chunk_span, dot_dtype, dot_precision, num_warps, prepare_chunks
+from kernels.delta_rule.triton.wy import _bwd_wy, _fwd_solve, _fwd_wu, _gate
+from kernels.triton_utils import (
+    Chunks,
+    block_size,
+    causal_decay,
+    chunk_cumsum,
+    chunk_span,
+    dot_dtype,
+    dot_precision,
+    num_warps,
+    prepare_chunks,
+    state_tiles,
+)
 
-__all__ = ["chunk_gated_delta_rule_fwd", "chunk_gated_delta_rule_bwd", "ChunkGatedDeltaRuleFunction", "MAX_K"]
+__all__ = ["chunk_gated_delta_rule_fwd", "chunk_gated_delta_rule_bwd", "ChunkGatedDeltaRuleFunction"]
 
 BC = 16
 """Sub-block size of the triangular solve: the smallest ``tl.dot`` tile."""
@@ -59,21 +70,7 @@ BC = 16
 MAX_TILE = 64
 """Largest K / V tile of the per-chunk kernels (they loop over, or launch programs for, several tiles)."""
 
-MAX_K = 256
-"""Largest key dimension: the state kernels keep a ``[K, BV]`` slice of the state in registers."""
-
-
 # ----------------------------------------------------------------------------------------------- forward
-
-
-@triton.jit
-def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
-    o_t = tl.arange(0, BT)
-    off = (t0 + o_t) * H + i_h
-    b_g = tl.load(g + off, mask=o_t < n, other=0).to(tl.float32)
-    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=o_t < n)
 
 
 @triton.jit
@@ -177,7 +174,7 @@ def _fwd_o(
         b_A += tl.dot(b_q, b_kT, input_precision=PREC)
         b_o += tl.dot(b_q, b_h.to(DT), input_precision=PREC)
     b_G, _ = _gate(G, t0, n, i_h, H, BT, GATED)
-    b_A *= _decay(b_G, n, BT, False, False)
+    b_A *= causal_decay(b_G, n, BT, False, False)
     if GATED:
         b_o *= tl.exp(b_G)[:, None]
     m_o = m_t[:, None] & m_v[None, :]
@@ -223,7 +220,7 @@ def _bwd_dv_local(
         b_qT = tl.load(q + rows[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0).to(DT)
         b_AT += tl.dot(b_k, b_qT, input_precision=PREC)
     b_G, _ = _gate(G, t0, n, i_h, H, BT, GATED)
-    b_AT = (b_AT * scale * _decay(b_G, n, BT, False, True)).to(DT)
+    b_AT = (b_AT * scale * causal_decay(b_G, n, BT, False, True)).to(DT)
     m_tv = m_t[:, None] & m_v[None, :]
     b_do = tl.load(do + rows[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(DT)
     tl.store(dvl + rows[:, None] * V + o_v[None, :], tl.dot(b_AT, b_do, input_precision=PREC), mask=m_tv)
@@ -358,7 +355,7 @@ def _bwd_dqk(
         if HAS_DG:
             b_hdh += tl.sum(b_hT * b_dhT, 0)
     b_G, b_GL = _gate(G, t0, n, i_h, H, BT, GATED)
-    b_dPs = b_dP * scale * _decay(b_G, n, BT, False, False)  # dL/d(q_i . k_j), j <= i
+    b_dPs = b_dP * scale * causal_decay(b_G, n, BT, False, False)  # dL/d(q_i . k_j), j <= i
     m_tk = m_t[:, None] & m_k[None, :]
     off = rows[:, None] * K + o_k[None, :]
     b_q = tl.load(q + off, mask=m_tk, other=0)
@@ -392,11 +389,10 @@ def _state_config(K: int, dtype: torch.dtype, backward: bool) -> tuple[int, int,
     """``(BK, BV, num_warps, num_stages)`` of a state kernel: all of K (a power of two >= 16) by a V tile.
 
     Chosen by compiling for sm_90 (bf16, K in 64 / 128 / 256; see README.md) for the fewest register spills:
-    32-column V tiles up to K = 64, 16 beyond; two pipeline stages, but one for fp32 at K = 256, where two
-    need more shared memory than an H100 has (227 KB).
+    32-column V tiles up to K = 64, 16 beyond (``state_tiles``); two pipeline stages, but one for fp32 at
+    K = 256, where two need more shared memory than an H100 has (227 KB).
     """
-    BK = block_size(K, MAX_K)
-    BV = min(MAX_TILE, 32 if BK <= 64 else 16)
+    BK, BV = state_tiles(K, MAX_TILE)
     warps = 8 if backward or BK <= 64 else 4
     stages = 2 if BK * torch.finfo(dtype).bits <= 128 * 32 else 1
     return BK, BV, warps, stages
@@ -485,21 +481,13 @@ def _states(k, w, u, G, h0, ch: Chunks, output_final_state: bool, prec: str, dt)
     return hs, vn, ht
 
 
-def _gate_cumsum(g, ch: Chunks, H: int):
-    if g is None:
-        return None
-    G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-    _cumsum[(ch.NT, H)](g, G, ch.cu, ch.chunk_indices, H=H, BT=ch.BT)
-    return G
-
-
 def chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale: float, h0, output_final_state: bool, ch: Chunks):
     """Forward on contiguous inputs: ``o [B, T, H, V]`` (dtype of v), the final state ``[N, H, K, V]`` (fp32) or
     None, and ``Ai`` (fp32 ``[B, T, H, BT]``, for the backward). ``g=None`` is the plain delta rule."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     prec, dt = dot_precision(q.dtype), dot_dtype(q.dtype)
-    G = _gate_cumsum(g, ch, H)
+    G = chunk_cumsum(g, ch)
     Ai = torch.empty(B, T, H, ch.BT, dtype=torch.float32, device=q.device)
     w, u = _wy(k, v, beta, G, Ai, ch, True, prec)
     hs, vn, ht = _states(k, w, u, G, h0, ch, output_final_state, prec, dt)
@@ -539,7 +527,7 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, Ai, scale: float, h0, do, dht, 
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     prec, dt, nw = dot_precision(q.dtype), dot_dtype(q.dtype), num_warps(BT, BK, BV)
     gated = g is not None
-    G = _gate_cumsum(g, ch, H)
+    G = chunk_cumsum(g, ch)
     w, u = _wy(k, v, beta, G, Ai, ch, False, prec)
     hs, vn, _ = _states(k, w, u, G, h0, ch, False, prec, dt)
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import block_size
+from kernels.triton_utils import recurrent_tiles, seq_offsets
 
 __all__ = ["fused_recurrent_gated_delta_rule_fwd"]
 
@@ -89,13 +89,9 @@ def fused_recurrent_gated_delta_rule_fwd(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if cu_seqlens is None:
-        cu = torch.arange(0, B * T + 1, T, dtype=torch.int64, device=q.device)
-    else:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int64).contiguous()
+    cu = seq_offsets(cu_seqlens, B, T, q.device)
     N = cu.numel() - 1
-    BK = block_size(K, 256)
-    BV = block_size(V, max(16, min(64, 4096 // BK)))
+    BK, BV = recurrent_tiles(K, V)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
     _fused_recurrent[(N * H, triton.cdiv(V, BV))](

@@ -34,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import chunk_span
+from kernels.triton_utils import causal_decay, chunk_span, load_tril
 
 __all__ = []  # kernels only; launched from kernels.delta_rule.triton.chunk
 
@@ -47,21 +47,6 @@ def _gate(G, t0, n, i_h, H: tl.constexpr, BT: tl.constexpr, GATED: tl.constexpr)
     b_G = tl.load(G + (t0 + o_t) * H + i_h, mask=o_t < n, other=0) if GATED else tl.zeros([BT], dtype=tl.float32)
     b_GL = tl.sum(tl.where(o_t == n - 1, b_G, 0), axis=0)
     return b_G, b_GL
-
-
-@triton.jit
-def _decay(b_G, n, BT: tl.constexpr, STRICT: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """``Gamma_ij = exp(G_i - G_j)`` on the causal triangle (``j < i`` if STRICT, else ``j <= i``) of valid rows,
-    0 elsewhere; ``Gamma^T`` if TRANSPOSE. The exponent is ``-inf`` before ``exp`` off the triangle."""
-    o_t = tl.arange(0, BT)
-    if TRANSPOSE:  # [j, i]
-        o_i, o_j = o_t[None, :], o_t[:, None]
-        b_Gi, b_Gj = b_G[None, :], b_G[:, None]
-    else:
-        o_i, o_j = o_t[:, None], o_t[None, :]
-        b_Gi, b_Gj = b_G[:, None], b_G[None, :]
-    keep = (o_i < n) & ((o_i > o_j) if STRICT else (o_i >= o_j))
-    return tl.exp(tl.where(keep, b_Gi - b_Gj, float("-inf")))
 
 
 @triton.jit
@@ -149,18 +134,6 @@ def _fwd_solve(
 
 
 @triton.jit
-def _load_ai(Ai, rows, n, BT: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """``Ai`` of a chunk as a ``[BT, BT]`` fp32 tile (``Ai^T`` if TRANSPOSE), zero above the diagonal and on rows
-    or columns past the chunk's end."""
-    o_t = tl.arange(0, BT)
-    if TRANSPOSE:  # [j, i] = Ai[i, j]
-        mask = (o_t[None, :] < n) & (o_t[None, :] >= o_t[:, None])
-        return tl.load(Ai + rows[None, :] * BT + o_t[:, None], mask=mask, other=0)
-    mask = (o_t[:, None] < n) & (o_t[:, None] >= o_t[None, :])
-    return tl.load(Ai + rows[:, None] * BT + o_t[None, :], mask=mask, other=0)
-
-
-@triton.jit
 def _fwd_wu(
     k,
     v,
@@ -185,7 +158,7 @@ def _fwd_wu(
     o_t = tl.arange(0, BT)
     m_t = o_t < n
     rows = (t0 + o_t) * H + i_h
-    b_ai = _load_ai(Ai, rows, n, BT, False)
+    b_ai = load_tril(Ai, rows, n, BT, False, False)
     b_beta = tl.load(beta + rows, mask=m_t, other=0).to(tl.float32)
     b_G, _ = _gate(G, t0, n, i_h, H, BT, GATED)
     b_kscale = b_beta * tl.exp(b_G)
@@ -260,10 +233,10 @@ def _bwd_wy(
         b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
 
     # dM = -Ai^T dAi Ai^T on the strict lower triangle (only there does M vary; Ai's unit diagonal is constant)
-    b_aiT = _load_ai(Ai, rows, n, BT, True)
+    b_aiT = load_tril(Ai, rows, n, BT, False, True)
     b_dai = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_dai, 0)
     b_dm = -tl.dot(tl.dot(b_aiT, b_dai, input_precision=PREC), b_aiT, input_precision=PREC)
-    b_dmg = b_dm * _decay(b_G, n, BT, True, False)  # dM_ij Gamma_ij, strictly lower
+    b_dmg = b_dm * causal_decay(b_G, n, BT, True, False)  # dM_ij Gamma_ij, strictly lower
     b_dkk = b_dmg * b_beta[:, None]  # dL/d(k_i . k_j) for j < i
     b_dmkk = b_dmg * b_kk
     b_dbeta = tl.sum(b_dmkk, 1)

@@ -14,7 +14,7 @@ Every ``exp`` argument is <= 0 (see ``intra.py`` for the pair terms).
 Kernels (grid in brackets; NT chunks, N sequences, NK / NV tiles of K / V; the state kernels hold all of K):
 
 forward
-    ``_cumsum``            [NT, NK, H]    G (fp32)
+    ``chunk_cumsum``       [NT, NK, H]    G (fp32; ``kernels/triton_utils.py``)
     ``intra._fwd_A``       [NT, NC*NC, H] A_qk, A_qb, A_ak, A_ab on 16 x 16 sub-block pairs (fp32)
     ``wy._fwd_solve``      [NT, H]        Ai = (I - A_ab)^{-1}
     ``wy._fwd_wu``         [NT, H]        W, U (fp32)
@@ -56,10 +56,21 @@ import triton
 import triton.language as tl
 
 from kernels.dplr_delta_rule.triton.intra import _bwd_intra, _fwd_A
-from kernels.dplr_delta_rule.triton.wy import _fwd_solve, _fwd_wu, load_tril
-from kernels.triton_utils import Chunks, block_size, chunk_span, dot_dtype, dot_precision, num_warps, prepare_chunks
+from kernels.dplr_delta_rule.triton.wy import _fwd_solve, _fwd_wu
+from kernels.triton_utils import (
+    Chunks,
+    block_size,
+    chunk_cumsum,
+    chunk_span,
+    dot_dtype,
+    dot_precision,
+    load_tril,
+    num_warps,
+    prepare_chunks,
+    state_tiles,
+)
 
-__all__ = ["chunk_dplr_fwd", "chunk_dplr_bwd", "ChunkDPLRDeltaRuleFunction", "MAX_K"]
+__all__ = ["chunk_dplr_fwd", "chunk_dplr_bwd", "ChunkDPLRDeltaRuleFunction"]
 
 BC = 16
 """Sub-block size of the pair terms and the triangular solve: the smallest ``tl.dot`` tile."""
@@ -67,23 +78,7 @@ BC = 16
 MAX_TILE = 64
 """Largest K / V tile of the per-chunk kernels (they loop over, or launch programs for, several tiles)."""
 
-MAX_K = 256
-"""Largest key dimension: the state kernels keep a ``[K, BV]`` slice of the state in registers."""
-
-
 # ----------------------------------------------------------------------------------------------- forward
-
-
-@triton.jit
-def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m = (o_t[:, None] < n) & (o_k[None, :] < K)
-    off = ((t0 + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    b_g = tl.load(g + off, mask=m, other=0).to(tl.float32)
-    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=m)
 
 
 @triton.jit
@@ -520,12 +515,11 @@ def _bwd_dg(
 
 
 def _state_config(K: int, dtype: torch.dtype, backward: bool) -> tuple[int, int, int, int]:
-    """``(BK, BV, num_warps, num_stages)`` of a state kernel: all of K (a power of two >= 16) by a V tile, as in
-    ``kernels/delta_rule/triton/chunk.py``. Two pipeline stages, one where two need more shared memory than an
+    """``(BK, BV, num_warps, num_stages)`` of a state kernel: all of K (a power of two >= 16) by a V tile
+    (``state_tiles``, as the delta rule's). Two pipeline stages, one where two need more shared memory than an
     H100 has (227 KB; ``compile_check.py --full``): fp32 at K = 256, and the backward (one more ``[BT, K]`` operand
     than the forward) at K = 256, or fp32 at K = 128."""
-    BK = block_size(K, MAX_K)
-    BV = min(MAX_TILE, 32 if BK <= 64 else 16)
+    BK, BV = state_tiles(K, MAX_TILE)
     stages = 2 if BK * torch.finfo(dtype).bits <= (128 * 16 if backward else 128 * 32) else 1
     return BK, BV, 8, stages
 
@@ -540,8 +534,7 @@ def _forward_parts(q, k, v, a, b, gk, scale: float, h0, ch: Chunks, output_final
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
     f32 = {"dtype": torch.float32, "device": q.device}
 
-    G = torch.empty(B, T, H, K, **f32)
-    _cumsum[(ch.NT, triton.cdiv(K, BK), H)](gk, G, ch.cu, ch.chunk_indices, H=H, K=K, BT=BT, BK=BK)
+    G = chunk_cumsum(gk, ch, MAX_TILE)
     Aqk, Aqb, Aak, Aab = (torch.empty(B, T, H, BT, **f32) for _ in range(4))
     _fwd_A[(ch.NT, NC * NC, H)](
         q,

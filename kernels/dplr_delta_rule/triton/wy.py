@@ -25,24 +25,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import chunk_span
+from kernels.triton_utils import chunk_span, load_tril
 
 __all__ = []  # kernels only; launched from kernels.dplr_delta_rule.triton.chunk
-
-
-@triton.jit
-def load_tril(A, rows, n, BT: tl.constexpr, STRICT: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """A chunk's ``[BT, BT]`` matrix from an fp32 ``[B*T, H, BT]`` buffer (``A^T`` if TRANSPOSE), kept on its lower
-    triangle (strict if STRICT) and zero on rows past the chunk's end."""
-    o_t = tl.arange(0, BT)
-    if TRANSPOSE:  # [j, i] = A[i, j]
-        o_i, o_j = o_t[None, :], o_t[:, None]
-        ptr = A + rows[None, :] * BT + o_t[:, None]
-    else:
-        o_i, o_j = o_t[:, None], o_t[None, :]
-        ptr = A + rows[:, None] * BT + o_t[None, :]
-    mask = (o_i < n) & ((o_i > o_j) if STRICT else (o_i >= o_j))
-    return tl.load(ptr, mask=mask, other=0)
 
 
 @triton.jit

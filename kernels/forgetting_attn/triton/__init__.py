@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from kernels.forgetting_attn.triton.parallel import MAX_HEAD_DIM, ForgettingAttnFunction
-from kernels.triton_utils import check_dtypes
+from kernels.triton_utils import prepare_inputs
 
 __all__ = ["parallel_forgetting_attn_triton", "forgetting_attn_cached_triton"]
 
@@ -30,9 +30,9 @@ def parallel_forgetting_attn_triton(
     v ``[B, T, H, V]``, log forget gates g ``[B, T, HQ]``, ``cu_seqlens [N + 1]`` (packed sequences, B = 1) or
     None. The gates are cumulated per sequence in fp32 inside. Returns ``o [B, T, HQ, V]`` (dtype of v)."""
     out_dtype = v.dtype
-    q, k, v = _prepare(q, k, v, g)
+    q, k, v, g = _prepare(q, k, v, g)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o = ForgettingAttnFunction.apply(q, k, v, g.contiguous(), None, scale, window_size, cu_seqlens)
+    o = ForgettingAttnFunction.apply(q, k, v, g, None, scale, window_size, cu_seqlens)
     return o.to(out_dtype)
 
 
@@ -49,20 +49,17 @@ def forgetting_attn_cached_triton(
     ``[B, S, H, K]``, v ``[B, S, H, V]``, cumulative gates gc_q ``[B, T, HQ]`` and gc_k ``[B, S, HQ]`` (``+inf``
     marks a padding slot no query sees). Returns ``o [B, T, HQ, V]`` (dtype of v)."""
     out_dtype = v.dtype
-    q, k, v = _prepare(q, k, v, gc_q, gc_k)
+    q, k, v, gc_q, gc_k = _prepare(q, k, v, gc_q, gc_k)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o = ForgettingAttnFunction.apply(q, k, v, gc_q.contiguous(), gc_k.contiguous(), scale, window_size, None)
+    o = ForgettingAttnFunction.apply(q, k, v, gc_q, gc_k, scale, window_size, None)
     return o.to(out_dtype)
 
 
 def _prepare(q, k, v, *gates):
-    """Check dtypes and head dims, bring q, k, v to one dtype and make them contiguous."""
-    check_dtypes(q, k, v, *gates)
-    K, V = q.shape[-1], v.shape[-1]
-    if max(K, V) > MAX_HEAD_DIM:
+    """Check head dims and dtypes, bring q, k, v to one dtype and make everything contiguous."""
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         raise ValueError(
             f"backend='triton' supports head dims K, V <= {MAX_HEAD_DIM} (one tile per row), got "
             f"q.shape={tuple(q.shape)}, v.shape={tuple(v.shape)}; use backend='torch'"
         )
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    return (x.to(dtype).contiguous() for x in (q, k, v))
+    return prepare_inputs((q, k, v), gates)

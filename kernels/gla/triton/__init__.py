@@ -12,7 +12,7 @@ import torch
 
 from kernels.gla.triton.chunk import ChunkGLAFunction
 from kernels.gla.triton.fused_recurrent import fused_recurrent_gla_fwd
-from kernels.triton_utils import check_chunk_size, check_dtypes
+from kernels.triton_utils import check_chunk_size, needs_autograd, prepare_inputs
 
 __all__ = ["chunk_gla_triton", "fused_recurrent_gla_triton"]
 
@@ -36,7 +36,7 @@ def chunk_gla_triton(
     """
     check_chunk_size(chunk_size)
     out_dtype = v.dtype
-    q, k, v, g, initial_state = _prepare(q, k, v, g, initial_state)
+    q, k, v, g, initial_state = prepare_inputs((q, k, v), (g, initial_state))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = ChunkGLAFunction.apply(
         q, k, v, g, scale, initial_state, output_final_state, chunk_size, cu_seqlens
@@ -58,21 +58,10 @@ def fused_recurrent_gla_triton(
     The fused kernel is forward-only. When autograd is recording and an input requires grad, the call
     runs the chunked Triton kernels instead (the same recurrence, exactly, with a backward).
     """
-    inputs = (q, k, v, g, initial_state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+    if needs_autograd(q, k, v, g, initial_state):
         return chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state)
     out_dtype = v.dtype
-    q, k, v, g, initial_state = _prepare(q, k, v, g, initial_state)
+    q, k, v, g, initial_state = prepare_inputs((q, k, v), (g, initial_state))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = fused_recurrent_gla_fwd(q, k, v, g, scale, initial_state, output_final_state)
     return o.to(out_dtype), final_state
-
-
-def _prepare(q, k, v, g, initial_state):
-    """Check dtypes, bring q, k, v to one dtype and make everything contiguous."""
-    check_dtypes(q, k, v, g, initial_state)
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
-    g = g.contiguous()
-    initial_state = None if initial_state is None else initial_state.contiguous()
-    return q, k, v, g, initial_state

@@ -16,7 +16,7 @@ a time, with the exponent clamped to <= 0 before ``exp`` and the result masked.
 Kernels (grid in brackets; NT chunks in all, N sequences, NK / NV tiles of K / V):
 
 forward
-    ``_cumsum``        [NT, NK, H]     G = chunk-local cumsum of g, fp32
+    ``chunk_cumsum``   [NT, NK, H]     G = chunk-local cumsum of g, fp32 (``kernels/triton_utils.py``)
     ``_fwd_state``     [N*H, NK, NV]   loop over the sequence's chunks: store the state entering each
                                        chunk (fp32 ``hs [NT, H, K, V]``) and the final state
     ``_fwd_A``         [NT, NC*NC, H]  intra-chunk scores A (fp32 ``[B*T, H, BT]``), one sub-block pair
@@ -50,6 +50,7 @@ from kernels.triton_utils import (
     Chunks,
     block_size,
     bwd_dA,
+    chunk_cumsum,
     chunk_span,
     dot_dtype,
     dot_precision,
@@ -67,18 +68,6 @@ MAX_TILE = 64
 
 
 # ----------------------------------------------------------------------------------------------- forward
-
-
-@triton.jit
-def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m = (o_t[:, None] < n) & (o_k[None, :] < K)
-    off = ((t0 + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    b_g = tl.load(g + off, mask=m, other=0).to(tl.float32)
-    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=m)
 
 
 @triton.jit
@@ -515,14 +504,6 @@ def _bwd_dg(
 # ----------------------------------------------------------------------------------------------- launchers
 
 
-def _gate_cumsum(g: torch.Tensor, ch: Chunks) -> torch.Tensor:
-    H, K = g.shape[-2:]
-    G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-    BK = block_size(K, MAX_TILE)
-    _cumsum[(ch.NT, triton.cdiv(K, BK), H)](g, G, ch.cu, ch.chunk_indices, H=H, K=K, BT=ch.BT, BK=BK)
-    return G
-
-
 def _states(k, v, G, h0, ch: Chunks, output_final_state: bool, prec: str, dt):
     _, _, H, K = k.shape
     V = v.shape[-1]
@@ -583,7 +564,7 @@ def chunk_gla_fwd(q, k, v, g, scale: float, h0, output_final_state: bool, ch: Ch
     _, _, H, K = q.shape
     V = v.shape[-1]
     prec, dt = dot_precision(q.dtype), dot_dtype(q.dtype)
-    G = _gate_cumsum(g, ch)
+    G = chunk_cumsum(g, ch, MAX_TILE)
     hs, ht = _states(k, v, G, h0, ch, output_final_state, prec, dt)
     A = _scores(q, k, G, scale, ch, prec, dt)
     o = torch.empty_like(v)
@@ -619,7 +600,7 @@ def chunk_gla_bwd(q, k, v, g, scale: float, h0, ht, do, dht, ch: Chunks, need_dg
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     prec, dt, nw = dot_precision(q.dtype), dot_dtype(q.dtype), num_warps(BT, BK, BV)
-    G = _gate_cumsum(g, ch)
+    G = chunk_cumsum(g, ch, MAX_TILE)
     hs, _ = _states(k, v, G, h0, ch, False, prec, dt)
     A = _scores(q, k, G, scale, ch, prec, dt)
 

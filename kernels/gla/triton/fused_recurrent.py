@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import block_size
+from kernels.triton_utils import block_size, seq_offsets
 
 __all__ = ["fused_recurrent_gla_fwd"]
 
@@ -87,10 +87,7 @@ def fused_recurrent_gla_fwd(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if cu_seqlens is None:
-        cu = torch.arange(0, B * T + 1, T, dtype=torch.int64, device=q.device)
-    else:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int64).contiguous()
+    cu = seq_offsets(cu_seqlens, B, T, q.device)
     N = cu.numel() - 1
     BK, BV = block_size(K, cap=256), block_size(V, cap=32)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.kda.triton.chunk import MAX_K, ChunkKDAFunction
+from kernels.kda.triton.chunk import ChunkKDAFunction
 from kernels.kda.triton.fused_recurrent import fused_recurrent_kda_fwd
-from kernels.triton_utils import check_chunk_size, check_dtypes
+from kernels.triton_utils import MAX_K, check_chunk_size, needs_autograd, prepare_inputs
 
 __all__ = ["chunk_kda_triton", "fused_recurrent_kda_triton"]
 
@@ -40,7 +40,7 @@ def chunk_kda_triton(
     """
     check_chunk_size(chunk_size)
     out_dtype = v.dtype
-    q, k, v, g, beta, initial_state = _prepare(q, k, v, g, beta, initial_state)
+    q, k, v, g, beta, initial_state = prepare_inputs((q, k, v), (g, beta, initial_state), MAX_K)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = ChunkKDAFunction.apply(
         q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, cu_seqlens
@@ -64,29 +64,12 @@ def fused_recurrent_kda_triton(
     The fused kernel is forward-only. When autograd is recording and an input requires grad, the call runs the
     chunked Triton kernels instead (the same recurrence, with Triton backward kernels; chunk size 16).
     """
-    inputs = (q, k, v, g, beta, initial_state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+    if needs_autograd(q, k, v, g, beta, initial_state):
         return chunk_kda_triton(
             q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size=16, cu_seqlens=cu_seqlens
         )
     out_dtype = v.dtype
-    q, k, v, g, beta, initial_state = _prepare(q, k, v, g, beta, initial_state)
+    q, k, v, g, beta, initial_state = prepare_inputs((q, k, v), (g, beta, initial_state), MAX_K)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = fused_recurrent_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
     return o.to(out_dtype), final_state
-
-
-def _prepare(q, k, v, g, beta, initial_state):
-    """Check dtypes and K, bring q, k, v to one dtype and make everything contiguous."""
-    check_dtypes(q, k, v, g, beta, initial_state)
-    K = q.shape[-1]
-    if K > MAX_K:
-        raise ValueError(
-            f"backend='triton' supports key dims K <= {MAX_K} (the state kernels hold all of K), got "
-            f"q.shape={tuple(q.shape)}; use backend='torch'"
-        )
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
-    g, beta = g.contiguous(), beta.contiguous()
-    initial_state = None if initial_state is None else initial_state.contiguous()
-    return q, k, v, g, beta, initial_state

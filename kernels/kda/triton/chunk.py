@@ -15,7 +15,7 @@ Kernels (grid in brackets; NT chunks, N sequences, NC = BT / 16, NV / NK tiles o
 hold all of K):
 
 forward
-    ``_cumsum``           [NT, NK, H]     G = chunk-local cumsum of g, fp32
+    ``chunk_cumsum``      [NT, NK, H]     G = chunk-local cumsum of g, fp32  (``kernels/triton_utils.py``)
     ``intra._fwd_intra``  [NT, NC*NC, H]  Aqk (scale folded in) and Akk, one 16 x 16 sub-block pair
     ``wy._fwd_solve``     [NT, H]         Ai = (I + diag(beta) Akk)^{-1} (kept for the backward)
     ``wy._fwd_wu``        [NT, H]         W, U (fp32)
@@ -59,17 +59,20 @@ import triton.language as tl
 from kernels.kda.triton.intra import _bwd_intra, _fwd_intra
 from kernels.kda.triton.wy import _bwd_wy, _fwd_solve, _fwd_wu
 from kernels.triton_utils import (
+    MAX_K,
     Chunks,
     block_size,
     bwd_dA,
+    chunk_cumsum,
     chunk_span,
     dot_dtype,
     dot_precision,
     num_warps,
     prepare_chunks,
+    state_tiles,
 )
 
-__all__ = ["chunk_kda_fwd", "chunk_kda_bwd", "ChunkKDAFunction", "MAX_K"]
+__all__ = ["chunk_kda_fwd", "chunk_kda_bwd", "ChunkKDAFunction"]
 
 BC = 16
 """Sub-block size of the pair terms and of the triangular solve: the smallest ``tl.dot`` tile."""
@@ -77,23 +80,7 @@ BC = 16
 MAX_TILE = 64
 """Largest K / V tile of the per-chunk kernels (they loop over, or launch programs for, several tiles)."""
 
-MAX_K = 256
-"""Largest key dimension: the state kernels keep a ``[K, BV]`` slice of the state in registers."""
-
-
 # ----------------------------------------------------------------------------------------------- forward
-
-
-@triton.jit
-def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m = (o_t[:, None] < n) & (o_k[None, :] < K)
-    off = ((t0 + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    b_g = tl.load(g + off, mask=m, other=0).to(tl.float32)
-    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=m)
 
 
 @triton.jit
@@ -377,12 +364,11 @@ def _state_config(K: int, dtype: torch.dtype, backward: bool) -> tuple[int, int,
     """``(BK, BV, num_warps, num_stages)`` of a state kernel: all of K (a power of two >= 16) by a V tile.
 
     Chosen by compiling for sm_90 (``compile_check.py``; see README.md): 32-column V tiles up to K = 64, 16
-    beyond, as the delta rule's; 8 warps (4 spill at K = 128: these kernels also hold fp32 ``[K, BT]`` gate
-    tiles); two pipeline stages, but one at K = 256 for the backward and for fp32, where two need more shared
-    memory than an H100 has (227 KB).
+    beyond (``state_tiles``, as the delta rule's); 8 warps (4 spill at K = 128: these kernels also hold fp32
+    ``[K, BT]`` gate tiles); two pipeline stages, but one at K = 256 for the backward and for fp32, where two
+    need more shared memory than an H100 has (227 KB).
     """
-    BK = block_size(K, MAX_K)
-    BV = min(MAX_TILE, 32 if BK <= 64 else 16)
+    BK, BV = state_tiles(K, MAX_TILE)
     stages = 1 if BK == MAX_K and (backward or dtype == torch.float32) else 2
     return BK, BV, 8, stages
 
@@ -396,8 +382,7 @@ def _recompute(q, k, v, g, beta, scale: float, Ai, h0, ch: Chunks, output_final_
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
     prec, dt = dot_precision(q.dtype), dot_dtype(q.dtype)
 
-    G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-    _cumsum[(ch.NT, triton.cdiv(K, BK), H)](g, G, ch.cu, ch.chunk_indices, H=H, K=K, BT=BT, BK=BK)
+    G = chunk_cumsum(g, ch, MAX_TILE)
     Aqk = torch.empty(B, T, H, BT, dtype=torch.float32, device=q.device)
     Akk = torch.empty_like(Aqk)
     _fwd_intra[(ch.NT, NC * NC, H)](

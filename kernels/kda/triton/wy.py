@@ -33,21 +33,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import chunk_span
+from kernels.triton_utils import chunk_span, load_tril
 
 __all__ = []  # kernels only; launched from kernels.kda.triton.chunk
-
-
-@triton.jit
-def _load_ai(Ai, rows, n, BT: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """``Ai`` of a chunk as a ``[BT, BT]`` fp32 tile (``Ai^T`` if TRANSPOSE), zero above the diagonal and on rows
-    or columns past the chunk's end."""
-    o_t = tl.arange(0, BT)
-    if TRANSPOSE:  # [j, i] = Ai[i, j]
-        mask = (o_t[None, :] < n) & (o_t[None, :] >= o_t[:, None])
-        return tl.load(Ai + rows[None, :] * BT + o_t[:, None], mask=mask, other=0)
-    mask = (o_t[:, None] < n) & (o_t[:, None] >= o_t[None, :])
-    return tl.load(Ai + rows[:, None] * BT + o_t[None, :], mask=mask, other=0)
 
 
 @triton.jit
@@ -118,7 +106,7 @@ def _fwd_wu(
     o_t = tl.arange(0, BT)
     m_t = o_t < n
     rows = (t0 + o_t) * H + i_h
-    b_ai = _load_ai(Ai, rows, n, BT, False)
+    b_ai = load_tril(Ai, rows, n, BT, False, False)
     b_beta = tl.load(beta + rows, mask=m_t, other=0).to(tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -187,7 +175,7 @@ def _bwd_wy(
     # dM = -Ai^T dAi Ai^T on the strict lower triangle: Ai moves only there when M does (its unit diagonal and
     # zero upper triangle are fixed), so only that part of dAi counts
     strict = (o_t[:, None] > o_t[None, :]) & m_t[:, None]
-    b_aiT = _load_ai(Ai, rows, n, BT, True)
+    b_aiT = load_tril(Ai, rows, n, BT, False, True)
     b_dai = tl.where(strict, b_dai, 0)
     b_dm = -tl.dot(tl.dot(b_aiT, b_dai, input_precision=PREC), b_aiT, input_precision=PREC)
     b_dm = tl.where(strict, b_dm, 0)

@@ -13,7 +13,7 @@ import torch
 
 from kernels.rwkv6.triton.chunk import ChunkRWKV6Function
 from kernels.rwkv6.triton.fused_recurrent import fused_recurrent_rwkv6_fwd
-from kernels.triton_utils import check_chunk_size, check_dtypes
+from kernels.triton_utils import check_chunk_size, needs_autograd, prepare_inputs
 
 __all__ = ["chunk_rwkv6_triton", "fused_recurrent_rwkv6_triton"]
 
@@ -38,7 +38,7 @@ def chunk_rwkv6_triton(
     """
     check_chunk_size(chunk_size)
     out_dtype = v.dtype
-    r, k, v, w, u, initial_state = _prepare(r, k, v, w, u, initial_state)
+    r, k, v, w, u, initial_state = prepare_inputs((r, k, v), (w, u, initial_state))
     scale = r.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = ChunkRWKV6Function.apply(
         r, k, v, w, u, scale, initial_state, output_final_state, chunk_size, cu_seqlens
@@ -62,21 +62,10 @@ def fused_recurrent_rwkv6_triton(
     The fused kernel is forward-only. When autograd is recording and an input requires grad, the call
     runs the chunked Triton kernels instead (the same recurrence, exactly, with a backward).
     """
-    inputs = (r, k, v, w, u, initial_state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+    if needs_autograd(r, k, v, w, u, initial_state):
         return chunk_rwkv6_triton(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)
     out_dtype = v.dtype
-    r, k, v, w, u, initial_state = _prepare(r, k, v, w, u, initial_state)
+    r, k, v, w, u, initial_state = prepare_inputs((r, k, v), (w, u, initial_state))
     scale = r.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = fused_recurrent_rwkv6_fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
     return o.to(out_dtype), final_state
-
-
-def _prepare(r, k, v, w, u, initial_state):
-    """Check dtypes, bring r, k, v to one dtype and make everything contiguous."""
-    check_dtypes(r, k, v, w, u, initial_state)
-    dtype = torch.promote_types(torch.promote_types(r.dtype, k.dtype), v.dtype)
-    r, k, v = (x.to(dtype).contiguous() for x in (r, k, v))
-    w, u = w.contiguous(), u.contiguous()
-    initial_state = None if initial_state is None else initial_state.contiguous()
-    return r, k, v, w, u, initial_state

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import block_size
+from kernels.triton_utils import block_size, seq_offsets
 
 __all__ = ["fused_recurrent_rwkv6_fwd"]
 
@@ -91,10 +91,7 @@ def fused_recurrent_rwkv6_fwd(
     """
     B, T, H, K = r.shape
     V = v.shape[-1]
-    if cu_seqlens is None:
-        cu = torch.arange(0, B * T + 1, T, dtype=torch.int64, device=r.device)
-    else:
-        cu = cu_seqlens.to(device=r.device, dtype=torch.int64).contiguous()
+    cu = seq_offsets(cu_seqlens, B, T, r.device)
     N = cu.numel() - 1
     BK, BV = block_size(K, cap=MAX_BK), block_size(V, cap=MAX_BV)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)

@@ -13,7 +13,7 @@ import torch
 
 from kernels.gla.triton.fused_recurrent import fused_recurrent_gla_fwd
 from kernels.simple_gla.triton.chunk import ChunkSimpleGLAFunction
-from kernels.triton_utils import check_chunk_size, check_dtypes
+from kernels.triton_utils import check_chunk_size, needs_autograd, prepare_inputs
 
 __all__ = ["chunk_simple_gla_triton", "fused_recurrent_simple_gla_triton"]
 
@@ -40,7 +40,7 @@ def chunk_simple_gla_triton(
     """
     check_chunk_size(chunk_size)
     out_dtype = v.dtype
-    q, k, v, g, g_gamma, initial_state = _prepare(q, k, v, g, g_gamma, initial_state)
+    q, k, v, g, g_gamma, initial_state = prepare_inputs((q, k, v), (g, g_gamma, initial_state))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = ChunkSimpleGLAFunction.apply(
         q, k, v, g, g_gamma, scale, initial_state, output_final_state, chunk_size, cu_seqlens
@@ -64,24 +64,14 @@ def fused_recurrent_simple_gla_triton(
     The fused kernel is forward-only. When autograd is recording and an input requires grad, the call
     runs the chunked Triton kernels instead (the same recurrence, exactly, with a backward).
     """
-    inputs = (q, k, v, g, g_gamma, initial_state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+    if needs_autograd(q, k, v, g, g_gamma, initial_state):
         return chunk_simple_gla_triton(
             q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens
         )
     out_dtype = v.dtype
-    q, k, v, g, g_gamma, initial_state = _prepare(q, k, v, g, g_gamma, initial_state)
+    q, k, v, g, g_gamma, initial_state = prepare_inputs((q, k, v), (g, g_gamma, initial_state))
     if g_gamma is not None:  # the constant gate as a per-step one
         g = g_gamma.float()[None, None, :].expand(q.shape[:3]).contiguous()
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = fused_recurrent_gla_fwd(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
     return o.to(out_dtype), final_state
-
-
-def _prepare(q, k, v, g, g_gamma, initial_state):
-    """Check dtypes, bring q, k, v to one dtype and make everything contiguous."""
-    check_dtypes(q, k, v, g, g_gamma, initial_state)
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
-    g, g_gamma, initial_state = (None if x is None else x.contiguous() for x in (g, g_gamma, initial_state))
-    return q, k, v, g, g_gamma, initial_state

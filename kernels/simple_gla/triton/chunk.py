@@ -11,22 +11,22 @@ entering the chunk and ``L`` its last token::
     S_next = exp(G_L) S + (k * exp(G_L - G))^T v
 
 ``GATE`` (constexpr) selects the gate: 0 none (linear attention: ``G = 0``), 1 data-dependent
-``g [B, T, H]`` (chunk-local cumsum in fp32 by ``_cumsum``), 2 constant ``g_gamma [H]``
+``g [B, T, H]`` (chunk-local cumsum in fp32 by ``chunk_cumsum``), 2 constant ``g_gamma [H]``
 (``G_i = gamma * (i + 1)``, computed in the kernels).
 
 Kernels (grid in brackets; NT chunks in all, N sequences, NK / NV tiles of K / V):
 
 forward
-    ``_cumsum``     [NT, H]         G for GATE = 1
-    ``_fwd_state``  [N*H, NK, NV]   loop over chunks: the state entering each chunk (fp32 ``hs``), final state
-    ``_fwd_o``      [NT, NV, H]     o = scale (exp(G) q hs + ((q k^T) * D) v)
+    ``chunk_cumsum`` [NT, H]         G for GATE = 1 (``kernels/triton_utils.py``)
+    ``_fwd_state``   [N*H, NK, NV]   loop over chunks: the state entering each chunk (fp32 ``hs``), final state
+    ``_fwd_o``       [NT, NV, H]     o = scale (exp(G) q hs + ((q k^T) * D) v)
 backward (G and hs are recomputed)
-    ``_bwd_state``  [N*H, NK, NV]   reverse loop: dhs[c] = dL/d(state after chunk c); the last one is dh0
-    ``_bwd_dqk``    [NT, NK, H]     dP = scale (do v^T) * D;  dq = dP k + scale exp(G) (do hs^T);
-                                    dk = dP^T q + exp(G_L - G) (v dhs^T); per-token partial sums of
-                                    q.dq - k.dk for dg (intra-chunk part as rowsum - colsum of dP * q k^T)
-    ``_bwd_dv``     [NT, NV, H]     dv = (scale (q k^T) * D)^T do + (k exp(G_L - G)) dhs
-    ``_bwd_dg``     [N*H]           dg_t = sum_{s >= t} (q_s.dq_s - k_s.dk_s) + sum(dS_T * S_T)
+    ``_bwd_state``   [N*H, NK, NV]   reverse loop: dhs[c] = dL/d(state after chunk c); the last one is dh0
+    ``_bwd_dqk``     [NT, NK, H]     dP = scale (do v^T) * D;  dq = dP k + scale exp(G) (do hs^T);
+                                     dk = dP^T q + exp(G_L - G) (v dhs^T); per-token partial sums of
+                                     q.dq - k.dk for dg (intra-chunk part as rowsum - colsum of dP * q k^T)
+    ``_bwd_dv``      [NT, NV, H]     dv = (scale (q k^T) * D)^T do + (k exp(G_L - G)) dhs
+    ``_bwd_dg``      [N*H]           dg_t = sum_{s >= t} (q_s.dq_s - k_s.dk_s) + sum(dS_T * S_T)
 
 The dg identity is the one derived in ``kernels/gla/triton/chunk.py``, summed over the key channels;
 ``d g_gamma`` is the sum of dg over all tokens. Operands of ``tl.dot`` are cast to ``DT`` (the input
@@ -39,7 +39,17 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import Chunks, block_size, chunk_span, dot_dtype, dot_precision, num_warps, prepare_chunks
+from kernels.triton_utils import (
+    Chunks,
+    block_size,
+    causal_decay,
+    chunk_cumsum,
+    chunk_span,
+    dot_dtype,
+    dot_precision,
+    num_warps,
+    prepare_chunks,
+)
 
 __all__ = ["chunk_simple_gla_fwd", "chunk_simple_gla_bwd", "ChunkSimpleGLAFunction"]
 
@@ -61,28 +71,7 @@ def _gate(G, g_gamma, t0, n, i_h, H: tl.constexpr, BT: tl.constexpr, GATE: tl.co
     return b_G, b_GL
 
 
-@triton.jit
-def _decay(b_G, n, BT: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """``D_ij = exp(G_i - G_j)`` on the causal triangle of valid rows, 0 elsewhere (``D^T`` if TRANSPOSE)."""
-    o_t = tl.arange(0, BT)
-    if TRANSPOSE:  # [j, i]
-        keep = (o_t[None, :] < n) & (o_t[None, :] >= o_t[:, None])
-        return tl.exp(tl.where(keep, b_G[None, :] - b_G[:, None], float("-inf")))
-    keep = (o_t[:, None] < n) & (o_t[:, None] >= o_t[None, :])
-    return tl.exp(tl.where(keep, b_G[:, None] - b_G[None, :], float("-inf")))
-
-
 # ----------------------------------------------------------------------------------------------- forward
-
-
-@triton.jit
-def _cumsum(g, G, cu, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    _, t0, n = chunk_span(cu, chunk_indices, i_c, BT)
-    o_t = tl.arange(0, BT)
-    off = (t0 + o_t) * H + i_h
-    b_g = tl.load(g + off, mask=o_t < n, other=0).to(tl.float32)
-    tl.store(G + off, tl.cumsum(b_g, axis=0), mask=o_t < n)
 
 
 @triton.jit
@@ -181,7 +170,7 @@ def _fwd_o(
         b_A += tl.dot(b_q, b_kT, input_precision=PREC)
         b_o += tl.dot(b_q, b_h.to(DT), input_precision=PREC)
     b_G, _ = _gate(G, g_gamma, t0, n, i_h, H, BT, GATE)
-    b_A *= _decay(b_G, n, BT, False)
+    b_A *= causal_decay(b_G, n, BT, False, False)
     m_o = m_t[:, None] & m_v[None, :]
     b_v = tl.load(v + rows[:, None] * V + o_v[None, :], mask=m_o, other=0)
     b_o = b_o * tl.exp(b_G)[:, None] + tl.dot(b_A.to(DT), b_v.to(DT), input_precision=PREC)
@@ -300,7 +289,7 @@ def _bwd_dqk(
         b_dq += tl.dot(b_do, b_hT, input_precision=PREC)
         b_dk += tl.dot(b_v, b_dhT, input_precision=PREC)
     b_G, b_GL = _gate(G, g_gamma, t0, n, i_h, H, BT, GATE)
-    b_dP = b_dA * scale * _decay(b_G, n, BT, False)  # dL/d(q_i . k_j), fp32
+    b_dP = b_dA * scale * causal_decay(b_G, n, BT, False, False)  # dL/d(q_i . k_j), fp32
     m_tk = m_t[:, None] & m_k[None, :]
     b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(DT)
     b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(DT)
@@ -366,7 +355,7 @@ def _bwd_dv(
         )
         b_AT += tl.dot(b_k.to(DT), b_qT, input_precision=PREC)
         b_dv += tl.dot((b_k * b_kdecay[:, None]).to(DT), b_dh.to(DT), input_precision=PREC)
-    b_AT = (b_AT * scale * _decay(b_G, n, BT, True)).to(DT)
+    b_AT = (b_AT * scale * causal_decay(b_G, n, BT, False, True)).to(DT)
     m_tv = m_t[:, None] & m_v[None, :]
     b_do = tl.load(do + rows[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(DT)
     b_dv += tl.dot(b_AT, b_do, input_precision=PREC)
@@ -403,15 +392,6 @@ def _bwd_dg(
 
 def _gate_mode(g, g_gamma) -> int:
     return 1 if g is not None else 2 if g_gamma is not None else 0
-
-
-def _prepare_gate(g, ch: Chunks, H: int):
-    """fp32 chunk-local cumsum of a data-dependent gate ``g [B, T, H]``; None for the other modes."""
-    if g is None:
-        return None
-    G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-    _cumsum[(ch.NT, H)](g, G, ch.cu, ch.chunk_indices, H=H, BT=ch.BT)
-    return G
 
 
 def _states(k, v, G, g_gamma, gate, h0, ch: Chunks, output_final_state: bool, prec, dt):
@@ -452,7 +432,7 @@ def chunk_simple_gla_fwd(q, k, v, g, g_gamma, scale: float, h0, output_final_sta
     _, _, H, K = q.shape
     V = v.shape[-1]
     prec, dt, gate = dot_precision(q.dtype), dot_dtype(q.dtype), _gate_mode(g, g_gamma)
-    G = _prepare_gate(g, ch, H)
+    G = chunk_cumsum(g, ch)
     hs, ht = _states(k, v, G, g_gamma, gate, h0, ch, output_final_state, prec, dt)
     o = torch.empty_like(v)
     BK, BV = block_size(K, MAX_TILE), block_size(V, MAX_TILE)
@@ -491,7 +471,7 @@ def chunk_simple_gla_bwd(q, k, v, g, g_gamma, scale: float, h0, ht, do, dht, ch:
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     prec, dt, gate = dot_precision(q.dtype), dot_dtype(q.dtype), _gate_mode(g, g_gamma)
     nw = num_warps(BT, BK, BV)
-    G = _prepare_gate(g, ch, H)
+    G = chunk_cumsum(g, ch)
     hs, _ = _states(k, v, G, g_gamma, gate, h0, ch, False, prec, dt)
 
     dhs = torch.empty_like(hs)
