@@ -165,7 +165,10 @@ class EarlyStopConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = MISSING
-    batch_size: int = MISSING
+    batch_size: int = MISSING  # the global batch of one optimizer step
+    grad_accum_steps: int = MISSING  # micro-batches of batch_size / grad_accum_steps rows per optimizer step
+    loss_chunk_size: int = MISSING  # tokens per chunk of the LM head's loss (0 = materialized logits)
+    optimizer_impl: str = MISSING  # auto | foreach | fused | for_loop (see zoo.train.loop.optimizer_impl)
     lr: float = MISSING
     schedule: str = MISSING  # cosine | wsd | constant (see zoo.train.loop.lr_at)
     min_lr_ratio: float = MISSING

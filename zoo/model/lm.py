@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.model.config import NO_MIXER, ModelConfig, branch_names
 from zoo.model.layers import RMSNorm, positions_after
+from zoo.model.loss import IGNORE_INDEX, linear_cross_entropy
 from zoo.model.mixers import Mixer, get_mixer
 from zoo.model.mixers.base import stack_caches
 from zoo.model.mlps import build_mlp
@@ -47,8 +49,9 @@ class LayerCache:
 
 @dataclass
 class LMOutput:
-    logits: torch.Tensor  # (B, T, vocab_size)
+    logits: torch.Tensor | None  # (B, T, vocab_size); None from the chunked loss (forward's loss_chunk_size)
     cache: Cache | None = None
+    loss_sum: torch.Tensor | None = None  # with labels: the summed cross-entropy of the labelled positions (fp32)
 
 
 class Block(nn.Module):
@@ -198,6 +201,8 @@ class HybridLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         logits_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_chunk_size: int = 0,
     ) -> LMOutput:
         """`input_ids` `[B, T]` -> logits `[B, T, vocab]`. With `use_cache` (or a `cache`) the returned
         cache continues the sequences: prefill-then-decode gives the logits of one parallel forward.
@@ -205,9 +210,35 @@ class HybridLM(nn.Module):
         (logits `[B, N, vocab]`): a long prompt would otherwise materialize T x vocab logits.
         `logits_mask`, a BoolTensor `[B, T]`, computes logits only where it is True, returned as `[n, vocab]` in
         the order of `x[logits_mask]`: training on sparse labels (MQAR labels 4 of 64 positions) then skips the
-        LM head everywhere else, which is most of a small model's cost at a large vocabulary."""
+        LM head everywhere else, which is most of a small model's cost at a large vocabulary.
+        `labels` `[B, T]` (-100 = no loss there; the training forward) adds `loss_sum`, the summed cross-entropy
+        over the labelled positions, with `logits` those positions' `[n, vocab]`; `loss_chunk_size=C > 0` computes
+        the same loss and gradients `C` tokens at a time (`zoo.model.loss`) and returns no logits."""
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
+        if logits_mask is not None and logits_to_keep:
+            raise ValueError("give logits_to_keep or logits_mask, not both")
+        if labels is not None:
+            if logits_mask is not None or logits_to_keep:
+                raise ValueError("labels select the positions of the loss: give no logits_mask or logits_to_keep")
+            logits_mask = labels != IGNORE_INDEX
+        elif loss_chunk_size:
+            raise ValueError("loss_chunk_size needs labels")
+        x, cache = self.hidden_states(input_ids, cache, use_cache)
+        if logits_mask is not None:
+            x = x[logits_mask]
+        elif logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        if labels is None:
+            return LMOutput(logits=self.head(x), cache=cache)
+        loss_sum, logits = self.head_loss(x, labels[logits_mask], loss_chunk_size)
+        return LMOutput(logits=logits, cache=cache, loss_sum=loss_sum)
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, cache: Cache | None = None, use_cache: bool = False
+    ) -> tuple[torch.Tensor, Cache | None]:
+        """The last block's output `[B, T, d]` (before the final norm; `head` takes it on) and the cache, as in
+        `forward`."""
         if cache is None and use_cache:
             cache = self.init_cache()
         x = self.embed(input_ids)  # (B, T, d)
@@ -221,13 +252,26 @@ class HybridLM(nn.Module):
                 cache.layers[i] = layer_cache
         if cache is not None:
             cache.seen_tokens = cache.seen_tokens + input_ids.shape[1]  # not in place: may be a [B] tensor
-        if logits_mask is not None:
-            if logits_to_keep:
-                raise ValueError("give logits_to_keep or logits_mask, not both")
-            x = x[logits_mask]
-        elif logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        return LMOutput(logits=self.lm_head(self.norm(x)), cache=cache)
+        return x, cache
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits `[..., vocab]` of hidden states `x` `[..., d]` (`hidden_states`): the final norm, then the LM head."""
+        return self.lm_head(self.norm(x))
+
+    def head_loss(
+        self, x: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(loss_sum, logits)`: the summed cross-entropy (fp32; targets -100 are ignored) of the head over hidden
+        states `x` `[n, d]`, with the logits `[n, vocab]`; or, `chunk_size > 0`, the same sum and gradients
+        `chunk_size` tokens at a time (`zoo.model.loss.linear_cross_entropy`) and no logits."""
+        if chunk_size < 0:
+            raise ValueError(f"loss chunk_size must be >= 0 (0 = the materialized logits), got {chunk_size}")
+        if not chunk_size:
+            logits = self.head(x)
+            return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"), logits
+        if not isinstance(self.lm_head, nn.Linear) or self.lm_head.bias is not None:
+            raise ValueError(f"the chunked loss needs a bias-free nn.Linear LM head, got {type(self.lm_head).__name__}")
+        return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets, chunk_size), None
 
     def _positions(self, input_ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         """Absolute positions of `input_ids` (continuing the cache's rows), checked against the learned table."""

@@ -6,13 +6,16 @@ The process group is set up from torchrun's environment (`RANK`, `WORLD_SIZE`, `
 `MASTER_PORT`); without it everything here is a no-op and training is the plain single-process loop.
 `train.batch_size` stays the *global* batch: every rank draws the same batch from `iterate_batches` and
 keeps its own contiguous slice, and the loss is normalised by the global number of labelled tokens, so
-N processes compute the gradient of one process at the same batch (up to float reduction order).
+N processes compute the gradient of one process at the same batch (up to float reduction order). With
+`train.grad_accum_steps` a rank runs its slice in that many micro-batches and the gradients are reduced once, in
+the last one's backward (`Dist.gradient_sync`).
 Only rank 0 writes the run folder (metrics, results, checkpoints); all ranks agree on that folder.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +105,17 @@ class Dist:
         lo = self.rank * size
         return x[lo : lo + size], y[lo : lo + size]
 
+    def gradient_sync(self, train_model: torch.nn.Module, sync: bool):
+        """A context for one micro-batch's forward and backward (`train.grad_accum_steps`): with `sync` false the
+        gradients only add up on this rank (DDP's `no_sync`; FSDP2 keeps them unsharded and skips the
+        reduce-scatter), and the last micro-batch's backward (`sync` true) reduces their sum once."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            train_model.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if sync else train_model.no_sync()
+
     def global_count(self, y: torch.Tensor) -> torch.Tensor:
         """Labelled tokens (label != -100) in the global batch, as a float tensor on `y`'s device."""
         count = (y != -100).sum().float()
@@ -147,7 +161,7 @@ class Dist:
             return load(directory, optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        view = _OptimizerView(None)
+        view = _OptimizerView(None, optimizer.param_groups)  # the running optimizer's implementation flags
         meta = load(directory, view)
         full = by_index_to_by_name(view.loaded, model, optimizer)
         set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
@@ -203,10 +217,11 @@ class _ModelView:
 
 
 class _OptimizerView:
-    """What `save_trainer_state` / `load_trainer_state` use of an optimizer, over a plain state dict."""
+    """What `save_trainer_state` / `load_trainer_state` use of an optimizer, over a plain state dict (and, for
+    loading, the optimizer's own `param_groups`)."""
 
-    def __init__(self, state: dict | None):
-        self.loaded = state
+    def __init__(self, state: dict | None, param_groups: list[dict] | None = None):
+        self.loaded, self.param_groups = state, param_groups or []
 
     def state_dict(self) -> dict:
         return self.loaded
@@ -256,6 +271,19 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
-def check_batch(batch_size: int, ctx: Dist) -> None:
+def check_batch(batch_size: int, ctx: Dist, grad_accum_steps: int = 1) -> None:
+    """`train.batch_size` is the global batch of one optimizer step: it splits into `grad_accum_steps` micro-batches
+    of `batch_size / grad_accum_steps` rows, and each of these evenly over the processes."""
     if batch_size % ctx.world:
         raise ConfigError(f"train.batch_size={batch_size} does not split evenly over {ctx.world} processes")
+    valid = [n for n in range(1, batch_size + 1) if batch_size % (n * ctx.world) == 0]
+    if grad_accum_steps < 1 or batch_size % grad_accum_steps:
+        raise ConfigError(
+            f"train.grad_accum_steps={grad_accum_steps} must be >= 1 and divide train.batch_size={batch_size}; "
+            f"valid: {', '.join(map(str, valid))}"
+        )
+    if (batch_size // grad_accum_steps) % ctx.world:
+        raise ConfigError(
+            f"train.grad_accum_steps={grad_accum_steps} leaves micro-batches of {batch_size // grad_accum_steps} rows, "
+            f"which do not split evenly over {ctx.world} processes; valid: {', '.join(map(str, valid))}"
+        )

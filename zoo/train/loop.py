@@ -47,6 +47,20 @@ log = logging.getLogger("zoo.train.loop")
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
+OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "for_loop")
+_IMPL_FLAGS = {"for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def check_step_options(cfg: TrainConfig) -> None:
+    """The options of how a step is computed, before anything is built (`train.grad_accum_steps` against the
+    batch is `distributed.check_batch`'s, which knows the world size)."""
+    if cfg.loss_chunk_size < 0:
+        raise ConfigError(
+            f"train.loss_chunk_size={cfg.loss_chunk_size}; valid: 0 (off: materialized logits) or a positive number "
+            "of tokens per chunk"
+        )
+    if cfg.optimizer_impl not in OPTIMIZER_IMPLS:
+        raise ConfigError(f"train.optimizer_impl={cfg.optimizer_impl!r}; valid: {', '.join(OPTIMIZER_IMPLS)}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -100,12 +114,31 @@ class EarlyStop:
         return self.reached is not None
 
 
+def optimizer_impl(name: str, params: list[torch.Tensor]) -> str:
+    """`train.optimizer_impl` resolved: `auto` is `fused` (one kernel for every parameter) when they all live on
+    CUDA, else `foreach` (a few batched ops per step; on CPU it updates the weights bit for bit as `for_loop`)."""
+    if name not in OPTIMIZER_IMPLS:
+        raise ConfigError(f"train.optimizer_impl={name!r}; valid: {', '.join(OPTIMIZER_IMPLS)}")
+    if name != "auto":
+        return name
+    return "fused" if params and all(p.device.type == "cuda" for p in params) else "foreach"
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings only (not norms, biases, gate vectors)."""
+    """AdamW with weight decay on matrices and embeddings only (not norms, biases, gate vectors), run by
+    `train.optimizer_impl` (`optimizer_impl`). The implementations hold the same state, so a checkpoint written
+    with one resumes with another (`zoo.train.state.load_trainer_state` keeps the running one's flags)."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+    impl = optimizer_impl(cfg.optimizer_impl, decay + no_decay)
+    log.info("AdamW implementation: %s (train.optimizer_impl=%s)", impl, cfg.optimizer_impl)
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **_IMPL_FLAGS[impl])
+    except RuntimeError as e:  # fused kernels exist for some devices only
+        raise ConfigError(
+            f"train.optimizer_impl={cfg.optimizer_impl} cannot run here ({e}); valid here: foreach, for_loop, auto"
+        ) from e
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -170,6 +203,36 @@ def _held_out_metrics(model: HybridLM, data, name: str, eval_cfg: EvalConfig, de
     return metrics
 
 
+def train_step(
+    train_model, model, optimizer, x, y, cfg: TrainConfig, dctx, autocast
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on this rank's share `x, y` of the global batch; returns `(loss, grad_norm)`, the global
+    batch's mean loss (the same on every rank) and the gradient norm before clipping.
+
+    The share runs in `cfg.grad_accum_steps` micro-batches, one forward and backward each, whose gradients add
+    up: every micro-batch's summed loss is divided by the labelled tokens of the whole global batch, so the sum
+    is the gradient of the global batch's mean loss, as one pass over it would give. Data-parallel gradients are
+    synchronised once, in the last micro-batch's backward (`dctx.gradient_sync`)."""
+    count = dctx.global_count(y)  # labelled tokens in the whole global batch
+    steps = cfg.grad_accum_steps
+    micro = len(x) // steps
+    total = torch.zeros((), device=y.device)
+    for i in range(steps):
+        xi, yi = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+        with dctx.gradient_sync(train_model, i == steps - 1):
+            with autocast():
+                loss_sum = train_model(xi, labels=yi, loss_chunk_size=cfg.loss_chunk_size).loss_sum
+            dctx.loss_for_backward(loss_sum, count).backward()
+        total += loss_sum.detach()
+    loss = dctx.global_loss(total, count)  # the global batch's mean loss, the same on every rank
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()}")
+    grad_norm = dctx.plain(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
+
+
 def save_checkpoint(run_dir: Path, model: HybridLM, optimizer, meta: dict) -> None:
     def write(tmp: Path) -> None:
         write_model_files(model, tmp)
@@ -199,12 +262,13 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     run_dir.mkdir(parents=True, exist_ok=True)
     root: TrainRoot = typed(cfg)  # checked against zoo.schemas once; the model is built from the node, cfg.model
     tcfg, eval_cfg = root.train, root.eval
+    check_step_options(tcfg)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     device = pick_device(tcfg.device)
     dctx = distributed.setup(tcfg.distributed, tcfg.fsdp, device)  # under torchrun: join the process group
     device = dctx.device
-    distributed.check_batch(tcfg.batch_size, dctx)
+    distributed.check_batch(tcfg.batch_size, dctx, tcfg.grad_accum_steps)
     run_dir = dctx.agree_on_run_dir(run_dir)  # Hydra's ${now:...} may differ between the ranks
     data = build_dataset(root.data)  # impossible data settings are ConfigErrors (one line, before training)
     if root.model.vocab_size < data.vocab_size:
@@ -261,17 +325,10 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             group["lr"] = lr
         x, y = dctx.local_slice(x, y)  # this rank's share of the global batch
         x, y = x.to(device), y.to(device)
-        count = dctx.global_count(y)  # labelled tokens in the whole global batch
-        with autocast():
-            logits, targets, _ = labelled_logits(train_model, x, y)
-            loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-        loss = dctx.global_loss(loss_sum, count)  # the global batch's mean loss, the same on every rank
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        dctx.loss_for_backward(loss_sum, count).backward()
-        grad_norm = dctx.plain(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        try:
+            loss, grad_norm = train_step(train_model, model, optimizer, x, y, tcfg, dctx, autocast)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} at step {step}") from None
         done = step + 1
         bar.update(1)
         record = {"step": done, "train/loss": loss.item()}
