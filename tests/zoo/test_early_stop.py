@@ -133,7 +133,14 @@ def test_a_rerun_sweep_skips_completed_jobs_and_resumes_a_cut_one(tmp_path):
     cut = read_results(out / "1")
     assert cut["status"] == "running" and not (out / "2").exists(), cut
     done_before = (out / "0" / "metrics.jsonl").read_text()
+    # job 0 as if written before train.grad_accum_steps existed: still the same job, and its folder's config
+    # stays the one it ran with, though Hydra rewrites the file when the rerun starts the job
+    recorded = json.loads((out / "0" / "results.json").read_text())
+    del recorded["config"]["train"]["grad_accum_steps"]
+    (out / "0" / "results.json").write_text(json.dumps(recorded))
     log = sweep(out)
+    kept = OmegaConf.load(out / "0" / ".hydra" / "config.yaml")
+    assert kept.train.lr == 1e-3 and "grad_accum_steps" not in kept.train
     assert "job 0: completed in" in log and "skipped" in log
     assert "job 1: continues from the checkpoint" in log and "resumed from" in log
     assert (out / "0" / "metrics.jsonl").read_text() == done_before  # the completed job was not touched

@@ -466,15 +466,25 @@ def resume_sweep_job(cfg: DictConfig, run_dir: Path, job: int, sweep_dir: Path) 
         return False
     if _matches(prior, cfg, []) is False:  # folders written before fingerprints existed count as the same job
         log.error("job %s: %s holds a run of another config; left as it is (use another hydra.sweep.dir)", job, run_dir)
+        _restore_job_config(run_dir, prior)
         return False
     if prior.get("status") == "completed":
         log.info("job %s: completed in %s before, skipped", job, run_dir)
+        _restore_job_config(run_dir, prior)
         return False
     if (readable_dir(run_dir / CHECKPOINT) / "trainer_state.json").exists():
         with open_dict(cfg):
             cfg.train.resume = True
         log.info("job %s: continues from the checkpoint in %s", job, run_dir)
     return True
+
+
+def _restore_job_config(run_dir: Path, prior: dict) -> None:
+    """Hydra writes `.hydra/config.yaml` of the current job before the task runs, also into the folder of a job the
+    sweep then skips, where the file would no longer describe the run it holds: write back the config the run
+    recorded in results.json (resolved; folders written before it was recorded are left as Hydra wrote them)."""
+    if "config" in prior and (run_dir / ".hydra").is_dir():
+        OmegaConf.save(OmegaConf.create(prior["config"]), run_dir / ".hydra" / "config.yaml")
 
 
 def summary(cfg: DictConfig, metrics: dict, run_dir) -> str:
