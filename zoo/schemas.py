@@ -169,6 +169,9 @@ class TrainConfig:
     grad_accum_steps: int = MISSING  # micro-batches of batch_size / grad_accum_steps rows per optimizer step
     loss_chunk_size: int = MISSING  # tokens per chunk of the LM head's loss (0 = materialized logits)
     optimizer_impl: str = MISSING  # auto | foreach | fused | for_loop (see zoo.train.loop.optimizer_impl)
+    activation_checkpointing: int = MISSING  # 0 none | 1 every block | k every k-th block (zoo.train.wrappers)
+    compile: str = MISSING  # none | model | blocks: torch.compile of the training forward (zoo.train.wrappers)
+    peak_flops: float | None = MISSING  # FLOP/s of one device for train/mfu; null = auto (zoo.train.throughput)
     lr: float = MISSING
     schedule: str = MISSING  # cosine | wsd | constant (see zoo.train.loop.lr_at)
     min_lr_ratio: float = MISSING

@@ -88,7 +88,10 @@ def zoo_train(tmp_path, *overrides):
         (["model.attn.layers=[9]"], "model.attn.layers entry 9 is out of range for n_layers=8"),
         (["model.head_dim=48"], "does not divide"),
         (["data.seq_len=32", "data.num_kv_pairs=16"], "num_kv_pairs"),
-        (["+train.lrr=1"], "unknown config key 'train.lrr'; valid keys under 'train': batch_size, betas,"),
+        (
+            ["+train.lrr=1"],
+            "unknown config key 'train.lrr'; valid keys under 'train': activation_checkpointing, batch_size, betas,",
+        ),
         (
             ["model.learned_positions=64", "eval.final.bench.lengths=[32,64]", "eval.final.bench.gen_len=16"],
             "eval.final.bench.lengths [64] plus gen_len=16 are past model.learned_positions=64: set",

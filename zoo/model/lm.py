@@ -112,6 +112,14 @@ class Block(nn.Module):
             x, mlp_cache = self._residual(x, self.mlp, self.mlp_norm, None if cache is None else cache.mlp)
         return x, (None if cache is None else LayerCache(mixer_cache, mlp_cache, shared_cache))
 
+    def flops_per_token(self, seq_len: int, shared_blocks: nn.ModuleList | None = None) -> float:
+        """Forward FLOPs per token (`zoo.model.flops`): the mixer's, the MLP's and, at a layer that reads a shared
+        block, that use's (`shared_blocks`: the model's)."""
+        parts = [half.flops_per_token(seq_len) for half in (self.mixer, self.mlp) if half is not None]
+        if self.shared_use is not None:
+            parts.append(self.shared_use.flops_per_token(seq_len, shared_blocks))
+        return float(sum(parts))
+
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         mlp = 0 if self.mlp is None else self.mlp.state_bytes(batch_size)
         shared = 0 if self.shared_use is None else self.shared_use.state_bytes(seq_len, batch_size)
@@ -435,6 +443,17 @@ class HybridLM(nn.Module):
         if not isinstance(self.lm_head, nn.Linear) or self.lm_head.weight is not self.embed.weight:
             params -= self.embed.weight.numel() * self.embed.weight.element_size()
         return params + quantized
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token over sequences of `seq_len`: every block's (`Block.flops_per_token`) and the LM
+        head's (`head_flops_per_token`); the embedding lookup costs none (`zoo.model.flops` has the convention). A
+        training step costs 3x as much."""
+        blocks = sum(block.flops_per_token(seq_len, self.shared_blocks) for block in self.blocks)
+        return blocks + self.head_flops_per_token()
+
+    def head_flops_per_token(self) -> float:
+        """Forward FLOPs of the LM head per position it runs at (training runs it at the labelled ones only)."""
+        return 2.0 * self.config.d_model * self.config.vocab_size
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Bytes of inference cache after `seq_len` tokens: the x-axis of recall vs memory."""

@@ -1,7 +1,8 @@
 """Channel mixers (the second sublayer of every block): a registry `name -> class`, like the mixers.
 
 Every MLP follows one contract: `MLP(d_model, layer_idx, *, n_layers, mlp_ratio, mlp_hidden)`,
-`forward(x, cache=None) -> (y, cache)`, `init_cache()` and `state_bytes(batch_size=1)`. Most are
+`forward(x, cache=None) -> (y, cache)`, `init_cache()`, `state_bytes(batch_size=1)` and `flops_per_token(seq_len)`
+(forward FLOPs per token, `zoo.model.flops`; `MatmulFlops` counts the linear layers). Most are
 stateless (`init_cache()` is None); RWKV's channel mix shifts tokens and so keeps the previous one.
 An MLP's only options, `mlp_ratio` and `mlp_hidden` (the hidden size exactly, when set: an imported checkpoint's
 `intermediate_size`), are model fields (`conf/model/*.yaml`) that every MLP takes: there is no `conf/mlp/` group,
@@ -15,6 +16,7 @@ import torch
 
 from zoo.errors import ConfigError
 from zoo.io.safety import Registry
+from zoo.model.flops import MatmulFlops
 from zoo.model.layers import SwiGLU, swiglu_hidden
 
 MLPS: Registry = Registry("mlp")
@@ -43,7 +45,7 @@ def build_mlp(
 
 
 @register_mlp("swiglu")
-class SwiGLUMLP(SwiGLU):
+class SwiGLUMLP(MatmulFlops, SwiGLU):
     """SwiGLU with hidden size `2/3 * mlp_ratio * d_model` (Llama's sizing), or `mlp_hidden`; stateless."""
 
     def __init__(self, d_model: int, layer_idx: int, *, n_layers: int, mlp_ratio: float, mlp_hidden: int | None):
@@ -60,7 +62,7 @@ class SwiGLUMLP(SwiGLU):
 
 
 @register_mlp("relu2")
-class ReLU2MLP(torch.nn.Module):
+class ReLU2MLP(MatmulFlops, torch.nn.Module):
     """`W_down relu(W_up x)^2` (So et al. 2021, "Primer": squared ReLU; Nemotron-H's MLP layers), hidden size
     `mlp_ratio * d_model` (rounded up to a multiple of 8) or `mlp_hidden`; stateless."""
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.model.flops import matmul_flops, mean_causal_keys
 from zoo.model.layers import RMSNorm, positions_after, rope_frequencies, rotary
 from zoo.model.mixers.attention import KVCache, attend
 from zoo.model.mixers.base import check_divides
@@ -129,6 +130,10 @@ class SharedBlock(nn.Module):
         gate, up = use.adapt("gate_up", self.gate_up, m).chunk(2, dim=-1)
         return self.down(self.act(gate) * up), cache
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of one run (`zoo.model.flops`): the projections and causal attention."""
+        return matmul_flops(self) + 4 * self.num_heads * self.head_dim * mean_causal_keys(seq_len)
+
 
 class SharedUse(nn.Module):
     """One use of a shared block at one layer: which block (`block_id`), the use's LoRA adapters (`adapters.q`,
@@ -167,6 +172,10 @@ class SharedUse(nn.Module):
 
     def init_cache(self) -> KVCache:
         return KVCache()
+
+    def flops_per_token(self, seq_len: int, blocks: nn.ModuleList) -> float:
+        """Forward FLOPs per token of this use: its shared block's run, its adapters and its projection."""
+        return blocks[self.block_id].flops_per_token(seq_len) + matmul_flops(self)
 
     def state_bytes(self, seq_len: int, batch_size: int = 1) -> int:
         """Keys and values of every token seen, in the parameters' dtype (the activations')."""

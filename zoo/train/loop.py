@@ -42,6 +42,9 @@ from zoo.train import distributed
 from zoo.train.failures import clear_failure, record_failure, release_memory
 from zoo.train.loggers import RunLogger
 from zoo.train.state import load_trainer_state, save_trainer_state
+from zoo.train.throughput import Throughput
+from zoo.train.wrappers import apply_wrappers
+from zoo.train.wrappers import check_options as check_wrapper_options
 
 log = logging.getLogger("zoo.train.loop")
 
@@ -61,6 +64,9 @@ def check_step_options(cfg: TrainConfig) -> None:
         )
     if cfg.optimizer_impl not in OPTIMIZER_IMPLS:
         raise ConfigError(f"train.optimizer_impl={cfg.optimizer_impl!r}; valid: {', '.join(OPTIMIZER_IMPLS)}")
+    check_wrapper_options(cfg.activation_checkpointing, cfg.compile)
+    if cfg.peak_flops is not None and not cfg.peak_flops > 0:
+        raise ConfigError(f"train.peak_flops={cfg.peak_flops}; valid: null (auto) or a positive FLOP/s per device")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -233,6 +239,14 @@ def train_step(
     return loss, grad_norm
 
 
+def progress(speed: dict[str, float]) -> dict[str, str]:
+    """The throughput metrics (`Throughput.read`) as the progress bar shows them."""
+    shown = {"tok/s": f"{speed['train/tokens_per_s']:.4g}", "mem": f"{speed['train/peak_mem_bytes'] / 2**30:.2f}G"}
+    if "train/mfu" in speed:
+        shown["mfu"] = f"{speed['train/mfu']:.1%}"
+    return shown
+
+
 def save_checkpoint(run_dir: Path, model: HybridLM, optimizer, meta: dict) -> None:
     def write(tmp: Path) -> None:
         write_model_files(model, tmp)
@@ -287,6 +301,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     ckpt = resume_dir(run_dir, tcfg.resume)
     if ckpt is not None:
         load_weights(model, ckpt)  # into the whole model, before DDP / FSDP2 take it over
+    apply_wrappers(model, tcfg.activation_checkpointing, tcfg.compile)  # names unchanged; before DDP / FSDP2
     train_model = dctx.wrap(model)  # `model` itself, or its DDP wrapper (FSDP2 shards `model` in place)
     optimizer = make_optimizer(model, tcfg)  # after sharding: FSDP2's optimizer holds the local shards
     if ckpt is not None:
@@ -312,6 +327,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             **run_info,
         )
     evals: dict[str, float] = {}
+    meter = Throughput(model, root.data.seq_len, device, dctx.world, tcfg.peak_flops)
     t0 = time.perf_counter()
     model.train()
     done = start_step  # optimizer steps taken so far
@@ -323,25 +339,31 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        tokens, labelled = y.numel(), int((y != -100).sum())  # the global batch's, before this rank's share
         x, y = dctx.local_slice(x, y)  # this rank's share of the global batch
-        x, y = x.to(device), y.to(device)
-        try:
-            loss, grad_norm = train_step(train_model, model, optimizer, x, y, tcfg, dctx, autocast)
-        except FloatingPointError as e:
-            raise FloatingPointError(f"{e} at step {step}") from None
+        with meter.measure(tokens, labelled):
+            x, y = x.to(device), y.to(device)
+            try:
+                loss, grad_norm = train_step(train_model, model, optimizer, x, y, tcfg, dctx, autocast)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e} at step {step}") from None
+            loss_value = loss.item()  # waits for the device: the step's time is all in
         done = step + 1
         bar.update(1)
-        record = {"step": done, "train/loss": loss.item()}
+        record = {"step": done, "train/loss": loss_value}
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            speed = meter.read()
+            bar.set_postfix(loss=f"{loss_value:.4f}", **progress(speed))
             logger.log(
-                record | {"lr": lr, "grad_norm": grad_norm.item(), "time_s": elapsed_before + time.perf_counter() - t0}
+                record
+                | {"lr": lr, "grad_norm": grad_norm.item(), "time_s": elapsed_before + time.perf_counter() - t0}
+                | speed
             )
         stop = False
         if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
             evals = evaluate(model, data, root.data.name, eval_cfg, device, autocast)
             logger.log({"step": done, **evals})
-            bar.set_postfix({"loss": f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
+            bar.set_postfix({"loss": f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in evals.items()}})
             stop = stopper.update(done, evals)  # every rank evaluates the same model, so all stop together
             if stop:
                 log.info(
@@ -354,7 +376,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             if views is not None:  # rank 0
                 save_checkpoint(run_dir, *views, meta)
         if on_step is not None:
-            on_step(done, loss.item())
+            on_step(done, loss_value)
         if stop:
             break
     bar.close()

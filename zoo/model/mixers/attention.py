@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.model.flops import mean_causal_keys
 from zoo.model.layers import RMSNorm, positions_after, rope_frequencies, rotary
 from zoo.model.mixers import register
 from zoo.model.mixers.base import QKV, Mixer, check_divides, per_sequence, split_heads
@@ -372,6 +373,12 @@ class Attention(Mixer):
     @property
     def state_grows(self) -> bool:
         return self.window_size is None  # a sliding window keeps only its last window_size keys
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """The projections, plus `q.k` and `p.v` of every query head over the keys it sees (the window's, or
+        (T + 1) / 2 on average under the causal mask): `2 * 2 * heads * head_dim` per key."""
+        keys = mean_causal_keys(seq_len, self.window_size)
+        return super().flops_per_token(seq_len) + 4 * self.num_heads * self.head_dim * keys
 
     def init_cache(self) -> KVCache:
         return KVCache()

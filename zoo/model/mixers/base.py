@@ -14,6 +14,7 @@ from torch import nn
 
 import kernels
 from zoo.errors import ConfigError
+from zoo.model.flops import chunk_mixing_flops, matmul_flops
 from zoo.model.quant import activation_device, activation_dtype, fuse_linears
 
 QKV = ("q_proj", "k_proj", "v_proj")  # the input projections most mixers share, fused for decode
@@ -41,6 +42,8 @@ class Mixer(nn.Module, abc.ABC):
     - `state_grows`: whether the cache grows with the sequence (full attention's keys and values) or keeps a
       fixed size (a recurrent state, a sliding window); `preallocates`: whether the cache takes a `reserve`.
     - `composes`: the option of a composite mixer (`parallel`) that names other mixers; None for every other one.
+    - `flops_per_token(seq_len)`: forward FLOPs per token of the training forward (`zoo.model.flops`).
+    - `compilable` (and `compile_note`, why not): whether `train.compile` may hand the layer to `torch.compile`.
 
     A cache is a dataclass whose tensors are batch-first, so that `stack_caches` can batch the caches of
     sequences prefilled one by one; a cache that cannot be batched by concatenation has a `stack` classmethod.
@@ -71,6 +74,14 @@ class Mixer(nn.Module, abc.ABC):
     fusable: tuple[tuple[str, ...], ...] = ()
     """Groups of linear layers (module paths) that read the same input and are applied through `project`:
     `HybridLM.optimize_for_decode()` runs each group as one wider product (`fuse_projections`)."""
+
+    compilable: bool = True
+    """Whether the training forward of a block holding this mixer may run under `torch.compile` (`train.compile`).
+    A mixer whose forward fails under compile, or breaks into graphs that grow with the sequence or recompile from
+    step to step, says False and why in `compile_note`; the trainer then leaves its blocks eager and logs the note.
+    A fixed number of graph breaks is no reason (GLA's torch kernel, at its data-dependent branch)."""
+    compile_note: str = ""
+    """Why the mixer is not `compilable` (logged by the trainer)."""
 
     def __init__(self, layer_idx: int):
         super().__init__()
@@ -111,6 +122,12 @@ class Mixer(nn.Module, abc.ABC):
         """Which implementation this layer runs on its parameters' device (recorded in results.json)."""
         return {}
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token over sequences of `seq_len` (`zoo.model.flops`). This default counts the
+        projections (every linear layer and short convolution); a mixer whose token mixing multiplies across
+        positions, or that keeps raw matrix parameters, adds them."""
+        return matmul_flops(self)
+
     @property
     def param_dtype(self) -> torch.dtype:
         """The parameters' dtype, which is also the activations' (and so the caches' conv tails, KV, ...)."""
@@ -133,6 +150,11 @@ class LinearMixer(Mixer):
 
     kernel_family: str
     cache_class: type[StateCache] = StateCache
+    chunk_form: str = "linear"
+    """The products of the chunked form of `kernel_family` (`zoo.model.flops.chunk_mixing_flops`): `linear`,
+    `delta` (the delta rule's WY form) or `dplr` (RWKV-7)."""
+    steps_per_token: int = 1
+    """Recurrence steps per token (Gated DeltaProduct: its Householder steps, each a step of the kernel)."""
     steps_for_inference: bool = False
     """Run every call without autograd on CPU through the step op (`fused_recurrent_<family>`), even of many tokens:
     for families whose chunked torch form pays for its backward with a slower forward (the per-channel decays of
@@ -158,6 +180,14 @@ class LinearMixer(Mixer):
 
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         return [(self.state_shape, self.state_dtype)]
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """The projections, plus the chunked recurrence over the `state_shape` `(H, K, V)` of every head (the
+        kernel's heads and widths: grouped values, Based's feature dim, the normalizer's column), one per step."""
+        heads, key_dim, value_dim = self.state_shape
+        n = self.steps_per_token
+        mixing = chunk_mixing_flops(self.chunk_form, seq_len * n, self.chunk_size, key_dim, value_dim)
+        return super().flops_per_token(seq_len) + heads * n * mixing
 
     def kernel_backends(self) -> dict[str, str]:
         probe = torch.empty(0, device=activation_device(self))

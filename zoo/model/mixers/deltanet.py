@@ -52,6 +52,7 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 @register("deltanet")
 class DeltaNet(LinearMixer):
     kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
+    chunk_form = "delta"  # the WY form's products (zoo.model.flops), for every subclass
     cache_class = DeltaNetCache
     added_options = {"num_v_heads": None, "allow_neg_eigval": False}  # configs from before them
     steps_per_token = 1  # delta steps per token: k, v and beta hold that many per token (Gated DeltaProduct: n_h)

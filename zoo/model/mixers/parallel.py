@@ -80,3 +80,14 @@ class Parallel(Mixer):
 
     def kernel_backends(self) -> dict[str, str]:
         return {k: v for branch in self.branches.values() for k, v in branch.kernel_backends().items()}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return sum(branch.flops_per_token(seq_len) for branch in self.branches.values())
+
+    @property
+    def compilable(self) -> bool:
+        return all(branch.compilable for branch in self.branches.values())
+
+    @property
+    def compile_note(self) -> str:
+        return "; ".join(f"{b.name}: {b.compile_note}" for b in self.branches.values() if not b.compilable)

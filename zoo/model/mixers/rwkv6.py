@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.model.flops import MatmulFlops, matrix_flops
 from zoo.model.mixers import register
 from zoo.model.mixers.base import LinearMixer, StateCache, at_least_fp32, check_divides
 from zoo.model.mlps import register_mlp
@@ -164,12 +165,19 @@ class RWKV6TimeMix(LinearMixer):
     def state_shape(self) -> tuple[int, ...]:
         return (self.num_heads, self.head_size, self.head_size)
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """The linear layers and the recurrence, plus v6's low-rank token-shift mixes and decay."""
+        if self.version == 5:
+            return super().flops_per_token(seq_len)
+        lora = (self.time_maa_w1, self.time_maa_w2, self.time_decay_w1, self.time_decay_w2)
+        return super().flops_per_token(seq_len) + matrix_flops(*lora)
+
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         return [*super().cache_tensors(seq_len), ((self.d_model,), self.param_dtype)]  # + the previous token
 
 
 @register_mlp("rwkv_cmix")
-class RWKVChannelMix(nn.Module):
+class RWKVChannelMix(MatmulFlops, nn.Module):
     """RWKV's channel mix `sigmoid(W_r x_r) * W_v(relu(W_k x_k)^2)` with a static token shift
     `x_□ = x_t + (x_{t-1} - x_t) * mu_□`. Hidden size `mlp_ratio * d_model`, rounded down to a multiple of
     32 as RWKV-LM does (RWKV-6 uses 3.5), or `mlp_hidden`."""

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.model.flops import MatmulFlops, matrix_flops
 from zoo.model.mixers import register
 from zoo.model.mixers.base import LinearMixer, at_least_fp32, check_divides
 from zoo.model.mixers.rwkv6 import RWKVCache, ShiftCache, _ratios, token_shift
@@ -51,6 +52,7 @@ def lora_rank(d_model: int, factor: float, power: float) -> int:
 @register("rwkv7")
 class RWKV7TimeMix(LinearMixer):
     kernel_family = "rwkv7"
+    chunk_form = "dplr"
     # on CPU without autograd the step loop is 2.7-3.3x faster than the chunked DPLR form (K = V = 64 / 128,
     # T = 1024, one thread; kernels/dplr_delta_rule/README.md)
     steps_for_inference = True
@@ -137,12 +139,18 @@ class RWKV7TimeMix(LinearMixer):
     def state_shape(self) -> tuple[int, ...]:
         return (self.num_heads, self.head_size, self.head_size)
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """The linear layers and the recurrence, plus the four low-rank pairs (the value residual's counted in
+        every layer, though the model's first RWKV-7 layer skips it)."""
+        lora = (*self.w_lora, *self.a_lora, *self.v_lora, *self.g_lora)
+        return super().flops_per_token(seq_len) + matrix_flops(*lora)
+
     def cache_tensors(self, seq_len: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         return [*super().cache_tensors(seq_len), ((self.d_model,), self.param_dtype)]  # + the previous token
 
 
 @register_mlp("rwkv7_cmix")
-class RWKV7ChannelMix(nn.Module):
+class RWKV7ChannelMix(MatmulFlops, nn.Module):
     """RWKV-7's channel mix `W_v relu(W_k x_k)^2` (no receptance gate, unlike RWKV-5/6's), with a static token
     shift `x_k = x_t + (x_{t-1} - x_t) * mu_k`, `mu_k = 1 - c^(l'^4)` (x070). Hidden size `mlp_ratio * d_model`
     rounded down to a multiple of 32 (RWKV-7 uses 4), or `mlp_hidden`."""
