@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import torch
 
+TINY_HYBRID_MQAR = [
+    "model=hybrid_gla",
+    "model.d_model=32",
+    "model.head_dim=8",
+    "model.n_layers=2",
+    "model.attn.layers=[1]",
+    "data.vocab_size=64",
+    "data.seq_len=32",
+    "data.num_kv_pairs=4",
+]
+"""The smallest hybrid (GLA + one attention layer) on MQAR: the model and data overrides the trainer tests share."""
+
 
 def assert_close(
     actual: torch.Tensor,

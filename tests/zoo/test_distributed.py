@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import interrupted_run
+from tests.helpers import TINY_HYBRID_MQAR, interrupted_run
 from zoo.config import compose
 from zoo.errors import ConfigError
 from zoo.io.results import read_metrics, read_results
@@ -21,14 +21,7 @@ from zoo.train.distributed import Dist, check_batch
 from zoo.train.loop import run_training
 
 TINY = [
-    "model=hybrid_gla",
-    "model.d_model=32",
-    "model.head_dim=8",
-    "model.n_layers=2",
-    "model.attn.layers=[1]",
-    "data.vocab_size=64",
-    "data.seq_len=32",
-    "data.num_kv_pairs=4",
+    *TINY_HYBRID_MQAR,
     "data.train_size=512",
     "data.test_size=64",
     "train.batch_size=16",

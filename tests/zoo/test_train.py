@@ -10,20 +10,13 @@ import sys
 import pytest
 
 import zoo
-from tests.helpers import interrupted_run
+from tests.helpers import TINY_HYBRID_MQAR, interrupted_run
 from zoo.config import compose, conf_dir
 from zoo.io.results import read_metrics, read_results
 from zoo.train.loop import run_training
 
 TINY = [
-    "model=hybrid_gla",
-    "model.d_model=32",
-    "model.head_dim=8",
-    "model.n_layers=2",
-    "model.attn.layers=[1]",
-    "data.vocab_size=64",
-    "data.seq_len=32",
-    "data.num_kv_pairs=4",
+    *TINY_HYBRID_MQAR,
     "data.train_size=512",
     "data.test_size=64",
     "train.batch_size=16",

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tests.helpers import assert_close, interrupted_run
+from tests.helpers import TINY_HYBRID_MQAR, assert_close, interrupted_run
 from tests.zoo.test_distributed import TINY as DDP_TINY
 from tests.zoo.test_distributed import torchrun
 from zoo.config import compose, typed
@@ -27,14 +27,7 @@ from zoo.train.loop import make_optimizer, optimizer_impl, run_training, train_s
 from zoo.train.state import load_trainer_state, save_trainer_state
 
 TINY = [
-    "model=hybrid_gla",
-    "model.d_model=32",
-    "model.head_dim=8",
-    "model.n_layers=2",
-    "model.attn.layers=[1]",
-    "data.vocab_size=64",
-    "data.seq_len=32",
-    "data.num_kv_pairs=4",
+    *TINY_HYBRID_MQAR,
     "data.train_size=256",
     "data.test_size=64",
     "train.batch_size=32",

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from tests.helpers import assert_close
+from tests.helpers import TINY_HYBRID_MQAR, assert_close
 from tests.zoo.test_distributed import TINY as DDP_TINY
 from tests.zoo.test_distributed import torchrun
 from zoo.config import compose
@@ -28,14 +28,7 @@ from zoo.train.wrappers import apply_wrappers, checkpointed_blocks
 
 SMALL = ["model.d_model=32", "model.head_dim=8", "data.vocab_size=64", "model.n_layers=4"]
 TINY_RUN = [
-    "model=hybrid_gla",
-    "model.d_model=32",
-    "model.head_dim=8",
-    "model.n_layers=2",
-    "model.attn.layers=[1]",
-    "data.vocab_size=64",
-    "data.seq_len=32",
-    "data.num_kv_pairs=4",
+    *TINY_HYBRID_MQAR,
     "data.train_size=64",
     "data.test_size=16",
     "train.batch_size=8",
