@@ -9,7 +9,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_inputs", "decayed_pairs", "sub_chunked", "run_torch_backends", "run_varlen", "without_autocast"]
+__all__ = [
+    "check_chunk_arg",
+    "check_inputs",
+    "decayed_pairs",
+    "sub_chunked",
+    "run_torch_backends",
+    "run_varlen",
+    "without_autocast",
+]
 
 
 def check_inputs(
@@ -168,6 +176,12 @@ def decayed_pairs(
     return out
 
 
+def check_chunk_arg(chunk_size: int | None) -> None:
+    """A chunk op's `chunk_size` (None for a fused_recurrent op), checked once before any backend runs."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
 def run_torch_backends(
     resolved: str,
     naive: Callable,
@@ -180,11 +194,10 @@ def run_torch_backends(
     scale: float | None,
     cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dispatch a family without Triton kernels shares: `naive` for the naive backend, else `chunk` (with
-    `chunk_size`) or the step loop `step` (`chunk_size` None: a fused_recurrent op), sequence by sequence when
-    `cu_seqlens` packs several. `per_token` are the op's `[B, T, ...]` tensors by keyword."""
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    """The torch-side dispatch the sub-chunked families (kda, dplr) share once their op has handled `triton`:
+    `naive` for the naive backend, else `chunk` (with `chunk_size`) or the step loop `step` (`chunk_size` None: a
+    fused_recurrent op), sequence by sequence when `cu_seqlens` packs several. `per_token` are the op's
+    `[B, T, ...]` tensors by keyword; `chunk_size` was checked by the op (`check_chunk_arg`)."""
     fn, extra = (
         (naive, {})
         if resolved == "naive"

@@ -10,7 +10,7 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.dplr_delta_rule.naive import naive_recurrent_dplr_delta_rule
 from kernels.dplr_delta_rule.torch import chunk_dplr_delta_rule_torch, fused_recurrent_dplr_delta_rule_torch
-from kernels.utils import check_inputs, run_torch_backends, without_autocast
+from kernels.utils import check_chunk_arg, check_inputs, run_torch_backends, without_autocast
 
 __all__ = ["chunk_dplr_delta_rule", "fused_recurrent_dplr_delta_rule"]
 
@@ -81,6 +81,7 @@ def _run(q, k, v, a, b, gk, scale, initial_state, output_final_state, backend, c
     )
     if a is None or b is None or gk is None:
         raise ValueError("the DPLR delta rule needs a, b and gk, each [B, T, H, K]")
+    check_chunk_arg(chunk_size)
     resolved = resolve_backend(backend, q, k, v, a, b, gk, initial_state, family="dplr_delta_rule")
     if resolved == "triton":  # imported lazily: `import kernels` never imports Triton
         from kernels.dplr_delta_rule.triton import (

@@ -10,7 +10,7 @@ import torch
 from kernels.backend import resolve_backend
 from kernels.kda.naive import naive_recurrent_kda
 from kernels.kda.torch import chunk_kda_torch, fused_recurrent_kda_torch
-from kernels.utils import check_inputs, run_torch_backends, without_autocast
+from kernels.utils import check_chunk_arg, check_inputs, run_torch_backends, without_autocast
 
 __all__ = ["chunk_kda", "fused_recurrent_kda"]
 
@@ -77,14 +77,13 @@ def _run(q, k, v, g, beta, scale, initial_state, output_final_state, backend, ch
             "kda needs g [B, T, H, K] (log decay per key channel); for a scalar decay use the gated delta rule"
         )
     check_inputs(q, k, v, g=(g, "BTHK"), beta=(beta, "BTH"), initial_state=initial_state, cu_seqlens=cu_seqlens)
+    check_chunk_arg(chunk_size)
     resolved = resolve_backend(backend, q, k, v, g, beta, initial_state, family="kda")
     if resolved == "triton":  # imported lazily: `import kernels` never imports Triton
         from kernels.kda.triton import chunk_kda_triton, fused_recurrent_kda_triton
 
         if chunk_size is None:
             return fused_recurrent_kda_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         return chunk_kda_triton(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, cu_seqlens)
     per_token = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
     return run_torch_backends(

@@ -179,3 +179,6 @@ def test_bad_inputs_are_named():
         chunk_kda(x["q"], x["k"], x["v"], x["beta"], x["beta"])
     with pytest.raises(ValueError, match="kda needs g"):
         chunk_kda(x["q"], x["k"], x["v"], None, x["beta"])
+    for backend in ("naive", "torch", "triton"):  # checked once, before any backend runs
+        with pytest.raises(ValueError, match="chunk_size must be a positive int, got True"):
+            chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=True, backend=backend)
