@@ -21,3 +21,14 @@ if not torch.cuda.is_available():
 def assert_close() -> Callable[..., None]:
     """The shared ``assert_close(actual, expected, rtol, atol, name)`` (see ``tests/helpers.py``)."""
     return _assert_close
+
+
+@pytest.fixture(scope="session")
+def token_corpus(tmp_path_factory):
+    """A small pre-tokenized corpus (byte tokens, the first ~100 kB of the offline corpus) for configs that train on
+    `data=tokens` (`tests.helpers.experiment_overrides`)."""
+    from zoo.config import compose, typed
+    from zoo.data import lm_documents, prepare_corpus
+
+    cfg = typed(compose(["data=text", "data.max_bytes=100000", "data.val_fraction=0.3"]).data)
+    return prepare_corpus(*lm_documents(cfg), tmp_path_factory.mktemp("corpus") / "bytes")

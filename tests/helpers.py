@@ -17,6 +17,18 @@ TINY_HYBRID_MQAR = [
 """The smallest hybrid (GLA + one attention layer) on MQAR: the model and data overrides the trainer tests share."""
 
 
+def experiment_overrides(name: str, corpus) -> list[str]:
+    """`+experiment=NAME`, and the corpus (`conftest.token_corpus`) when the experiment trains on `data=tokens`, whose
+    `data.path` a user must give."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import conf_dir
+
+    defaults = OmegaConf.to_container(OmegaConf.load(conf_dir() / "experiment" / f"{name}.yaml")).get("defaults", [])
+    on_tokens = any(isinstance(d, dict) and d.get("override /data") == "tokens" for d in defaults)
+    return [f"+experiment={name}", *([f"data.path={corpus}"] if on_tokens else [])]
+
+
 def assert_close(
     actual: torch.Tensor,
     expected: torch.Tensor,

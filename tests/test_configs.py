@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import experiment_overrides
 from zoo import schemas
 from zoo.config import compose, conf_dir, from_mapping, options, typed
 from zoo.errors import ConfigError
@@ -60,11 +61,19 @@ def test_every_root_composes_into_its_schema(config_name):
 
 
 @pytest.mark.parametrize(("override", "config_name"), GROUP_OPTIONS, ids=[o for o, _ in GROUP_OPTIONS])
-def test_every_group_option_composes_and_converts(override, config_name):
-    root = typed(compose([override], config_name))  # every value set (no ???) and of its schema's type
+def test_every_group_option_composes_and_converts(override, config_name, token_corpus):
+    if override.startswith("+experiment="):
+        overrides = experiment_overrides(override.split("=")[1], token_corpus)
+    else:  # data=tokens: data.path is the one value users must give
+        overrides = [override, *([f"data.path={token_corpus}"] if override == "data=tokens" else [])]
+    root = typed(compose(overrides, config_name))  # every value set (no ???) and of its schema's type
     assert type(root) is ROOTS[config_name]
     if override.startswith("data="):
         assert type(root.data) is schemas.DATA_SCHEMAS[override.split("=")[1]]
+
+
+def test_data_tokens_without_a_path_is_one_line_naming_it():
+    assert "Missing mandatory value: data.path" in one_line_error(["data=tokens"])
 
 
 def test_the_options_of_every_group_are_found():

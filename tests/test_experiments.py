@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf
 
+from tests.helpers import experiment_overrides
 from zoo.config import compose, conf_dir
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
@@ -30,7 +31,7 @@ MODELS = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 
 def experiment_config(name: str) -> DictConfig:
     """`+experiment=NAME` with its `hydra` node (the sweeper's params live there)."""
-    compose([f"+experiment={name}"])  # see sweep()
+    compose()  # see sweep()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return hydra_compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
 
@@ -40,7 +41,7 @@ def sweep(name: str) -> dict[str, list[str]]:
     expands them (a `glob(...)` over a config group needs Hydra's config loader: it lists the group)."""
     # zoo.config.compose first, as zoo-train does: it readies what composing needs (the typed schemas in
     # Hydra's ConfigStore), which Hydra's own compose below, the one that returns the hydra node, does not.
-    compose([f"+experiment={name}"])
+    compose()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = hydra_compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params or {}
@@ -78,8 +79,8 @@ def test_experiments_and_architectures_are_found():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_composes_and_sweeps_only_keys_it_has(name):
-    cfg = compose([f"+experiment={name}"])
+def test_every_experiment_composes_and_sweeps_only_keys_it_has(name, token_corpus):
+    cfg = compose(experiment_overrides(name, token_corpus))
     assert cfg.model.vocab_size >= cfg.data.vocab_size
     for key, values in sweep(name).items():
         assert values, f"{name}: the sweep over {key} is empty"
@@ -130,7 +131,10 @@ SHRINK_DATA = {
     "mqar": ["data.train_size=64", "data.test_size=16"],
     # the split is by document: 0.3 of the first ~13 stdlib files, so validation holds blocks of 256 bytes
     "text": ["data.max_bytes=100000", "data.val_fraction=0.3"],
+    "tokens": ["data.seq_len=64", "data.val_blocks=4"],
 }
+# An experiment made for hardware CI lacks: the GPU recipe in one process (FSDP2 needs several), a small width.
+SHRINK_EXPERIMENT = {"gpu_340m": ["train.fsdp=false", "model.d_model=64"]}
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +145,13 @@ def lm_eval_data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_runs_a_few_steps(name, tmp_path, lm_eval_data):
+def test_every_experiment_runs_a_few_steps(name, tmp_path, lm_eval_data, token_corpus):
     """A sweep experiment runs as a multirun of one job: every swept key pinned to its first value, so the
     sweeper still parses the experiment's sweep and its run folder name (hydra.sweep.subdir) is made."""
-    cfg = compose([f"+experiment={name}"])
+    cfg = compose(experiment_overrides(name, token_corpus))
     assert cfg.data.name in SHRINK_DATA, f"add the overrides that shrink data={cfg.data.name} to SHRINK_DATA"
-    overrides = [f"+experiment={name}", *SHRINK, *SHRINK_DATA[cfg.data.name]]
+    overrides = [*experiment_overrides(name, token_corpus), *SHRINK, *SHRINK_DATA[cfg.data.name]]
+    overrides += SHRINK_EXPERIMENT.get(name, [])
     if cfg.eval.final.bench.lengths:
         overrides.append("eval.final.bench.lengths=[32]")
     swept = sweep(name)

@@ -26,6 +26,17 @@ from zoo.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _corpus_vocab_size(path):
+    from zoo.data.tokens import corpus_vocab_size  # only when a config asks
+
+    return corpus_vocab_size(path)
+
+
+# data=tokens reads its vocabulary size from the corpus's index (`${zoo.corpus_vocab:${.path}}`), so that
+# model.vocab_size can follow it; every command that composes configs imports this module first.
+OmegaConf.register_new_resolver("zoo.corpus_vocab", _corpus_vocab_size, replace=True)
+
+
 def pick_device(name: str, what: str = "train.device") -> torch.device:
     """`auto` -> CUDA when available, else the CPU; a CUDA device (`cuda`, `cuda:N`) without CUDA is a
     ConfigError naming the setting `what`."""

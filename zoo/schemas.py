@@ -129,6 +129,13 @@ class HfData(DataConfig):
     val_fraction: float = MISSING
 
 
+@dataclass
+class TokensData(DataConfig):
+    path: str = MISSING
+    order: str = MISSING
+    val_blocks: int | None = MISSING
+
+
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "mqar": MqarData,
     "passkey": PasskeyData,
@@ -136,6 +143,7 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "state_tracking": StateTrackingData,
     "text": TextData,
     "hf": HfData,
+    "tokens": TokensData,
 }
 
 
@@ -171,6 +179,7 @@ class TrainConfig:
     optimizer_impl: str = MISSING  # auto | foreach | fused | for_loop (see zoo.train.loop.optimizer_impl)
     activation_checkpointing: int = MISSING  # 0 none | 1 every block | k every k-th block (zoo.train.wrappers)
     compile: str = MISSING  # none | model | blocks: torch.compile of the training forward (zoo.train.wrappers)
+    prefetch: int = MISSING  # batches drawn ahead in a background thread (0: none)
     peak_flops: float | None = MISSING  # FLOP/s of one device for train/mfu; null = auto (zoo.train.throughput)
     lr: float = MISSING
     schedule: str = MISSING  # cosine | wsd | constant (see zoo.train.loop.lr_at)

@@ -283,8 +283,8 @@ def test_build_data_text(tmp_path):
 
 
 def test_build_data_errors():
-    assert sorted(DATASETS) == ["copy", "hf", "mqar", "passkey", "state_tracking", "text"]
-    valid = r"\['copy', 'hf', 'mqar', 'passkey', 'state_tracking', 'text'\]"
+    assert sorted(DATASETS) == ["copy", "hf", "mqar", "passkey", "state_tracking", "text", "tokens"]
+    valid = r"\['copy', 'hf', 'mqar', 'passkey', 'state_tracking', 'text', 'tokens'\]"
     with pytest.raises(ValueError, match=rf"unknown dataset 'wiki'; choose one of {valid}"):
         build_data("wiki", seq_len=8)
     with pytest.raises(ConfigError, match=r"unknown config key 'data.seqlen'; valid keys under 'data': .*seq_len"):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import zoo
-from tests.helpers import TINY_HYBRID_MQAR, interrupted_run
+from tests.helpers import TINY_HYBRID_MQAR, experiment_overrides, interrupted_run
 from zoo.config import compose, conf_dir
 from zoo.io.results import read_metrics, read_results
 from zoo.train.loop import run_training
@@ -142,7 +142,7 @@ def test_short_text_run_reports_validation_perplexity(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
-def test_every_experiment_composes_and_builds(experiment):
-    cfg = compose([f"+experiment={experiment}"])
+def test_every_experiment_composes_and_builds(experiment, token_corpus):
+    cfg = compose(experiment_overrides(experiment, token_corpus))
     model = zoo.build_model(cfg.model)
     assert model.config.vocab_size >= cfg.data.vocab_size

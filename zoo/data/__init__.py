@@ -1,6 +1,7 @@
 """Datasets by config name: `build_dataset(typed data config)` or `build_data("mqar", **settings)` -> a
 `DataBundle` (train/eval tensors, tokenizer, vocabulary size, metric, and for text the bytes behind the eval
-tokens); `iterate_batches` for seeded, resumable batches.
+tokens); `BatchStream` (and `iterate_batches`) for seeded, resumable batches; `zoo.data.tokens` for
+pre-tokenized corpora (`zoo-data prepare`, `data=tokens`).
 
 `DATASETS` maps each `conf/data/<name>.yaml` name to a `DatasetSpec`: the builder of its bundle (splits,
 tokenizer, metric), whose keyword-only arguments are the yaml's settings; their values live in the yaml only
@@ -13,12 +14,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from zoo.config import load_option
-from zoo.data.batching import iterate_batches
+from zoo.data.batching import BatchStream, TensorRows, iterate_batches, prefetch
 from zoo.data.copy import build_copy_splits
 from zoo.data.hf import hf_documents, load_hf_documents
 from zoo.data.mqar import IGNORE_INDEX, build_mqar_splits
@@ -36,6 +38,7 @@ from zoo.data.text import (
     take_documents,
 )
 from zoo.data.tokenizer import ByteTokenizer, IntTokenizer, Tokenizer
+from zoo.data.tokens import TokenCorpus, TokenWindows, open_corpus, prepare_corpus, verify_corpus
 from zoo.errors import ConfigError
 from zoo.schemas import DataConfig
 
@@ -46,18 +49,23 @@ Split = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels), both LongTensor [
 class DataBundle:
     """What training and evaluation need from a dataset.
 
+    `train` is a Split, or for `data=tokens` the corpus's `TokenWindows` (read per batch: `zoo.data.BatchStream`
+    takes either); `shuffle` says whether each epoch visits it in a seeded permutation or in order, and
+    `fingerprint` (tokens only) is what a run records so that resuming on another corpus is an error.
     `eval` is MQAR's test split or the text corpus's validation split. `metric` is `"accuracy"` (mean over
     positions whose label is not `IGNORE_INDEX`) or `"ppl"` (exp of the mean next-token cross-entropy).
     `eval_bytes` (text data only, else None) is LongTensor `[N_eval]`: the UTF-8 bytes each eval block's labels
     encode (eos counts 1), for per-byte metrics that compare models with different tokenizers.
     """
 
-    train: Split
+    train: Split | TokenWindows
     eval: Split
     tokenizer: Tokenizer
     vocab_size: int
     metric: str
     eval_bytes: torch.Tensor | None = None
+    shuffle: bool = True
+    fingerprint: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -110,10 +118,29 @@ def _state_tracking(**settings) -> DataBundle:
     return DataBundle(splits["train"], splits["test"], tokenizer, tokenizer.vocab_size, "accuracy")
 
 
-def _lm_bundle(train_docs, val_docs, *, tokenizer: str, vocab_size, bpe_vocab_size: int, seq_len: int) -> DataBundle:
-    """Tokenize (the tokenizer learns from training documents only) and pack; per-token and per-byte ppl."""
-    tok = build_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size, train_docs)
-    splits = build_lm_splits(train_docs, val_docs, tok, seq_len)
+def lm_documents(cfg) -> tuple[list[str], list[str], Tokenizer]:
+    """A `data=text` / `data=hf` config's training and validation documents and its tokenizer (BPE learns from the
+    training documents only), as training builds them; `zoo-data prepare` tokenizes these into a corpus folder.
+    The tokenizer settings are checked before any text is read (or downloaded)."""
+    if cfg.name not in LM_SOURCES:
+        raise ConfigError(f"data={cfg.name} is not text; choose one of {sorted(LM_SOURCES)}")
+    check_text_tokenizer(cfg.tokenizer, cfg.vocab_size, cfg.bpe_vocab_size)
+    train_docs, val_docs = LM_SOURCES[cfg.name](cfg)
+    return train_docs, val_docs, build_text_tokenizer(cfg.tokenizer, cfg.vocab_size, cfg.bpe_vocab_size, train_docs)
+
+
+LM_SOURCES = {  # data config name -> (train_docs, val_docs) of its typed config
+    "text": lambda c: split_documents(
+        load_text_corpus(c.paths, glob=c.glob, max_bytes=c.max_bytes), c.val_fraction, c.seed
+    ),
+    "hf": lambda c: hf_documents(**{k: getattr(c, k) for k in inspect.signature(hf_documents).parameters}),
+}
+
+
+def _lm_bundle(name: str, settings: dict) -> DataBundle:
+    """Tokenize and pack; per-token and per-byte ppl."""
+    train_docs, val_docs, tok = lm_documents(SimpleNamespace(name=name, **settings))
+    splits = build_lm_splits(train_docs, val_docs, tok, settings["seq_len"])
     return DataBundle(splits["train"], splits["val"], tok, tok.vocab_size, "ppl", splits["val_bytes"])
 
 
@@ -129,21 +156,55 @@ def _text(
     glob: str | None,
     max_bytes: int | None,
 ) -> DataBundle:
-    check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before any text is read
-    docs = load_text_corpus(paths, glob=glob, max_bytes=max_bytes)
-    train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    return _lm_bundle(
-        train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size, bpe_vocab_size=bpe_vocab_size, seq_len=seq_len
-    )
+    return _lm_bundle("text", locals())
 
 
 def _hf(*, tokenizer: str, bpe_vocab_size: int, vocab_size: int | None, seq_len: int, **source) -> DataBundle:
     """The tokenizer settings here; the dataset's (`source`) are those of `hf_documents`."""
-    check_text_tokenizer(tokenizer, vocab_size, bpe_vocab_size)  # before the dataset is read (or downloaded)
-    train_docs, val_docs = hf_documents(**source)
     return _lm_bundle(
-        train_docs, val_docs, tokenizer=tokenizer, vocab_size=vocab_size, bpe_vocab_size=bpe_vocab_size, seq_len=seq_len
+        "hf",
+        {
+            "tokenizer": tokenizer,
+            "bpe_vocab_size": bpe_vocab_size,
+            "vocab_size": vocab_size,
+            "seq_len": seq_len,
+            **source,
+        },
     )
+
+
+def _tokens(*, path: str, vocab_size: int, seq_len: int, order: str, val_blocks: int | None, seed: int) -> DataBundle:
+    """Windows of a pre-tokenized corpus (`zoo.data.tokens`): training windows read from the memmap per batch,
+    the validation windows (at most `val_blocks`) in memory."""
+    if order not in WINDOW_ORDERS:
+        raise ConfigError(f"data.order={order!r}; choose one of {list(WINDOW_ORDERS)}")
+    if val_blocks is not None and val_blocks < 1:
+        raise ConfigError(f"data.val_blocks must be >= 1 or null, got {val_blocks}")
+    corpus = open_corpus(path)
+    if vocab_size != corpus.vocab_size:
+        raise ConfigError(f"data.vocab_size={vocab_size}, but the corpus at {path} has {corpus.vocab_size} tokens")
+    train, val = TokenWindows(corpus.streams["train"], seq_len), TokenWindows(corpus.streams["val"], seq_len)
+    for name, windows in (("train", train), ("val", val)):
+        if len(windows) == 0:
+            raise ConfigError(
+                f"{path}: the {name} split has {len(windows.stream)} tokens, fewer than one window of {seq_len + 1}"
+            )
+    n_val = len(val) if val_blocks is None else min(val_blocks, len(val))
+    val_x, val_y = val.rows(torch.arange(n_val))
+    lengths = torch.tensor(corpus.tokenizer.byte_lengths(), dtype=torch.long)
+    return DataBundle(
+        train,
+        (val_x, val_y),
+        corpus.tokenizer,
+        corpus.vocab_size,
+        "ppl",
+        lengths[val_y].sum(dim=1),
+        shuffle=WINDOW_ORDERS[order],
+        fingerprint=corpus.fingerprint,
+    )
+
+
+WINDOW_ORDERS = {"random": True, "sequential": False}  # data.order -> whether each epoch is shuffled
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -153,6 +214,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "passkey": DatasetSpec(_passkey),
     "copy": DatasetSpec(_copy),
     "state_tracking": DatasetSpec(_state_tracking, forwards=build_state_tracking_splits),
+    "tokens": DatasetSpec(_tokens),
 }
 
 
@@ -181,6 +243,14 @@ def build_data(name: str, **settings: Any) -> DataBundle:
 
 __all__ = [
     "DATASETS",
+    "BatchStream",
+    "TensorRows",
+    "TokenCorpus",
+    "TokenWindows",
+    "open_corpus",
+    "prefetch",
+    "prepare_corpus",
+    "verify_corpus",
     "IGNORE_INDEX",
     "DataBundle",
     "DatasetSpec",
@@ -194,6 +264,7 @@ __all__ = [
     "default_corpus_files",
     "hf_documents",
     "iterate_batches",
+    "lm_documents",
     "load_hf_documents",
     "load_text_corpus",
     "pack_documents",

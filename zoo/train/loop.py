@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from zoo import schemas
 from zoo.config import check_command_line, conf_dir, pick_device, typed
-from zoo.data import build_dataset, iterate_batches
+from zoo.data import BatchStream, build_dataset, prefetch
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.evals import final as final_eval
 from zoo.evals.ar_slice import ar_hits
@@ -65,6 +65,8 @@ def check_step_options(cfg: TrainConfig) -> None:
     if cfg.optimizer_impl not in OPTIMIZER_IMPLS:
         raise ConfigError(f"train.optimizer_impl={cfg.optimizer_impl!r}; valid: {', '.join(OPTIMIZER_IMPLS)}")
     check_wrapper_options(cfg.activation_checkpointing, cfg.compile)
+    if cfg.prefetch < 0:
+        raise ConfigError(f"train.prefetch={cfg.prefetch}; valid: 0 (no background thread) or batches to draw ahead")
     if cfg.peak_flops is not None and not cfg.peak_flops > 0:
         raise ConfigError(f"train.peak_flops={cfg.peak_flops}; valid: null (auto) or a positive FLOP/s per device")
 
@@ -247,6 +249,21 @@ def progress(speed: dict[str, float]) -> dict[str, str]:
     return shown
 
 
+def data_stream(data, tcfg: TrainConfig, start_step: int, saved: dict | None) -> BatchStream:
+    """The training batches from `start_step` on: where the checkpoint's stream stood (`saved`, its `data` meta:
+    epoch and position, so a resume continues on exactly the next window even with another batch size), or, for a
+    checkpoint from before streams were saved, `start_step` batches from the start. Resuming on another token
+    corpus than the run's is a ConfigError."""
+    if saved is None:
+        return BatchStream.at_step(data.train, tcfg.batch_size, tcfg.seed, start_step, data.shuffle)
+    if saved.get("fingerprint") != data.fingerprint:
+        raise ConfigError(
+            f"the checkpoint was trained on another corpus ({saved.get('fingerprint')}) than data.path's "
+            f"({data.fingerprint}): resume with the run's own data, or start a new run"
+        )
+    return BatchStream(data.train, tcfg.batch_size, tcfg.seed, data.shuffle, saved)
+
+
 def save_checkpoint(run_dir: Path, model: HybridLM, optimizer, meta: dict) -> None:
     def write(tmp: Path) -> None:
         write_model_files(model, tmp)
@@ -332,17 +349,20 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
     model.train()
     done = start_step  # optimizer steps taken so far
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=None)
-    batches = iterate_batches(*data.train, tcfg.batch_size, tcfg.seed, start_step=start_step)
-    for step, x, y in batches:
+    stream = data_stream(data, tcfg, start_step, meta.get("data") if ckpt is not None else None)
+    data_state = stream.state()
+    batches = prefetch(iter(stream), tcfg.prefetch, pin_memory=device.type == "cuda")
+    for step, (x, y, next_state) in enumerate(batches, start_step):
         if step >= tcfg.max_steps or stopper.reached is not None:
             break
+        data_state = next_state  # where the stream stands once this batch is trained on
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         tokens, labelled = y.numel(), int((y != -100).sum())  # the global batch's, before this rank's share
         x, y = dctx.local_slice(x, y)  # this rank's share of the global batch
         with meter.measure(tokens, labelled):
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             try:
                 loss, grad_norm = train_step(train_model, model, optimizer, x, y, tcfg, dctx, autocast)
             except FloatingPointError as e:
@@ -372,6 +392,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         if done % tcfg.save_every == 0 or done == tcfg.max_steps or stop:
             meta = {"step": done, "train_time_s": elapsed_before + time.perf_counter() - t0}
             meta |= {"early_stop_hits": stopper.hits, "steps_to_target": stopper.reached}
+            meta["data"] = data_state | {"batch_size": tcfg.batch_size, "fingerprint": data.fingerprint}
             views = dctx.checkpoint_views(model, optimizer)  # every rank calls: FSDP2 gathers here
             if views is not None:  # rank 0
                 save_checkpoint(run_dir, *views, meta)
@@ -379,6 +400,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
             on_step(done, loss_value)
         if stop:
             break
+    batches.close()  # stops the prefetch thread
     bar.close()
     logger.close()
     if not dctx.is_main:  # rank 0 alone finishes the run folder (and evaluates a gathered copy under FSDP2)
