@@ -206,3 +206,23 @@ def losses(run_dir) -> dict[int, float]:
 def _take(stream, n):
     it = iter(stream)
     return [next(it) for _ in range(n)]
+
+
+def test_every_option_together_trains_like_the_plain_step(corpus_files, tmp_path):
+    """Accumulation, checkpointing, compiled blocks, the chunked loss, foreach AdamW and prefetching at once, on
+    pre-tokenized data: the losses of the plain step up to compiled round-off, and a resume continues them."""
+    path = prepare(corpus_files, tmp_path / "corpus", "byte")
+    run = [*TINY_MODEL, "data=tokens", f"data.path={path}", "data.seq_len=16", *TRAIN, "train.max_steps=6"]
+    run += ["train.eval_every=3", "train.save_every=3"]
+    plain = ["train.optimizer_impl=for_loop", "train.prefetch=0"]
+    every = ["train.grad_accum_steps=2", "train.activation_checkpointing=1", "train.compile=blocks"]
+    every += ["train.loss_chunk_size=16", "train.optimizer_impl=foreach", "train.prefetch=2"]
+    run_training(compose([*run, *plain]), tmp_path / "plain")
+    run_training(compose([*run, *every]), tmp_path / "every")
+    expected, got = losses(tmp_path / "plain"), losses(tmp_path / "every")
+    assert got.keys() == expected.keys()
+    assert all(abs(got[s] - expected[s]) <= 1e-4 * expected[s] for s in expected), (got, expected)
+    interrupted_run(compose([*run, *every]), tmp_path / "resumed", 4)
+    run_training(compose([*run, *every, "train.resume=true"]), tmp_path / "resumed")
+    resumed = losses(tmp_path / "resumed")
+    assert all(abs(resumed[s] - got[s]) <= 1e-5 * got[s] for s in got), (resumed, got)
