@@ -6,7 +6,8 @@
 #   3. our Triton kernels against flash-linear-attention's (tests/kernels/test_against_fla.py, needs fla-core);
 #   4. zoo-bench bench=gpu: every architecture and the HF peers in bf16 (needs hydra-core and transformers);
 #   5. train: the ~340M hybrid recipe (conf/experiment/gpu_340m.yaml) on one GPU for TRAIN_STEPS steps from a
-#      pre-tokenized offline corpus: the trainer's tokens/s, MFU and peak memory (not in the default STEPS).
+#      pre-tokenized offline corpus: the trainer's tokens/s, MFU and peak memory (not in the default STEPS;
+#      TRAIN_ARGS adds overrides, e.g. TRAIN_ARGS="train.compile=none" to measure what compile buys).
 # Logs, kernels.csv/png and bench.csv/md/png go to $OUT (default runs/gpu_checks). Each step has its own time
 # limit, so one hung step cannot eat the lease; a failing step does not stop the later ones. STEPS picks and
 # orders them (default "tests,bench,fla,zoo").
@@ -42,7 +43,7 @@ train() {  # one GPU: no FSDP; global batch 32 = 4 micro-batches of 8 x 2048 tok
     --overwrite --workers 8 2>&1 | tail -1
   timeout "${TRAIN_S:-300}" python -m zoo.train +experiment=gpu_340m data.path="$OUT/corpus" train.fsdp=false \
     train.batch_size=32 train.grad_accum_steps=4 train.max_steps="${TRAIN_STEPS:-40}" train.log_every=1 \
-    train.eval_every=100000 train.save_every=100000 eval.max_examples=8 hydra.run.dir="$OUT/train_340m" 2>&1 \
+    train.eval_every=100000 train.save_every=100000 eval.max_examples=8 hydra.run.dir="$OUT/train_340m" ${TRAIN_ARGS:-} 2>&1 \
     | grep -v "it/s\]" | tail -15 > "$OUT/train.log"
   python - "$OUT/train_340m/metrics.jsonl" <<'PY' | tee -a "$OUT/train.log"
 import json, statistics, sys
