@@ -172,7 +172,6 @@ def test_training_on_tokens_equals_data_text_and_resumes_the_stream_exactly(corp
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     meta = json.loads((tmp_path / "resumed" / "checkpoint" / "trainer_state.json").read_text())["meta"]
     assert meta["data"] == BatchStream.at_step((torch.zeros(64), torch.zeros(64)), 4, 0, 8).state() | {
-        "batch_size": 4,
         "fingerprint": open_corpus(path).fingerprint,
     }
     (corpus_files / "extra.txt").write_text(TEXT[0])  # another corpus: one more document

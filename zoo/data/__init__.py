@@ -32,6 +32,7 @@ from zoo.data.text import (
     build_text_tokenizer,
     check_text_tokenizer,
     default_corpus_files,
+    label_bytes,
     load_text_corpus,
     pack_documents,
     split_documents,
@@ -191,14 +192,13 @@ def _tokens(*, path: str, vocab_size: int, seq_len: int, order: str, val_blocks:
             )
     n_val = len(val) if val_blocks is None else min(val_blocks, len(val))
     val_x, val_y = val.rows(torch.arange(n_val))
-    lengths = torch.tensor(corpus.tokenizer.byte_lengths(), dtype=torch.long)
     return DataBundle(
         train,
         (val_x, val_y),
         corpus.tokenizer,
         corpus.vocab_size,
         "ppl",
-        lengths[val_y].sum(dim=1),
+        label_bytes(corpus.tokenizer, val_y),
         shuffle=WINDOW_ORDERS[order],
         fingerprint=corpus.fingerprint,
     )

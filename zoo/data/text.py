@@ -184,9 +184,14 @@ def build_lm_splits(train_docs: Sequence[str], val_docs: Sequence[str], tokenize
                 f"for one block of {block_size + 1} tokens; add text (paths=..., max_bytes=...) or lower seq_len"
             )
         out[name] = (blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous())
-    lengths = torch.tensor(tokenizer.byte_lengths(), dtype=torch.long)
-    out["val_bytes"] = lengths[out["val"][1]].sum(dim=1)
+    out["val_bytes"] = label_bytes(tokenizer, out["val"][1])
     return out
+
+
+def label_bytes(tokenizer, labels: torch.Tensor) -> torch.Tensor:
+    """LongTensor `[N]`: the UTF-8 bytes each row of `labels` `[N, T]` encodes (an eos counts 1), for the
+    per-byte validation metrics."""
+    return torch.tensor(tokenizer.byte_lengths(), dtype=torch.long)[labels].sum(dim=1)
 
 
 def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike], glob: str | None) -> list[Path]:

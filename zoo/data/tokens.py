@@ -192,9 +192,8 @@ def _encode(chunk: Sequence[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
 # -- open and check ----------------------------------------------------------------------------------------------
 
 
-def open_corpus(path) -> TokenCorpus:
-    """Open a corpus folder for reading; every inconsistency a reader can see cheaply is a ConfigError naming the
-    file and what does not match (run `zoo-data verify` to check the hashes of the streams as well)."""
+def read_index(path) -> dict:
+    """The corpus folder's `index.json`, checked for its format and version (nothing else is read)."""
     path = Path(path)
     index_path = path / INDEX
     if not index_path.is_file():
@@ -210,6 +209,15 @@ def open_corpus(path) -> TokenCorpus:
         raise ConfigError(f"{index_path}: not a {FORMAT} index (format {index.get('format')!r})")
     if index.get("version") != VERSION:
         raise ConfigError(f"{index_path}: version {index.get('version')!r}; this zoo reads version {VERSION}")
+    return index
+
+
+def open_corpus(path) -> TokenCorpus:
+    """Open a corpus folder for reading; every inconsistency a reader can see cheaply is a ConfigError naming the
+    file and what does not match (run `zoo-data verify` to check the hashes of the streams as well)."""
+    path = Path(path)
+    index = read_index(path)
+    index_path = path / INDEX
     tok = index["tokenizer"]
     if not (path / tok["file"]).is_file():
         raise ConfigError(f"{path / tok['file']} is missing: the corpus's tokenizer; prepare the corpus again")
@@ -263,7 +271,8 @@ def verify_corpus(path) -> dict:
 def corpus_vocab_size(path) -> int | None:
     """`vocab_size` of the corpus at `path` from its index, for the config's interpolation (None when `path` is
     not set yet)."""
-    return None if path in (None, "", "???") else open_corpus(path).vocab_size
+    # the index alone: the config resolves this on every access, and `data=tokens` opens the corpus itself
+    return None if path in (None, "", "???") else int(read_index(path)["vocab_size"])
 
 
 def _sha256(file: Path) -> str:

@@ -36,6 +36,7 @@ from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import read_results, truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, RESULTS, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
+from zoo.model.loss import IGNORE_INDEX
 from zoo.rank import is_main
 from zoo.schemas import EarlyStopConfig, EvalConfig, TrainConfig, TrainRoot
 from zoo.train import distributed
@@ -150,13 +151,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 def labelled_logits(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(logits [n, vocab], labels [n], mask [B, T])` of the labelled positions only: the LM head runs where
     a loss is taken (MQAR labels a few positions per sequence), and the loss is the same as over all of them."""
-    mask = y != -100
+    mask = y != IGNORE_INDEX
     return model(x, logits_mask=mask).logits, y[mask], mask
 
 
@@ -359,7 +362,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        tokens, labelled = y.numel(), int((y != -100).sum())  # the global batch's, before this rank's share
+        tokens, labelled = y.numel(), int((y != IGNORE_INDEX).sum())  # the global batch's, before this rank's share
         x, y = dctx.local_slice(x, y)  # this rank's share of the global batch
         with meter.measure(tokens, labelled):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -392,7 +395,7 @@ def run_training(cfg: DictConfig, run_dir, on_step: Callable[[int, float], None]
         if done % tcfg.save_every == 0 or done == tcfg.max_steps or stop:
             meta = {"step": done, "train_time_s": elapsed_before + time.perf_counter() - t0}
             meta |= {"early_stop_hits": stopper.hits, "steps_to_target": stopper.reached}
-            meta["data"] = data_state | {"batch_size": tcfg.batch_size, "fingerprint": data.fingerprint}
+            meta["data"] = data_state | {"fingerprint": data.fingerprint}
             views = dctx.checkpoint_views(model, optimizer)  # every rank calls: FSDP2 gathers here
             if views is not None:  # rank 0
                 save_checkpoint(run_dir, *views, meta)
