@@ -16,12 +16,12 @@ script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
 
-def write_run(root: Path, name: str, arch: str, mixer: dict, lr: float, held_out: float, curve: dict, steps=None):
+def write_run(root: Path, name: str, arch: str, mixer: dict, lr: float, held_out: float, curve: dict, steps=None, **kw):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     cfg = {
-        "model": {"name": arch, "mixer": arch, "mixers": {arch: mixer}},
-        "data": {"name": "state_tracking", "task": "parity", "modulus": None, "seq_len": 64},
+        "model": {"name": arch, "mixer": arch, "mixers": {arch: mixer}, "n_layers": kw.get("layers", 2)},
+        "data": {"name": "state_tracking", "task": kw.get("task", "parity"), "modulus": None, "seq_len": 64},
         "train": {"lr": lr},
     }
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
@@ -48,3 +48,22 @@ def test_table_keeps_the_best_lr_per_variant_and_draws_the_chart(tmp_path):
     assert "4 runs, 4.0 min of training" in table
     assert (tmp_path / "out" / "state_tracking.png").stat().st_size > 0
     assert len((tmp_path / "out" / "state_tracking.csv").read_text().splitlines()) == 1 + 4 * 2
+
+
+def test_points_name_their_depth_where_a_task_mixes_depths(tmp_path):
+    runs = tmp_path / "runs"
+    curve = {64: 0.99, 512: 0.9}
+    gdp = "gated_deltaproduct"
+    write_run(runs, "a", gdp, {"num_householder": 1, "allow_neg_eigval": True}, 3e-3, 0.9, curve, task="s3")
+    write_run(runs, "b", gdp, {"num_householder": 1, "allow_neg_eigval": True}, 3e-3, 0.5, curve, task="s3", layers=1)
+    write_run(runs, "c", "mamba2", {}, 3e-3, 0.5, curve, task="s3", layers=1)
+    write_run(runs, "d", "mamba2", {}, 3e-3, 0.5, curve)  # parity: one depth, names unchanged
+    assert script.main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "state_tracking.md").read_text()
+    for point in (
+        "gated_deltaproduct (n_h=1, neg. eig., 2 layers)",
+        "gated_deltaproduct (n_h=1, neg. eig., 1 layer)",
+        "mamba2 (1 layer)",
+    ):
+        assert f"| {point} |" in table
+    assert "| mamba2 |" in table
