@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from zoo.data.mqar import IGNORE_INDEX  # the data's mark of an unscored position
 
 
 def repeated_spans(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from zoo.data.mqar import IGNORE_INDEX  # the data's mark of an unscored position
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
