@@ -17,7 +17,8 @@ CELLS = ["64x16", "128x32", "256x16", "512x4", "512x16", "512x32", "512x64"]
 
 def point(row: dict) -> str:
     if row["attn_layers"] == row["n_layers"]:
-        return f"all attention ({row['learned_positions']}-row position table)"
+        positions = row["learned_positions"]
+        return f"all attention ({'no position table' if positions is None else f'{positions}-row position table'})"
     return f"{row['architecture']} attn [{', '.join(row['attn_at'].split())}]"
 
 
