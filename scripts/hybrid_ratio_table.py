@@ -18,7 +18,9 @@ CELLS = ["64x16", "128x32", "256x16", "512x4", "512x16", "512x32", "512x64"]
 def point(row: dict) -> str:
     if row["attn_layers"] == row["n_layers"]:
         positions = row["learned_positions"]
-        return f"all attention ({'no position table' if positions is None else f'{positions}-row position table'})"
+        table = "no position table" if positions is None else f"{positions}-row position table"
+        sequences = "" if row.get("train_size") is None else f", {row['train_size'] // 1000}k training sequences"
+        return f"all attention ({table}{sequences})"
     return f"{row['architecture']} attn [{', '.join(row['attn_at'].split())}]"
 
 

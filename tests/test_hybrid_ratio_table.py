@@ -19,3 +19,5 @@ def test_points_name_attention_layers_and_the_references_positions():
     table = {"architecture": "transformer", "n_layers": 4, "attn_layers": 4, "learned_positions": 64}
     assert script.point(table) == "all attention (64-row position table)"
     assert script.point(table | {"learned_positions": None}) == "all attention (no position table)"
+    rope_100k = table | {"learned_positions": None, "train_size": 100_000}
+    assert script.point(rope_100k) == "all attention (no position table, 100k training sequences)"

@@ -108,6 +108,7 @@ def run_row(run: Path, root: Path) -> dict:
         "params": metrics.get("params"),
         "lr": OmegaConf.select(cfg, "train.lr", default=None),
         "learned_positions": OmegaConf.select(cfg, "model.learned_positions", default=None),
+        "train_size": OmegaConf.select(cfg, "data.train_size", default=None),
     }
     row |= {col: metrics.get(f"state/bytes@{n}") for col, n in STATE_AT.items()}
     row |= {col: _number(metrics.get(metric)) for col, metric in TEXT_METRICS.items()}
