@@ -80,14 +80,12 @@ def load_runs(folders: list[Path]) -> list[dict]:
 
 
 def tell_depths_apart(rows: list[dict]) -> list[dict]:
-    """Where the runs of a task have different depths, each point's name says its number of layers (one layer of
-    n_h Householder steps is what Siems et al. 2025 vary; two layers are the experiment's default)."""
-    for task in {r["task"] for r in rows}:
-        same_task = [r for r in rows if r["task"] == task]
-        if len({r["layers"] for r in same_task}) > 1:
-            for r in same_task:
-                tag = f"{r['layers']} layer{'s' if r['layers'] > 1 else ''}"
-                r["point"] = f"{r['point'][:-1]}, {tag})" if r["point"].endswith(")") else f"{r['point']} ({tag})"
+    """Where the runs have different depths, each point's name says its number of layers (one layer of n_h
+    Householder steps is what Siems et al. 2025 vary; two layers are the experiment's default)."""
+    if len({r["layers"] for r in rows}) > 1:
+        for r in rows:
+            tag = f"{r['layers']} layer{'s' if r['layers'] > 1 else ''}"
+            r["point"] = f"{r['point'][:-1]}, {tag})" if r["point"].endswith(")") else f"{r['point']} ({tag})"
     return rows
 
 

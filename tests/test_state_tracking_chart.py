@@ -50,20 +50,28 @@ def test_table_keeps_the_best_lr_per_variant_and_draws_the_chart(tmp_path):
     assert len((tmp_path / "out" / "state_tracking.csv").read_text().splitlines()) == 1 + 4 * 2
 
 
-def test_points_name_their_depth_where_a_task_mixes_depths(tmp_path):
+def test_points_name_their_depth_where_runs_differ_in_depth(tmp_path):
     runs = tmp_path / "runs"
     curve = {64: 0.99, 512: 0.9}
     gdp = "gated_deltaproduct"
     write_run(runs, "a", gdp, {"num_householder": 1, "allow_neg_eigval": True}, 3e-3, 0.9, curve, task="s3")
     write_run(runs, "b", gdp, {"num_householder": 1, "allow_neg_eigval": True}, 3e-3, 0.5, curve, task="s3", layers=1)
     write_run(runs, "c", "mamba2", {}, 3e-3, 0.5, curve, task="s3", layers=1)
-    write_run(runs, "d", "mamba2", {}, 3e-3, 0.5, curve)  # parity: one depth, names unchanged
+    write_run(runs, "d", "mamba2", {}, 3e-3, 0.5, curve)  # parity
     assert script.main([str(runs), "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "state_tracking.md").read_text()
     for point in (
         "gated_deltaproduct (n_h=1, neg. eig., 2 layers)",
         "gated_deltaproduct (n_h=1, neg. eig., 1 layer)",
         "mamba2 (1 layer)",
+        "mamba2 (2 layers)",
     ):
         assert f"| {point} |" in table
-    assert "| mamba2 |" in table
+
+
+def test_points_keep_their_names_when_every_run_has_one_depth(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "a", "mamba2", {}, 3e-3, 0.5, {64: 0.6}, layers=1)
+    write_run(runs, "b", "mamba2", {}, 3e-3, 0.5, {64: 0.6}, task="s3", layers=1)
+    assert script.main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "state_tracking.md").read_text().count("| mamba2 |") == 2
