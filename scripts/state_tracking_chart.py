@@ -24,9 +24,10 @@ from omegaconf import OmegaConf
 VARIANTS = {"allow_neg_eigval": ("neg. eig.", True), "num_householder": ("n_h={}", None)}
 
 
-def point_name(cfg) -> str:
+def point_name(cfg, with_depth: bool = False) -> str:
     """`deltanet`, `deltanet (neg. eig.)`, `gated_deltaproduct (n_h=2, neg. eig.)`, ...: the architecture and the
-    options of its mixer that the experiment varies."""
+    options of its mixer that the experiment varies; with `with_depth`, its number of layers too (one layer of n_h
+    Householder steps is what Siems et al. 2025 vary; two layers are the experiment's default)."""
     mixer = cfg.model.mixers.get(cfg.model.mixer, {}) if cfg.model.get("mixers") else {}
     tags = []
     for key in ("num_householder", "allow_neg_eigval"):
@@ -36,18 +37,21 @@ def point_name(cfg) -> str:
                 tags.append(label.format(mixer[key]))
             elif bool(mixer[key]) == when:
                 tags.append(label)
+    if with_depth:
+        tags.append(f"{cfg.model.n_layers} layer{'s' if cfg.model.n_layers > 1 else ''}")
     return cfg.model.name + (f" ({', '.join(tags)})" if tags else "")
 
 
 def load_runs(folders: list[Path]) -> list[dict]:
-    rows = []
+    runs = []
     for results_path in sorted(p for folder in folders for p in folder.rglob("results.json")):
         cfg_path = results_path.parent / ".hydra" / "config.yaml"
-        if not cfg_path.exists():
-            continue
-        cfg = OmegaConf.load(cfg_path)
-        if cfg.data.name != "state_tracking":
-            continue
+        if cfg_path.exists() and (cfg := OmegaConf.load(cfg_path)).data.name == "state_tracking":
+            runs.append((results_path, cfg))
+    # where the runs differ in depth, every point's name says its depth
+    with_depth = len({cfg.model.n_layers for _, cfg in runs}) > 1
+    rows = []
+    for results_path, cfg in runs:
         results = json.loads(results_path.read_text())
         metrics = results.get("metrics", {})
         task = cfg.data.task + (f"{cfg.data.modulus}" if cfg.data.task == "mod_add" else "")
@@ -62,10 +66,9 @@ def load_runs(folders: list[Path]) -> list[dict]:
         rows.append(
             {
                 "task": task,
-                "point": point_name(cfg),
+                "point": point_name(cfg, with_depth),
                 "lr": float(cfg.train.lr),
                 "train_len": int(cfg.data.seq_len),
-                "layers": int(cfg.model.n_layers),
                 "held_out": metrics.get("state_tracking/accuracy"),
                 "steps_to_target": metrics.get("train/steps_to_target"),
                 "steps": metrics.get("train/steps"),
@@ -76,16 +79,6 @@ def load_runs(folders: list[Path]) -> list[dict]:
                 "run": str(results_path.parent),
             }
         )
-    return tell_depths_apart(rows)
-
-
-def tell_depths_apart(rows: list[dict]) -> list[dict]:
-    """Where the runs have different depths, each point's name says its number of layers (one layer of n_h
-    Householder steps is what Siems et al. 2025 vary; two layers are the experiment's default)."""
-    if len({r["layers"] for r in rows}) > 1:
-        for r in rows:
-            tag = f"{r['layers']} layer{'s' if r['layers'] > 1 else ''}"
-            r["point"] = f"{r['point'][:-1]}, {tag})" if r["point"].endswith(")") else f"{r['point']} ({tag})"
     return rows
 
 

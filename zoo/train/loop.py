@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from zoo import schemas
 from zoo.config import check_command_line, conf_dir, pick_device, typed
-from zoo.data import BatchStream, build_dataset, prefetch
+from zoo.data import IGNORE_INDEX, BatchStream, build_dataset, prefetch
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.evals import final as final_eval
 from zoo.evals.ar_slice import ar_hits
@@ -36,7 +36,6 @@ from zoo.io.checkpoint import load_weights, write_model_files
 from zoo.io.results import read_results, truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, RESULTS, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
-from zoo.model.loss import IGNORE_INDEX
 from zoo.rank import is_main
 from zoo.schemas import EarlyStopConfig, EvalConfig, TrainConfig, TrainRoot
 from zoo.train import distributed
