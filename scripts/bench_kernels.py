@@ -4,6 +4,7 @@ one run).
 
     python scripts/bench_kernels.py                         # all families, T = 512 ... 32768
     python scripts/bench_kernels.py --families gla --T 2048 16384 --repeats 5
+    python scripts/bench_kernels.py --families kda --chunk-sizes 64 16 --B 64 --H 4 --K 16 --V 16 --T 64 128
 
 Writes `kernels.csv` (one row per family/backend/T) and `kernels.png` (time vs T, log-log, forward and
 forward+backward) into `--out`, and prints the table and the ratios. The naive per-step loop and full
@@ -72,7 +73,7 @@ def time_op(op: Callable, kwargs: dict, repeats: int, device, backward: bool, **
     return median_ms(step, repeats, device)
 
 
-FIELDS = ["family", "backend", "B", "T", "H", "K", "V", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "note"]
+FIELDS = ["family", "backend", "chunk_size", "B", "T", "H", "K", "V", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "note"]
 
 
 def rows_for(args, device, on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
@@ -80,7 +81,7 @@ def rows_for(args, device, on_row: Callable[[dict], None] = lambda row: None) ->
     dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
     B, H, K, V = args.B, args.H, args.K, args.V
     rows = []
-    impls: list[tuple[str, str, Callable]] = []
+    impls: list[tuple[str, str, Callable, int | None]] = []  # (family, backend, inputs, chunk_size or default)
     shape = {"B": B, "H": H, "K": K, "V": V, "device": device, "dtype": dtype}  # T varies per cell
     on_cuda = torch.device(device).type == "cuda"
     meta = {"B": B, "H": H, "K": K, "V": V, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
@@ -89,16 +90,17 @@ def rows_for(args, device, on_row: Callable[[dict], None] = lambda row: None) ->
         for backend in available_backends(family):
             if backend == "triton" and not on_cuda:
                 continue  # the interpreter is for correctness tests, not timings
-            impls.append((family, backend, make))
+            chunks = args.chunk_sizes if backend != "naive" else [None]  # the step loop has no chunk
+            impls.extend((family, backend, make, chunk) for chunk in chunks)
         if on_cuda and registry.family(family).fla is not None and importlib.util.find_spec("fla") is not None:
-            impls.append((family, "fla", make))
-    impls.append(("attention", "sdpa", partial(attention_inputs, **shape)))
+            impls.append((family, "fla", make, None))
+    impls.append(("attention", "sdpa", partial(attention_inputs, **shape), None))
     if on_cuda and importlib.util.find_spec("flash_attn") is not None:
-        impls.append(("attention", "flash_attn", partial(flash_inputs, **shape)))
-    for family, backend, make in impls:
+        impls.append(("attention", "flash_attn", partial(flash_inputs, **shape), None))
+    for family, backend, make, chunk in impls:
         limit = args.naive_max_T if backend == "naive" else args.attn_max_T if family == "attention" else None
         for T in args.T:
-            row = {"family": family, "backend": backend, "T": T, **meta}
+            row = {"family": family, "backend": backend, "chunk_size": chunk or "", "T": T, **meta}
             if limit is not None and limit < T:
                 rows.append(row | {"fwd_ms": "", "fwd_bwd_ms": "", "note": f"skipped: T > {limit}"})
                 on_row(rows[-1])
@@ -107,18 +109,21 @@ def rows_for(args, device, on_row: Callable[[dict], None] = lambda row: None) ->
             if backend == "fla":
                 op = fla_op(family)
             extra = {} if family == "attention" or backend == "fla" else {"backend": backend}
+            if chunk is not None:
+                extra["chunk_size"] = chunk
             fwd = time_op(op, kwargs, args.repeats, device, backward=False, **extra)
             bwd = "" if args.no_backward else time_op(op, kwargs, args.repeats, device, backward=True, **extra)
             rows.append(row | {"fwd_ms": round(fwd, 3), "fwd_bwd_ms": bwd if bwd == "" else round(bwd, 3), "note": ""})
             on_row(rows[-1])
             bwd_text = "-" if bwd == "" else f"{bwd:.2f}"
-            print(f"{family:>16} {backend:>10} T={T:>6}  fwd {fwd:10.2f} ms  fwd+bwd {bwd_text:>10} ms", flush=True)
+            label = backend if chunk is None else f"{backend} C={chunk}"
+            print(f"{family:>16} {label:>10} T={T:>6}  fwd {fwd:10.2f} ms  fwd+bwd {bwd_text:>10} ms", flush=True)
     return rows
 
 
 def lookup(rows, family, backend, T, col="fwd_ms"):
     for r in rows:
-        if (r["family"], r["backend"], r["T"]) == (family, backend, T) and r[col] != "":
+        if (r["family"], r["backend"], r["T"]) == (family, backend, T) and r[col] != "" and r["chunk_size"] == "":
             return float(r[col])
     return None
 
@@ -164,10 +169,15 @@ def plot(rows, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     axes = axes[0]
     for ax, (col, title) in zip(axes, panels, strict=True):
-        for key in sorted({(r["family"], r["backend"]) for r in rows}):
-            pts = [(r["T"], float(r[col])) for r in rows if (r["family"], r["backend"]) == key and r[col] != ""]
+        for key in sorted({(r["family"], r["backend"], str(r["chunk_size"])) for r in rows}):
+            pts = [
+                (r["T"], float(r[col]))
+                for r in rows
+                if (r["family"], r["backend"], str(r["chunk_size"])) == key and r[col] != ""
+            ]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{key[0]} / {key[1]}")
+                chunk = f" C={key[2]}" if key[2] else ""
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{key[0]} / {key[1]}{chunk}")
         ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="ms", title=title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -192,6 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive-max-T", type=int, default=2048, help="longest T for the per-step naive loop")
     parser.add_argument("--attn-max-T", type=int, default=16384, help="longest T for full attention")
     parser.add_argument("--no-backward", action="store_true", help="forward only")
+    parser.add_argument(
+        "--chunk-sizes",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="time the chunked backends at each of these chunk sizes (default: each op's own)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kernels"))
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ def chunk_kda_torch(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
-    sub_chunk: int = 8,  # the elementwise work goes as C K (sub + C / sub): least at sub = sqrt(C)
+    sub_chunk: int | None = None,  # None: about sqrt(chunk_size) (kernels.utils.sub_chunked)
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunkwise-parallel KDA; same contract as ``naive_recurrent_kda``. T need not be a multiple of
     ``chunk_size`` (the tail is padded with q = k = v = 0, beta = 0, g = 0, which leave the state as it is);

@@ -182,3 +182,11 @@ def test_bad_inputs_are_named():
     for backend in ("naive", "torch", "triton"):  # checked once, before any backend runs
         with pytest.raises(ValueError, match="chunk_size must be a positive int, got True"):
             chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=True, backend=backend)
+
+
+@pytest.mark.parametrize(("chunk", "sub"), [(64, 8), (32, 4), (16, 4), (7, 2), (1, 1)])
+def test_the_default_sub_chunk_is_about_the_square_root_of_the_chunk(chunk, sub):
+    from kernels.utils import sub_chunked
+
+    x = torch.zeros(1, 5, 1, 2)
+    assert sub_chunked((x,), chunk, None, torch.float32)[1] == sub

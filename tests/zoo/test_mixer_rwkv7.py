@@ -150,3 +150,9 @@ def test_the_chunked_form_under_autograd_equals_the_step_form_of_inference():
     chunked, _ = layer(x, carry={"v_first": v_first})
     assert chunked.requires_grad
     assert_close(chunked.detach(), stepped, rtol=1e-9, atol=1e-11, name="chunk vs step")
+
+
+def test_the_torch_backend_chunk_comes_from_the_config():
+    layer = make_layer()
+    layer.chunk_size = 64  # the config's Triton chunk (make_layer's is 16)
+    assert layer.op_chunk_size(torch.zeros(1, 4, D, dtype=torch.float64)) == mixer_defaults("rwkv7")["torch_chunk_size"]

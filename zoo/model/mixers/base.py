@@ -159,6 +159,10 @@ class LinearMixer(Mixer):
     """Run every call without autograd on CPU through the step op (`fused_recurrent_<family>`), even of many tokens:
     for families whose chunked torch form pays for its backward with a slower forward (the per-channel decays of
     KDA and the DPLR rule: see their kernel READMEs). Both forms compute the same recurrence."""
+    torch_chunk_size: int | None = None
+    """The chunk of the chunked op when it runs on the torch backend (CPU), where it differs from `chunk_size` (the
+    Triton kernels'): set by mixers whose torch form is fastest at another chunk (KDA, RWKV-7). Both compute the
+    same recurrence; None = `chunk_size` everywhere."""
 
     def __init__(self, layer_idx: int, *, backend: str, chunk_size: int):
         super().__init__(layer_idx)
@@ -186,12 +190,20 @@ class LinearMixer(Mixer):
         kernel's heads and widths: grouped values, Based's feature dim, the normalizer's column), one per step."""
         heads, key_dim, value_dim = self.state_shape
         n = self.steps_per_token
-        mixing = chunk_mixing_flops(self.chunk_form, seq_len * n, self.chunk_size, key_dim, value_dim)
+        chunk = self.op_chunk_size(torch.empty(0, device=activation_device(self)))  # the chunk that runs
+        mixing = chunk_mixing_flops(self.chunk_form, seq_len * n, chunk, key_dim, value_dim)
         return super().flops_per_token(seq_len) + heads * n * mixing
 
     def kernel_backends(self) -> dict[str, str]:
         probe = torch.empty(0, device=activation_device(self))
         return {self.kernel_family: kernels.resolve_backend(self.backend, probe, family=self.kernel_family)}
+
+    def op_chunk_size(self, x: torch.Tensor) -> int:
+        """The chunk for the chunked op on `x`: `torch_chunk_size` where the torch backend runs it, if set."""
+        if self.torch_chunk_size is None:
+            return self.chunk_size
+        on_triton = kernels.resolve_backend(self.backend, x, family=self.kernel_family) == "triton"
+        return self.chunk_size if on_triton else self.torch_chunk_size
 
     def init_heads(
         self,
@@ -235,7 +247,7 @@ class LinearMixer(Mixer):
         if (cache is not None and args[0].shape[1] == 1) or (self.steps_for_inference and cpu_inference):
             op = getattr(kernels, f"fused_recurrent_{self.kernel_family}")
         else:
-            op = partial(getattr(kernels, f"chunk_{self.kernel_family}"), chunk_size=self.chunk_size)
+            op = partial(getattr(kernels, f"chunk_{self.kernel_family}"), chunk_size=self.op_chunk_size(args[0]))
         if cache is None:
             return op(*args, backend=self.backend, **kwargs)[0]
         o, cache.state = op(*args, initial_state=cache.state, output_final_state=True, backend=self.backend, **kwargs)

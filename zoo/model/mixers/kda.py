@@ -52,6 +52,7 @@ class KimiDeltaAttention(DeltaNet):
         A_init_range: tuple[float, float],
         norm_eps: float,
         chunk_size: int,
+        torch_chunk_size: int | None,
         backend: str,
     ):
         lo, hi = A_init_range
@@ -62,6 +63,7 @@ class KimiDeltaAttention(DeltaNet):
         options = {"allow_neg_eigval": allow_neg_eigval, "norm_eps": norm_eps, "chunk_size": chunk_size}
         options |= {"backend": backend, "use_gate": False}  # the gate is KDA's own (below)
         super().__init__(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **heads, **convs, **options)
+        self.torch_chunk_size = torch_chunk_size
         Hv, rank = self.num_v_heads, self.head_v
         # the decay: per value head (each group of grouped values decays on its own) and key channel
         self.f_proj = nn.Sequential(nn.Linear(d_model, rank, bias=False), nn.Linear(rank, Hv * self.head_k, bias=False))
