@@ -4,16 +4,15 @@ become rows with reasons; `path=` merges the flat bench metrics into a run folde
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import load_script
 from zoo.bench.cli import run
 from zoo.bench.measure import time_cell
 from zoo.bench.report import targets, with_efficiency
@@ -68,12 +67,7 @@ def test_tiny_run_writes_csv_markdown_and_plot(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert any(c.startswith("d32x2 gla decode @8192") and c.endswith("not measured") for c in checks)
     # the README's condensed table from the same CSV: one row per architecture, the measured decode tok/s
-    spec = importlib.util.spec_from_file_location(
-        "table", Path(__file__).parent.parent / "scripts/bench_readme_table.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    condensed = script.tables(written).splitlines()
+    condensed = load_script("bench_readme_table").tables(written).splitlines()
     gla_line = next(line for line in condensed if line.startswith("| gla |"))
     batch2 = next(r for r in rows if r["arch"] == "gla" and r["batch"] == 2)
     assert gla_line.endswith(f"| {batch2['decode_tok_s']:.0f} |") and "**d_model 32, 2 layers**" in condensed[0]

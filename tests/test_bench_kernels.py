@@ -4,23 +4,14 @@ once, and the CSV naming each row's chunk."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernels.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("bench_kernels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def test_chunk_sizes_give_one_row_each(tmp_path):
     args = ["--families", "kda", "--chunk-sizes", "8", "16", "--B", "1", "--H", "1", "--K", "4", "--V", "4"]
     args += ["--T", "24", "--repeats", "1", "--attn-max-T", "0", "--out", str(tmp_path)]
-    load().main(args)
+    load_script("bench_kernels").main(args)
     rows = list(csv.DictReader((tmp_path / "kernels.csv").read_text().splitlines()))
     cells = {(r["family"], r["backend"], r["chunk_size"]) for r in rows}
     assert cells == {("kda", "torch", "8"), ("kda", "torch", "16"), ("kda", "naive", ""), ("attention", "sdpa", "")}

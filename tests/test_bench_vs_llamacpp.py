@@ -4,14 +4,11 @@ flash-attention setting, and checks the targets with the ratios of the same run.
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "bench_vs_llamacpp", Path(__file__).parent.parent / "scripts" / "bench_vs_llamacpp.py"
-)
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
+from tests.helpers import load_script
+
+script = load_script("bench_vs_llamacpp")
 
 
 def write_class(out: Path, name: str, rows: list[tuple[str, int, float, float]]) -> None:

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def load_script():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "copy_runs.py"
-    spec = importlib.util.spec_from_file_location("copy_runs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def test_finished_runs_are_copied_without_their_checkpoints(tmp_path):
@@ -24,7 +16,7 @@ def test_finished_runs_are_copied_without_their_checkpoints(tmp_path):
         (run / "results.json").write_text(json.dumps({"status": status}))
         (run / ".hydra" / "config.yaml").write_text("model: {}\n")
         (run / "metrics.jsonl").write_text("{}\n")
-    copied = load_script().copy_runs(tmp_path / "src", tmp_path / "dst")
+    copied = load_script("copy_runs").copy_runs(tmp_path / "src", tmp_path / "dst")
     assert [p.name for p in copied] == ["a", "b"]
     files = sorted(str(p.relative_to(tmp_path / "dst")) for p in (tmp_path / "dst").rglob("*") if p.is_file())
     assert files == [f"grid/{r}/{f}" for r in "ab" for f in (".hydra/config.yaml", "metrics.jsonl", "results.json")]

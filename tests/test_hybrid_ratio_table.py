@@ -3,14 +3,9 @@ by their positions."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tests.helpers import load_script
 
-spec = importlib.util.spec_from_file_location(
-    "hybrid_ratio_table", Path(__file__).parent.parent / "scripts" / "hybrid_ratio_table.py"
-)
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
+script = load_script("hybrid_ratio_table")
 
 
 def test_points_name_attention_layers_and_the_references_positions():

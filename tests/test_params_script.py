@@ -3,21 +3,11 @@ papers' comparison size (d_model 768, 12 layers), and the table lists every arch
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "params.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("params_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def test_every_architecture_matches_the_transformer_within_10_percent(capsys):
-    params = load_script()
+    params = load_script("params")
     assert params.main(["--d-model", "768", "--n-layers", "12", "--check"]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     for arch in params.architectures():
@@ -25,7 +15,7 @@ def test_every_architecture_matches_the_transformer_within_10_percent(capsys):
 
 
 def test_check_fails_when_an_architecture_is_off():
-    params = load_script()
+    params = load_script("params")
     row = params.measure("gla", 768, 12, 8192, None)
     base = params.measure("transformer", 768, 12, 8192, None)
     assert abs(row["params"] / base["params"] - 1) <= params.TOLERANCE

@@ -3,17 +3,14 @@ the plot from run folders (results.json + .hydra/config.yaml)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-spec = importlib.util.spec_from_file_location(
-    "state_tracking_chart", Path(__file__).parent.parent / "scripts" / "state_tracking_chart.py"
-)
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
+from tests.helpers import load_script
+
+script = load_script("state_tracking_chart")
 
 
 def write_run(root: Path, name: str, arch: str, mixer: dict, lr: float, held_out: float, curve: dict, steps=None, **kw):

@@ -3,23 +3,14 @@ listed, a PNG drawn; and conf/experiment/zoology_mqar.yaml composes into the gri
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from tests.helpers import load_script
 from zoo.config import compose
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "zoology_chart.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("zoology_chart", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_run(root: Path, name: str, overrides: list[str], accuracy: float | None, status="completed", steps=None):
@@ -41,7 +32,7 @@ def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
     longer = ["data.seq_len=128", "data.num_kv_pairs=8", "model=transformer", "model.d_model=64"]
     fake_run(tmp_path, "attn-128-slow", [*longer, "train.lr=1e-3"], 0.995, steps=900)
     fake_run(tmp_path, "attn-128-fast", [*longer, "train.lr=3e-3"], 0.995, steps=300)
-    chart = load_script()
+    chart = load_script("zoology_chart")
     chart.main([str(tmp_path), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "zoology_mqar.md").read_text()
     short, long = table.split("### seq_len 128, 8 kv pairs")
