@@ -197,3 +197,32 @@ def test_state_bytes_is_the_cache(case, dtype):
     assert cache.state.dtype == torch.promote_types(dtype, torch.float32)
     real = sum(t.numel() * t.element_size() for t in vars(cache).values() if t is not None)
     assert layer.state_bytes(5, batch_size=3) == layer.state_bytes(100_000, batch_size=3) == real
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "gated_deltaproduct"])
+def test_the_torch_backend_runs_torch_chunk_size(monkeypatch, name):
+    """`torch_chunk_size` (the MQAR grid sets 16 for this family) is the chunk of the chunked op where the torch
+    backend runs it, `chunk_size` where Triton does; both chunkings give the same output. A config from before
+    the option builds with the mixer's chunk_size everywhere."""
+    from zoo.model.lm import build_mixer
+
+    opts = {**mixer_defaults(name), "chunk_size": 64, "torch_chunk_size": 8}
+    torch.manual_seed(0)
+    layer = build_mixer(name, D, 0, 1, HEAD_DIM, opts).to(torch.float64)
+    op_name = f"chunk_{layer.kernel_family}"
+    seen, real = [], getattr(kernels, op_name)
+    monkeypatch.setattr(
+        kernels, op_name, lambda *a, chunk_size, **kw: seen.append(chunk_size) or real(*a, chunk_size=chunk_size, **kw)
+    )
+    x = torch.randn(2, 40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    own, _ = layer(x)
+    layer.torch_chunk_size = None
+    plain, _ = layer(x)
+    assert seen == [8, 64]
+    assert_close(own, plain, rtol=1e-9, atol=1e-11, name=f"{name}: chunk 8 vs chunk 64")
+    layer.torch_chunk_size = 8
+    monkeypatch.setattr(kernels, "resolve_backend", lambda *a, **kw: "triton")
+    assert layer.op_chunk_size(x) == 64  # on Triton (CUDA tensors) the chunk_size
+    old = {k: v for k, v in opts.items() if k != "torch_chunk_size"}  # a checkpoint's config from before it
+    assert build_mixer(name, D, 0, 1, HEAD_DIM, old).torch_chunk_size is None
+    assert compose(["+experiment=zoology_mqar"]).model.mixers[name].torch_chunk_size == 16

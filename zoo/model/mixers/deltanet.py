@@ -54,7 +54,8 @@ class DeltaNet(LinearMixer):
     kernel_family = "delta_rule"  # kernels family of the recurrence (Gated DeltaNet: "gated_delta_rule")
     chunk_form = "delta"  # the WY form's products (zoo.model.flops), for every subclass
     cache_class = DeltaNetCache
-    added_options = {"num_v_heads": None, "allow_neg_eigval": False}  # configs from before them
+    # configs from before these options: their behaviour then
+    added_options = {"num_v_heads": None, "allow_neg_eigval": False, "torch_chunk_size": None}
     steps_per_token = 1  # delta steps per token: k, v and beta hold that many per token (Gated DeltaProduct: n_h)
 
     def __init__(
@@ -75,9 +76,11 @@ class DeltaNet(LinearMixer):
         allow_neg_eigval: bool,
         norm_eps: float,
         chunk_size: int,
+        torch_chunk_size: int | None,
         backend: str,
     ):
         super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
+        self.torch_chunk_size = torch_chunk_size
         # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
         key_dim, value_dim = whole(d_model * expand_k), whole(d_model * expand_v)
         # grouped values (num_v_heads): value heads of their own, each group sharing a q / k head

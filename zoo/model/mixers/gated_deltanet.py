@@ -53,6 +53,7 @@ class GatedDeltaNet(DeltaNet):
         dt_init_floor: float,
         norm_eps: float,
         chunk_size: int,
+        torch_chunk_size: int | None,
         backend: str,
     ):
         lo, hi = A_init_range
@@ -61,7 +62,7 @@ class GatedDeltaNet(DeltaNet):
         heads = {"num_heads": num_heads, "num_v_heads": num_v_heads, "expand_k": expand_k, "expand_v": expand_v}
         convs = {"use_short_conv": use_short_conv, "conv_size": conv_size, "conv_bias": conv_bias}
         options = {"allow_neg_eigval": allow_neg_eigval, "norm_eps": norm_eps, "chunk_size": chunk_size}
-        options["backend"] = backend
+        options |= {"torch_chunk_size": torch_chunk_size, "backend": backend}
         # DeltaNet with its output gate always on
         super().__init__(
             d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, use_gate=True, **heads, **convs, **options

@@ -53,6 +53,7 @@ class GatedDeltaProduct(GatedDeltaNet):
         dt_init_floor: float,
         norm_eps: float,
         chunk_size: int,
+        torch_chunk_size: int | None,
         backend: str,
     ):
         if isinstance(num_householder, bool) or not isinstance(num_householder, int) or num_householder < 1:
@@ -62,7 +63,7 @@ class GatedDeltaProduct(GatedDeltaNet):
         options = dict(expand_k=expand_k, expand_v=expand_v, use_short_conv=use_short_conv, conv_size=conv_size)
         options |= dict(conv_bias=conv_bias, allow_neg_eigval=allow_neg_eigval, A_init_range=A_init_range)
         options |= dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, norm_eps=norm_eps)
-        options |= dict(chunk_size=chunk_size, backend=backend)
+        options |= dict(chunk_size=chunk_size, torch_chunk_size=torch_chunk_size, backend=backend)
         super().__init__(
             d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, num_heads=num_heads, num_v_heads=None, **options
         )

@@ -61,9 +61,8 @@ class KimiDeltaAttention(DeltaNet):
         heads = {"num_heads": num_heads, "num_v_heads": num_v_heads, "expand_k": expand_k, "expand_v": expand_v}
         convs = {"use_short_conv": use_short_conv, "conv_size": conv_size, "conv_bias": conv_bias}
         options = {"allow_neg_eigval": allow_neg_eigval, "norm_eps": norm_eps, "chunk_size": chunk_size}
-        options |= {"backend": backend, "use_gate": False}  # the gate is KDA's own (below)
+        options |= {"torch_chunk_size": torch_chunk_size, "backend": backend, "use_gate": False}  # KDA's own gate below
         super().__init__(d_model, layer_idx, n_layers=n_layers, head_dim=head_dim, **heads, **convs, **options)
-        self.torch_chunk_size = torch_chunk_size
         Hv, rank = self.num_v_heads, self.head_v
         # the decay: per value head (each group of grouped values decays on its own) and key channel
         self.f_proj = nn.Sequential(nn.Linear(d_model, rank, bias=False), nn.Linear(rank, Hv * self.head_k, bias=False))
