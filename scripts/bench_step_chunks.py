@@ -7,10 +7,10 @@ slows them alike; the median per chunk size is reported against the first.
         data.num_kv_pairs=16
 
 The model is the experiment's (`--experiment`, default zoology_mqar, pure: `model.attn.layers=[]`) at
-`--d-model`; the chunk is set with `model.mixers.<model>.chunk_size`, which the torch backend (CPU) runs when the
-mixer sets no `torch_chunk_size` (overridden to null here). The batch is random tokens with the MQAR layout's
-share of labelled positions, since the step's cost does not depend on the values. Prints one row per model and
-chunk size and writes `step_chunks.csv` into `--out` when given.
+`--d-model`; the chunk is the `chunk_size` of the model's chunked mixers, and their `torch_chunk_size` is set to
+null, so that the chunk under test runs on the torch backend (CPU) too. The batch is random tokens with the MQAR
+layout's share of labelled positions, since the step's cost does not depend on the values. Prints one row per
+model and chunk size and writes `step_chunks.csv` into `--out` when given.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from zoo.config import compose
 from zoo.model.lm import build_model
@@ -29,13 +30,22 @@ from zoo.model.lm import build_model
 
 def build(args, model: str, chunk: int):
     overrides = [f"+experiment={args.experiment}", f"model={model}", "model.attn.layers=[]"]
-    overrides += [f"model.d_model={args.d_model}", f"model.mixers.{model}.chunk_size={chunk}", *args.overrides]
-    cfg = compose(overrides)
-    if "torch_chunk_size" in cfg.model.mixers[model]:
-        cfg.model.mixers[model].torch_chunk_size = None  # the chunk under test runs on every backend
+    cfg = compose([*overrides, f"model.d_model={args.d_model}", *args.overrides])
+    chunked = [m for m in OmegaConf.to_container(cfg.model.mixers) if m in _names(cfg.model.mixer)]
+    chunked = [m for m in chunked if "chunk_size" in cfg.model.mixers[m]]
+    if not chunked:
+        raise SystemExit(f"model={model}: its mixer {cfg.model.mixer} has no chunk_size option (no chunked op)")
+    for name in chunked:  # the chunk under test, on every backend (no torch_chunk_size)
+        cfg.model.mixers[name].chunk_size = chunk
+        if "torch_chunk_size" in cfg.model.mixers[name]:
+            cfg.model.mixers[name].torch_chunk_size = None
     torch.manual_seed(0)
     net = build_model(cfg.model)
     return net, torch.optim.AdamW(net.parameters(), lr=1e-3), cfg
+
+
+def _names(mixer) -> set[str]:
+    return {mixer} if isinstance(mixer, str) else set(mixer)
 
 
 def batch(cfg, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

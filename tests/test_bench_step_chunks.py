@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 import kernels
 from tests.helpers import load_script
 
@@ -26,3 +28,9 @@ def test_one_row_per_chunk_size_each_run_at_its_chunk(tmp_path, monkeypatch):
     assert seen.count(8) == seen.count(16) == 2 * 2  # two layers, a warm-up step and a timed one per chunk
     written = list(csv.DictReader((tmp_path / "step_chunks.csv").read_text().splitlines()))
     assert [w["chunk_size"] for w in written] == ["16", "8"]
+
+
+def test_a_model_without_a_chunked_mixer_is_refused_by_name():
+    args = ["--models", "transformer", "--chunk-sizes", "16", "--repeats", "1", "--batch-size", "2", "--d-model", "32"]
+    with pytest.raises(SystemExit, match="model=transformer: its mixer attn has no chunk_size option"):
+        load_script("bench_step_chunks").main([*args, "--overrides", "data.seq_len=32", "data.num_kv_pairs=2"])
