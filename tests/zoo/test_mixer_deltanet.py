@@ -199,11 +199,11 @@ def test_state_bytes_is_the_cache(case, dtype):
     assert layer.state_bytes(5, batch_size=3) == layer.state_bytes(100_000, batch_size=3) == real
 
 
-@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "gated_deltaproduct"])
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "gated_deltaproduct", "kda"])
 def test_the_torch_backend_runs_torch_chunk_size(monkeypatch, name):
-    """`torch_chunk_size` (the MQAR grid sets 16 for this family) is the chunk of the chunked op where the torch
-    backend runs it, `chunk_size` where Triton does; both chunkings give the same output. A config from before
-    the option builds with the mixer's chunk_size everywhere."""
+    """`torch_chunk_size` (kda's default 16; the MQAR grid sets 16 for the others) is the chunk of the chunked op
+    where the torch backend runs it, `chunk_size` where Triton does; both chunkings give the same output. A config
+    from before the option builds with the mixer's chunk_size everywhere."""
     from zoo.model.lm import build_mixer
 
     opts = {**mixer_defaults(name), "chunk_size": 64, "torch_chunk_size": 8}
@@ -225,4 +225,8 @@ def test_the_torch_backend_runs_torch_chunk_size(monkeypatch, name):
     assert layer.op_chunk_size(x) == 64  # on Triton (CUDA tensors) the chunk_size
     old = {k: v for k, v in opts.items() if k != "torch_chunk_size"}  # a checkpoint's config from before it
     assert build_mixer(name, D, 0, 1, HEAD_DIM, old).torch_chunk_size is None
-    assert compose(["+experiment=zoology_mqar"]).model.mixers[name].torch_chunk_size == 16
+
+
+def test_the_mqar_grid_runs_the_family_at_chunk_16_on_cpu():
+    mixers = compose(["+experiment=zoology_mqar"]).model.mixers
+    assert [mixers[n].torch_chunk_size for n in ("deltanet", "gated_deltanet", "gated_deltaproduct")] == [16] * 3

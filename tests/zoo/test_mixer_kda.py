@@ -110,26 +110,3 @@ def test_the_chunked_form_under_autograd_equals_the_step_form_of_inference():
     chunked, _ = layer(x)
     assert chunked.requires_grad
     assert_close(chunked.detach(), stepped, rtol=1e-9, atol=1e-11, name="chunk vs step")
-
-
-def test_the_torch_backend_runs_its_own_chunk(monkeypatch):
-    """`torch_chunk_size` is the chunk of the chunked op where the torch backend runs it; `chunk_size` stays the
-    Triton kernels'; both chunkings give the same output."""
-    import kernels
-
-    layer = make_layer({"chunk_size": 64, "torch_chunk_size": 8})
-    seen, real = [], kernels.chunk_kda
-    monkeypatch.setattr(
-        kernels,
-        "chunk_kda",
-        lambda *a, chunk_size, **kw: seen.append(chunk_size) or real(*a, chunk_size=chunk_size, **kw),
-    )
-    x = torch.randn(2, 40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    own, _ = layer(x)
-    layer.torch_chunk_size = None
-    plain, _ = layer(x)
-    assert seen == [8, 64]
-    assert_close(own, plain, rtol=1e-9, atol=1e-11, name="chunk 8 vs chunk 64")
-    layer.torch_chunk_size = 8
-    monkeypatch.setattr(kernels, "resolve_backend", lambda *a, **kw: "triton")
-    assert layer.op_chunk_size(x) == 64  # on Triton (CUDA tensors) the chunk_size

@@ -159,15 +159,15 @@ class LinearMixer(Mixer):
     """Run every call without autograd on CPU through the step op (`fused_recurrent_<family>`), even of many tokens:
     for families whose chunked torch form pays for its backward with a slower forward (the per-channel decays of
     KDA and the DPLR rule: see their kernel READMEs). Both forms compute the same recurrence."""
-    torch_chunk_size: int | None = None
-    """The chunk of the chunked op when it runs on the torch backend (CPU), where it differs from `chunk_size` (the
-    Triton kernels'): set by mixers whose torch form is fastest at another chunk (KDA, RWKV-7). Both compute the
-    same recurrence; None = `chunk_size` everywhere."""
 
-    def __init__(self, layer_idx: int, *, backend: str, chunk_size: int):
+    def __init__(self, layer_idx: int, *, backend: str, chunk_size: int, torch_chunk_size: int | None = None):
         super().__init__(layer_idx)
         self.backend = backend
         self.chunk_size = chunk_size
+        # the chunk of the chunked op where the torch backend (CPU) runs it, for mixers whose torch form is fastest
+        # at another chunk than the Triton kernels' `chunk_size` (an option of the DeltaNet family and RWKV-7); the
+        # same recurrence either way; None = `chunk_size` everywhere
+        self.torch_chunk_size = torch_chunk_size
 
     def init_cache(self) -> StateCache:
         return self.cache_class()

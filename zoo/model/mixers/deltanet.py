@@ -79,8 +79,7 @@ class DeltaNet(LinearMixer):
         torch_chunk_size: int | None,
         backend: str,
     ):
-        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
-        self.torch_chunk_size = torch_chunk_size
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size, torch_chunk_size=torch_chunk_size)
         # num_heads null: heads of model.head_dim on the key side (fla's head_dim is the key head size).
         key_dim, value_dim = whole(d_model * expand_k), whole(d_model * expand_v)
         # grouped values (num_v_heads): value heads of their own, each group sharing a q / k head

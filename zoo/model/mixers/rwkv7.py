@@ -76,8 +76,7 @@ class RWKV7TimeMix(LinearMixer):
         torch_chunk_size: int | None,
         backend: str,
     ):
-        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size)
-        self.torch_chunk_size = torch_chunk_size
+        super().__init__(layer_idx, backend=backend, chunk_size=chunk_size, torch_chunk_size=torch_chunk_size)
         self.head_size = head_size or head_dim
         self.num_heads = check_divides("head_size must divide d_model", d_model, self.head_size, layer_idx)
         self.d_model, self.norm_eps = d_model, norm_eps
