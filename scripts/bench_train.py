@@ -5,6 +5,10 @@ data (`data=tokens`) against the on-the-fly text path.
     python scripts/bench_train.py --out docs/results/bench_train              # the published run (~20 min, 2 cores)
     python scripts/bench_train.py --quick --out runs/bench_train_quick        # a smoke run (~2 min)
     python scripts/bench_train.py --parts memory --memory-size d768x12 --memory-seq 2048
+    python scripts/bench_train.py --parts mqar --threads 1 --mqar-models kda mamba2 --mqar-settings 128:8
+
+The mqar part times the MQAR grid's own jobs (`+experiment=zoology_mqar`, width 64) eager and with
+`train.compile=blocks`: at that grid's small heads the step is many small elementwise ops, which compile fuses.
 
 Every configuration is its own `zoo-train` process (the trainer users run, its options as overrides), so the peak
 memory of one cannot leak into the next; each reports the trainer's own `train/tokens_per_s` (median over the steps
@@ -72,6 +76,20 @@ def memory_rows(args) -> list[tuple[str, str, list[str]]]:
         ("memory: both", "memory: plain", ["train.activation_checkpointing=1", chunk]),
     ]
     return [(n, b, [*common, *o]) for n, b, o in rows]
+
+
+def mqar_rows(args) -> list[tuple[str, str, list[str]]]:
+    """Each MQAR grid job (model x setting, pure) eager and under each compile mode, against eager."""
+    rows = []
+    for setting in args.mqar_settings:
+        seq, kv = (int(x) for x in setting.split(":"))
+        for model in args.mqar_models:
+            job = [f"model={model}", f"data.seq_len={seq}", f"data.num_kv_pairs={kv}"]
+            name = f"mqar ({seq}, {kv}) {model}"
+            rows.append((f"{name}: eager", f"{name}: eager", job))
+            rows += [(f"{name}: compile={m}", f"{name}: eager", [*job, f"train.compile={m}"]) for m in args.compile]
+    common = ["+experiment=zoology_mqar", "model.attn.layers=[]", f"model.d_model={args.mqar_width}"]
+    return [(n, b, [*common, f"train.num_threads={args.threads}", *o]) for n, b, o in rows]
 
 
 def run_config(overrides: list[str], steps: int, workdir: Path, timeout: int) -> dict:
@@ -152,7 +170,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the medians (compilation)")
     parser.add_argument("--memory-steps", type=int, default=3, help="optimizer steps per memory configuration")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="train.num_threads")
-    parser.add_argument("--parts", nargs="+", default=["speed", "memory", "data"], choices=["speed", "memory", "data"])
+    parts = ["speed", "memory", "data", "mqar"]
+    parser.add_argument("--parts", nargs="+", default=parts[:3], choices=parts, help="mqar: not run by default")
+    parser.add_argument("--mqar-models", nargs="+", default=["kda", "gated_deltaproduct", "mamba2", "transformer"])
+    parser.add_argument("--mqar-settings", nargs="+", default=["64:4", "128:8"], help="seq_len:kv_pairs")
+    parser.add_argument("--mqar-width", type=int, default=64)
+    parser.add_argument("--compile", nargs="+", default=["blocks"], choices=["blocks", "model"], help="mqar rows")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_train"))
@@ -168,8 +191,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
         workdir = Path(tmp)
-        corpus, prepare_s = prepare_corpus(args, workdir)
-        print(f"zoo-data prepare ({args.vocab} BPE tokens, the offline corpus): {prepare_s:.1f} s", flush=True)
+        corpus, prepare_s = None, float("nan")
+        if {"speed", "memory", "data"} & set(args.parts):
+            corpus, prepare_s = prepare_corpus(args, workdir)
+            print(f"zoo-data prepare ({args.vocab} BPE tokens, the offline corpus): {prepare_s:.1f} s", flush=True)
         plan = []
         tokens = ["data=tokens", f"data.path={corpus}"]
         if "speed" in args.parts:
@@ -178,10 +203,13 @@ def main() -> None:
             plan += [(n, b, [*tokens, *o]) for n, b, o in memory_rows(args)]
         if "data" in args.parts:
             plan += [(n, b, [f"train.batch_size={args.batch}", *o]) for n, b, o in data_rows(args, corpus)]
+        plan = [(n, b, [*fixed, *o]) for n, b, o in plan]
+        if "mqar" in args.parts:
+            plan += mqar_rows(args)  # the experiment's own batch, lr and data
         rows = []
         for name, base, overrides in plan:
             steps, warmup = (args.memory_steps, 1) if name.startswith("memory") else (args.steps, args.warmup)
-            result = summarize(run_config([*fixed, *overrides], steps, workdir, args.timeout), warmup)
+            result = summarize(run_config(overrides, steps, workdir, args.timeout), warmup)
             rows.append({"name": name, "baseline": base, "overrides": " ".join(overrides), **result})
             print(
                 f"{name:38s} {result['tokens_per_s']:9.1f} tok/s  peak {result['peak_mib']:8.0f} MiB  "
@@ -207,13 +235,21 @@ def write(rows: list[dict], args, prepare_s: float) -> None:
         writer.writeheader()
         writer.writerows(rows)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    lines = [
-        f"model={args.model}{HYBRID if args.hybrid else ''}; tokens/s rows: {args.speed_size}, seq {args.speed_seq}, "
-        f"batch {args.batch}; memory rows: "
-        f"{args.memory_size}, seq {args.memory_seq}, batch 1; BPE vocab {args.vocab}; {args.steps} steps per "
-        f"configuration ({args.memory_steps} for memory), medians over the steps after {args.warmup} (1); "
-        f"train.num_threads={args.threads}; {machine}",
-        f"`zoo-data prepare` of the corpus: {prepare_s:.1f} s",
+    lines = [f"train.num_threads={args.threads}; {machine}"]
+    if {"speed", "memory", "data"} & set(args.parts):
+        lines += [
+            f"model={args.model}{HYBRID if args.hybrid else ''}; tokens/s rows: {args.speed_size}, seq "
+            f"{args.speed_seq}, batch {args.batch}; memory rows: {args.memory_size}, seq {args.memory_seq}, batch 1; "
+            f"BPE vocab {args.vocab}; {args.steps} steps per configuration ({args.memory_steps} for memory), medians "
+            f"over the steps after {args.warmup} (1)",
+            f"`zoo-data prepare` of the corpus: {prepare_s:.1f} s",
+        ]
+    if "mqar" in args.parts:
+        lines.append(
+            f"mqar rows: `+experiment=zoology_mqar` (its batch, lr, vocab and data), width {args.mqar_width}, pure; "
+            f"{args.steps} steps, medians over the steps after {args.warmup}; first steps s includes compilation"
+        )
+    lines += [
         "",
         "| configuration | tokens/s | x base | peak MiB | x base | first steps s | outside steps s | baseline |",
         "|---|---:|---:|---:|---:|---:|---:|---|",

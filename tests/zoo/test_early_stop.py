@@ -16,7 +16,16 @@ from omegaconf import OmegaConf
 from zoo.config import compose, typed
 from zoo.errors import ConfigError
 from zoo.io.results import read_metrics, read_results
-from zoo.train.loop import job_config, lr_at, resume_sweep_job, run_training, same_job, settled_by
+from zoo.train.loop import (
+    RUN_OPTIONS,
+    _matches,
+    job_config,
+    lr_at,
+    resume_sweep_job,
+    run_training,
+    same_job,
+    settled_by,
+)
 
 TINY = [
     "model=gla",
@@ -233,6 +242,27 @@ def test_a_recorded_config_without_an_option_added_since_is_the_same_job(tmp_pat
     assert same_job({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}, "d": 3})
     assert not same_job({"a": {"b": 1}}, {"a": {"b": 2}})
     assert not same_job({"a": [1, 2]}, {"a": [1, 3]})
+
+
+def test_a_run_under_other_run_options_is_the_same_job(tmp_path):
+    """Threads, compile and the other RUN_OPTIONS change how a job runs, not what it trains: a grid rerun with a
+    faster option skips its completed runs, resumes its cut ones and sees its settled points; other keys still
+    make another job."""
+    cfg = compose([*TINY, "train.lr=1e-3", "train.early_stop.stop_sweeping=[train.lr]"])
+    faster = compose([*TINY, "train.lr=1e-3", "train.early_stop.stop_sweeping=[train.lr]"])
+    faster.train.num_threads, faster.train.compile, faster.train.save_every = 1, "blocks", 7
+    assert _matches(_recorded(cfg), faster, []) is True
+    _write(tmp_path / "done", _recorded(cfg))
+    assert not resume_sweep_job(faster, tmp_path / "done", 0, tmp_path / "elsewhere")  # completed: skipped
+    cut = _recorded(cfg) | {"status": "running"}
+    _write(tmp_path / "cut", cut)
+    assert resume_sweep_job(faster, tmp_path / "cut", 1, tmp_path / "elsewhere")  # the same job: it runs on
+    _write(tmp_path / "grid" / "lr0.003", _recorded(cfg, train__lr=3e-3))
+    assert settled_by(faster, tmp_path / "grid", tmp_path / "grid" / "mine") == tmp_path / "grid" / "lr0.003"
+    assert set(RUN_OPTIONS) <= {f"train.{k}" for k in job_config(cfg)["train"]}  # every one is a config key
+    faster.train.eval_every = 3  # not a run option: when the target is checked
+    assert _matches(_recorded(cfg), faster, []) is False
+    assert not resume_sweep_job(faster, tmp_path / "cut", 2, tmp_path / "elsewhere")  # another job's folder
 
 
 def test_a_point_is_settled_by_a_run_that_differs_only_in_the_swept_keys(tmp_path):

@@ -473,14 +473,36 @@ def same_job(recorded: dict, current: dict) -> bool:
     return True
 
 
+# Options that change how a job runs, not what it trains: the same updates up to float round-off (compile,
+# activation checkpointing, the chunked loss, AdamW's kernels, threads, prefetching) or only what is logged and
+# when a checkpoint is written. A run resumed or rerun under other values of them is the same job, so a grid can
+# take a faster option between sittings without losing the runs it has.
+RUN_OPTIONS = (
+    "train.num_threads",
+    "train.compile",
+    "train.activation_checkpointing",
+    "train.loss_chunk_size",
+    "train.optimizer_impl",
+    "train.prefetch",
+    "train.peak_flops",
+    "train.log_every",
+    "train.save_every",
+    "train.log",
+)
+
+
 def _matches(results: dict, cfg: DictConfig, without: list[str]) -> bool | None:
-    """Whether the run `results` (a results.json) holds the job `cfg` (`without` some keys): by its recorded
-    `config`, else by the fingerprints that folders written before it kept; None when it recorded neither."""
+    """Whether the run `results` (a results.json) holds the job `cfg` (`without` some keys, and never the
+    `RUN_OPTIONS`): by its recorded `config`, else by the fingerprints that folders written before it kept (those
+    count every key); None when it recorded neither."""
     if "config" in results:
         recorded = json.loads(json.dumps(results["config"]))  # a copy, to drop `without` from
-        for key in without:
+        current = job_config(cfg, without)
+        for key in (*without, *RUN_OPTIONS):
             _drop(recorded, key)
-        return same_job(recorded, job_config(cfg, without))
+        for key in RUN_OPTIONS:
+            _drop(current, key)
+        return same_job(recorded, current)
     sha = results.get("point_sha" if without else "config_sha")
     if sha is None:
         return None
