@@ -37,6 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 HYBRID = " with attention in every 4th layer from layer 1"
+TEXT_PARTS = {"speed", "memory", "data"}  # the parts that train on the BPE corpus (mqar makes its own data)
 
 
 def size_overrides(size: str, hybrid: bool) -> list[str]:
@@ -192,7 +193,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
         workdir = Path(tmp)
         corpus, prepare_s = None, float("nan")
-        if {"speed", "memory", "data"} & set(args.parts):
+        if TEXT_PARTS & set(args.parts):
             corpus, prepare_s = prepare_corpus(args, workdir)
             print(f"zoo-data prepare ({args.vocab} BPE tokens, the offline corpus): {prepare_s:.1f} s", flush=True)
         plan = []
@@ -236,7 +237,7 @@ def write(rows: list[dict], args, prepare_s: float) -> None:
         writer.writerows(rows)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     lines = [f"train.num_threads={args.threads}; {machine}"]
-    if {"speed", "memory", "data"} & set(args.parts):
+    if TEXT_PARTS & set(args.parts):
         lines += [
             f"model={args.model}{HYBRID if args.hybrid else ''}; tokens/s rows: {args.speed_size}, seq "
             f"{args.speed_seq}, batch {args.batch}; memory rows: {args.memory_size}, seq {args.memory_seq}, batch 1; "

@@ -497,11 +497,10 @@ def _matches(results: dict, cfg: DictConfig, without: list[str]) -> bool | None:
     count every key); None when it recorded neither."""
     if "config" in results:
         recorded = json.loads(json.dumps(results["config"]))  # a copy, to drop `without` from
-        current = job_config(cfg, without)
-        for key in (*without, *RUN_OPTIONS):
-            _drop(recorded, key)
-        for key in RUN_OPTIONS:
-            _drop(current, key)
+        current = job_config(cfg, without)  # already without `without`
+        for data, keys in ((recorded, (*without, *RUN_OPTIONS)), (current, RUN_OPTIONS)):
+            for key in keys:
+                _drop(data, key)
         return same_job(recorded, current)
     sha = results.get("point_sha" if without else "config_sha")
     if sha is None:
