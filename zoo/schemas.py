@@ -18,7 +18,7 @@ against this module's globals, so `int | None` and `list[int]` work here as in a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import MISSING
@@ -26,6 +26,16 @@ from omegaconf import MISSING
 # UNIONS: a field that takes values of two types (`bool | str`) is typed `Any`, because OmegaConf 2.3's Union
 # nodes fail inside Hydra's composition (an AssertionError in `_get_root` when a typed node is expanded); the code
 # that reads such a field checks its type itself.
+
+# RUN_OPTIONS: a train field made with `run_option()` changes how a job runs, not what it trains (the same updates
+# up to float round-off, or only what is logged and when a checkpoint is written). A run resumed or rerun under
+# other values of these is the same job (zoo.train.loop._matches), so a grid can take a faster option between
+# sittings without losing its runs. A new option of that kind is marked here, where it is declared.
+
+
+def run_option() -> Any:
+    return field(default=MISSING, metadata={"run_option": True})
+
 
 # -- model/ -----------------------------------------------------------------------------------------------------
 
@@ -175,12 +185,12 @@ class TrainConfig:
     max_steps: int = MISSING
     batch_size: int = MISSING  # the global batch of one optimizer step
     grad_accum_steps: int = MISSING  # micro-batches of batch_size / grad_accum_steps rows per optimizer step
-    loss_chunk_size: int = MISSING  # tokens per chunk of the LM head's loss (0 = materialized logits)
-    optimizer_impl: str = MISSING  # auto | foreach | fused | for_loop (see zoo.train.loop.optimizer_impl)
-    activation_checkpointing: int = MISSING  # 0 none | 1 every block | k every k-th block (zoo.train.wrappers)
-    compile: str = MISSING  # none | model | blocks: torch.compile of the training forward (zoo.train.wrappers)
-    prefetch: int = MISSING  # batches drawn ahead in a background thread (0: none)
-    peak_flops: float | None = MISSING  # FLOP/s of one device for train/mfu; null = auto (zoo.train.throughput)
+    loss_chunk_size: int = run_option()  # tokens per chunk of the LM head's loss (0 = materialized logits)
+    optimizer_impl: str = run_option()  # auto | foreach | fused | for_loop (see zoo.train.loop.optimizer_impl)
+    activation_checkpointing: int = run_option()  # 0 none | 1 every block | k every k-th block (zoo.train.wrappers)
+    compile: str = run_option()  # none | model | blocks: torch.compile of the training forward (zoo.train.wrappers)
+    prefetch: int = run_option()  # batches drawn ahead in a background thread (0: none)
+    peak_flops: float | None = run_option()  # FLOP/s of one device for train/mfu; null = auto (zoo.train.throughput)
     lr: float = MISSING
     schedule: str = MISSING  # cosine | wsd | constant (see zoo.train.loop.lr_at)
     min_lr_ratio: float = MISSING
@@ -191,15 +201,18 @@ class TrainConfig:
     grad_clip: float = MISSING
     seed: int = MISSING
     resume: Any = MISSING  # false, true (this run folder) or a run folder's path (a union: see UNIONS)
-    log_every: int = MISSING
+    log_every: int = run_option()
     eval_every: int = MISSING
-    save_every: int = MISSING
+    save_every: int = run_option()
     device: str = MISSING
-    num_threads: int | None = MISSING
+    num_threads: int | None = run_option()
     distributed: DistributedConfig = MISSING
     fsdp: bool = MISSING
-    log: LogConfig = MISSING
+    log: LogConfig = run_option()
     early_stop: EarlyStopConfig = MISSING
+
+
+RUN_OPTIONS = tuple(f"train.{f.name}" for f in fields(TrainConfig) if f.metadata.get("run_option"))
 
 
 # -- eval/ and its groups eval/recall, eval/lm_eval, eval/final ----------------------------------------------------

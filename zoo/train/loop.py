@@ -37,7 +37,7 @@ from zoo.io.results import read_results, truncate_metrics, update_results
 from zoo.io.runs import CHECKPOINT, RESULTS, readable_dir, write_dir_atomically
 from zoo.model.lm import HybridLM, build_model
 from zoo.rank import is_main
-from zoo.schemas import EarlyStopConfig, EvalConfig, TrainConfig, TrainRoot
+from zoo.schemas import RUN_OPTIONS, EarlyStopConfig, EvalConfig, TrainConfig, TrainRoot
 from zoo.train import distributed
 from zoo.train.failures import clear_failure, record_failure, release_memory
 from zoo.train.loggers import RunLogger
@@ -471,24 +471,6 @@ def same_job(recorded: dict, current: dict) -> bool:
         elif old != new:
             return False
     return True
-
-
-# Options that change how a job runs, not what it trains: the same updates up to float round-off (compile,
-# activation checkpointing, the chunked loss, AdamW's kernels, threads, prefetching) or only what is logged and
-# when a checkpoint is written. A run resumed or rerun under other values of them is the same job, so a grid can
-# take a faster option between sittings without losing the runs it has.
-RUN_OPTIONS = (
-    "train.num_threads",
-    "train.compile",
-    "train.activation_checkpointing",
-    "train.loss_chunk_size",
-    "train.optimizer_impl",
-    "train.prefetch",
-    "train.peak_flops",
-    "train.log_every",
-    "train.save_every",
-    "train.log",
-)
 
 
 def _matches(results: dict, cfg: DictConfig, without: list[str]) -> bool | None:
