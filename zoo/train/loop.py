@@ -478,12 +478,11 @@ def _matches(results: dict, cfg: DictConfig, without: list[str]) -> bool | None:
     `RUN_OPTIONS`): by its recorded `config`, else by the fingerprints that folders written before it kept (those
     count every key); None when it recorded neither."""
     if "config" in results:
-        recorded = json.loads(json.dumps(results["config"]))  # a copy, to drop `without` from
-        current = job_config(cfg, without)  # already without `without`
-        for data, keys in ((recorded, (*without, *RUN_OPTIONS)), (current, RUN_OPTIONS)):
-            for key in keys:
-                _drop(data, key)
-        return same_job(recorded, current)
+        ignored = (*without, *RUN_OPTIONS)
+        recorded = json.loads(json.dumps(results["config"]))  # a copy, to drop the ignored keys from
+        for key in ignored:
+            _drop(recorded, key)
+        return same_job(recorded, job_config(cfg, ignored))
     sha = results.get("point_sha" if without else "config_sha")
     if sha is None:
         return None
