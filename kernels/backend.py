@@ -75,7 +75,10 @@ def resolve_backend(requested: str, *tensors: torch.Tensor | None, family: str) 
     if resolved == "triton":
         check_triton(*tensors)
     key = (family, requested, resolved, "cuda" if on_cuda else "cpu")
-    if key not in _LOGGED:
+    # Logged at the first call outside a torch.compile trace: inside one, dynamo cannot trace a logger call and
+    # breaks the graph there, and the graph compiled with those breaks (8 pieces for an RWKV-7 block) is what the
+    # first training step runs and what the compile cache keeps
+    if key not in _LOGGED and not torch.compiler.is_compiling():
         _LOGGED.add(key)
         logger.info("kernels.%s: backend=%r resolved to %r (%s tensors)", family, requested, resolved, key[3])
     return resolved

@@ -17,6 +17,7 @@ import types
 from dataclasses import dataclass, field
 
 import torch
+from torch._functorch import config as functorch_config
 from torch.utils.checkpoint import checkpoint
 
 from zoo.errors import ConfigError
@@ -68,6 +69,7 @@ def apply_wrappers(model: torch.nn.Module, activation_checkpointing: int, compil
     compiled_step = None
     if compile_mode != "none":
         _allow_recompiles(len(blocks))
+        _no_autograd_cache()
         # One compiled function for every block, its cache an entry per block. Static shapes: a training run's
         # never change, and a dynamic-shape graph of a chunked kernel costs more to compile (or fails in inductor)
         compiled_step = torch.compile(_plain_step, dynamic=False)
@@ -107,6 +109,16 @@ def _allow_recompiles(n_blocks: int) -> None:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), 2 * n_blocks + 8))
+
+
+def _no_autograd_cache() -> None:
+    """Turn off AOTAutograd's on-disk cache (inductor's compiled-code cache stays on). In torch 2.13 a graph that
+    returns a view of one of its intermediates, once loaded from that cache, rebuilt the view from freed
+    metadata: compiled RWKV-7 blocks (their graphs then split by a logging call, which returned such views) crashed
+    the first training step with garbage shapes or a segfault, in a fresh cache directory and in the run after
+    a good one. Without the cache they did not, and warm starts took as long (RWKV-7 at width 32: 22-25 s
+    either way, inductor's cache warm)."""
+    functorch_config.enable_autograd_cache = False
 
 
 def _training(module: torch.nn.Module, cache) -> bool:
