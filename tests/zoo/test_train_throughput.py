@@ -212,7 +212,7 @@ def test_blocks_of_a_mixer_that_is_not_compilable_stay_eager_with_the_reason_log
     assert_same_training(wrapped, plain, *batch(), **GRADS)
 
 
-# GLA's torch kernel picks its path with `Tensor.item` (a graph break per chunk loop); every other block is one graph
+# GLA's torch kernel breaks the graph at its data-dependent choice of intra-chunk form (`Tensor.item`)
 BREAKS_BY_DESIGN = {"gla": "Tensor.item()", "hybrid_gla": "Tensor.item()"}
 
 
