@@ -269,10 +269,11 @@ def _export_submitit_env() -> None:
 
 def _destroy() -> None:
     """Leave the process group at exit, while the interpreter is still whole, then collect the garbage that still
-    holds the group (FSDP2's and DDP's state keep references to it), so that gloo's worker threads stop here rather
-    than during interpreter finalization. Rarely, a rank of a finished 2-rank FSDP2 run aborted at exit ("terminate
-    called without an active exception"; 1 exit in a few hundred here, also with a bare FSDP2 script). The group is
-    not destroyed at the end of each job because a Hydra sweep's next job reuses it."""
+    holds the group (FSDP2's and DDP's state keep references to it), meant to let gloo's worker threads stop here
+    rather than during interpreter finalization. Rarely, a rank of a finished 2-rank FSDP2 run aborted at exit
+    ("terminate called without an active exception"; 1 exit in a few hundred here, also with a bare FSDP2 script);
+    the collection is not shown to remove that (too rare to count in a sitting). The group is not destroyed at the
+    end of each job because a Hydra sweep's next job reuses it."""
     if dist.is_initialized():
         dist.destroy_process_group()
     gc.collect()
