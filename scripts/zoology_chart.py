@@ -7,11 +7,13 @@ Reads every run folder below the given folders (`results.json` + `.hydra/config.
 learning rate per (setting, architecture, attention layers, width) as Zoology does (the higher accuracy; on a tie,
 the fewer steps to the target), and writes `zoology_mqar.csv` (every run), `zoology_mqar.md` (per setting
 (seq_len, kv pairs): best per point, its steps to the early-stop target, and the smallest width at which each
-architecture reaches `--threshold` accuracy) and `zoology_mqar.png` (a row per setting: accuracy vs d_model;
-accuracy vs state bytes at the MQAR sequence length), one line per architecture, dashed for the hybrid with one
-attention layer. Widths run at more than one setting also get a table of accuracy per setting in the markdown and
-`zoology_mqar_settings.png` (accuracy against the setting at that width: where a fixed state runs out). Jobs
-that `train.early_stop.stop_sweeping` skipped (their point was settled) have no results.json and are not read.
+architecture reaches `--threshold` accuracy; per setting and width, the points at the early-stop target, the lrs
+run at each point short of it and the architectures not run there, so the grid's state is counted, not written by
+hand) and `zoology_mqar.png` (a row per setting: accuracy vs d_model; accuracy vs state bytes at the MQAR sequence
+length), one line per architecture, dashed for the hybrid with one attention layer. Widths run at more than one
+setting also get a table of accuracy per setting in the markdown and `zoology_mqar_settings.png` (accuracy against
+the setting at that width: where a fixed state runs out). Jobs that `train.early_stop.stop_sweeping` skipped
+(their point was settled) have no results.json and are not read.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def write_tables(rows: list[dict], best: list[dict], out: Path, threshold: float
         lines += setting_table([r for r in best if r["setting"] == setting], setting, threshold)
     for width in compared_widths(best):
         lines += width_table([r for r in best if r["d_model"] == width], width)
+    lines += coverage_table(rows, best)
     total = sum(r["time_s"] or 0 for r in rows)
     lines.append(f"{len(rows)} runs, {total / 60:.1f} min of training in all (train/time_s summed over the runs).")
     unfinished = [r for r in rows if r["status"] != "completed"]
@@ -146,6 +149,39 @@ def width_table(best: list[dict], width: int) -> list[str]:
         cells = [f"{pts[s]['accuracy']:.3f}" if s in pts else "-" for s in settings]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return [*lines, ""]
+
+
+def coverage_table(rows: list[dict], best: list[dict]) -> list[str]:
+    """Markdown lines: per setting and width, the points (alone, the transformer among them; + attn) that reached the
+    early-stop target, each point short of it with the number of lrs run there (short with fewer lrs than the grid
+    sweeps is unfinished, not settled), and the architectures of the grid with no run at that setting and width."""
+    lrs_run: dict[tuple, set] = {}
+    for r in rows:
+        if r["status"] == "completed" and r["accuracy"] is not None:
+            lrs_run.setdefault((r["setting"], r["arch"], r["hybrid"], r["d_model"]), set()).add(r["lr"])
+    lines = [
+        "### Points at the early-stop target, per setting and width",
+        "",
+        "| setting | d_model | alone at the target | + attn at the target | short of the target (lrs run) | not run |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    names = sorted({label(r) for r in best})
+    for setting, width in sorted({(r["setting"], r["d_model"]) for r in best}):
+        here = [r for r in best if (r["setting"], r["d_model"]) == (setting, width)]
+        missing = [n for n in names if n not in {label(r) for r in here}]
+        counts = []
+        for hybrid in (False, True):
+            pts = [r for r in here if r["hybrid"] == hybrid]
+            counts.append(f"{sum(r['steps_to_target'] is not None for r in pts)} of {len(pts)}")
+        short = [
+            f"{label(r)} {r['accuracy']:g} ({len(lrs_run[(setting, r['arch'], r['hybrid'], width)])})"
+            for r in here
+            if r["steps_to_target"] is None
+        ]
+        cells = [str(setting), str(width), *counts, ", ".join(short) or "-", ", ".join(missing) or "-"]
+        lines.append(f"| {' | '.join(cells)} |")
+    reached = sum(r["steps_to_target"] is not None for r in best)
+    return [*lines, "", f"{reached} of {len(best)} points at the early-stop target.", ""]
 
 
 def cell(r: dict) -> str:

@@ -26,7 +26,7 @@ def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
     for d, lr, acc in [(64, 1e-3, 0.2), (64, 3e-3, 0.5), (128, 1e-3, 0.95), (128, 3e-3, 0.4)]:
         fake_run(tmp_path, f"gla-{d}-{lr}", ["model=gla", f"model.d_model={d}", f"train.lr={lr}"], acc)
     fake_run(tmp_path, "gla-hyb", ["model=gla", "model.attn.layers=[1]", "model.d_model=64"], 0.99)
-    fake_run(tmp_path, "attn", ["model=transformer", "model.d_model=64"], 1.0)
+    fake_run(tmp_path, "attn", ["model=transformer", "model.d_model=64"], 1.0, steps=500)
     fake_run(tmp_path, "broken", ["model=retnet", "model.d_model=64"], None, status="failed")
     # a second setting; at equal accuracy the lr that reached the target in fewer steps is the point's best
     longer = ["data.seq_len=128", "data.num_kv_pairs=8", "model=transformer", "model.d_model=64"]
@@ -46,6 +46,13 @@ def test_chart_keeps_the_best_lr_and_reports_the_threshold(tmp_path):
     assert "| gla | 0.500 | - |" in by_setting and "### d_model 128" not in table
     assert (tmp_path / "out" / "zoology_mqar_settings.png").stat().st_size > 10_000
     assert "- not completed:" in table and "broken (status: failed)" in table
+    # the grid's state, counted: points at the target per setting and width, the lrs run at each point short of
+    # it (gla + attn's 0.99 has no steps_to_target: not reached), the architectures not run there
+    coverage = table.split("### Points at the early-stop target, per setting and width")[1]
+    assert "| (64, 4) | 64 | 1 of 2 | 0 of 1 | gla 0.5 (2), gla + attn 0.99 (1) | - |" in coverage
+    assert "| (64, 4) | 128 | 0 of 1 | 0 of 0 | gla 0.95 (2) | gla + attn, transformer |" in coverage
+    assert "| (128, 8) | 64 | 1 of 1 | 0 of 0 | - | gla, gla + attn |" in coverage
+    assert "2 of 5 points at the early-stop target." in coverage
     assert "9 runs, 4.5 min of training in all" in table
     assert (tmp_path / "out" / "zoology_mqar.png").stat().st_size > 10_000
     assert len((tmp_path / "out" / "zoology_mqar.csv").read_text().splitlines()) == 10  # header + 9 runs
