@@ -72,10 +72,15 @@ def best_per_point(rows: list[dict]) -> list[dict]:
             continue
         if r["arch"] == "transformer" and r["attn_layers"]:
             continue  # a transformer "with one attention layer" is the same model
-        key = (r["setting"], r["arch"], r["hybrid"], r["d_model"])
+        key = point(r)
         if key not in best or rank(r) > rank(best[key]):
             best[key] = r
-    return sorted(best.values(), key=lambda r: (r["setting"], r["arch"], r["hybrid"], r["d_model"]))
+    return sorted(best.values(), key=point)
+
+
+def point(r: dict) -> tuple:
+    """A chart point: its runs differ only in the lr."""
+    return r["setting"], r["arch"], r["hybrid"], r["d_model"]
 
 
 def rank(r: dict) -> tuple:
@@ -158,7 +163,7 @@ def coverage_table(rows: list[dict], best: list[dict]) -> list[str]:
     lrs_run: dict[tuple, set] = {}
     for r in rows:
         if r["status"] == "completed" and r["accuracy"] is not None:
-            lrs_run.setdefault((r["setting"], r["arch"], r["hybrid"], r["d_model"]), set()).add(r["lr"])
+            lrs_run.setdefault(point(r), set()).add(r["lr"])
     lines = [
         "### Points at the early-stop target, per setting and width",
         "",
@@ -174,9 +179,7 @@ def coverage_table(rows: list[dict], best: list[dict]) -> list[str]:
             pts = [r for r in here if r["hybrid"] == hybrid]
             counts.append(f"{sum(r['steps_to_target'] is not None for r in pts)} of {len(pts)}")
         short = [
-            f"{label(r)} {r['accuracy']:g} ({len(lrs_run[(setting, r['arch'], r['hybrid'], width)])})"
-            for r in here
-            if r["steps_to_target"] is None
+            f"{label(r)} {r['accuracy']:g} ({len(lrs_run[point(r)])})" for r in here if r["steps_to_target"] is None
         ]
         cells = [str(setting), str(width), *counts, ", ".join(short) or "-", ", ".join(missing) or "-"]
         lines.append(f"| {' | '.join(cells)} |")
